@@ -1,0 +1,5 @@
+"""`python -m polydistill` is the `polydistill` command."""
+
+from polydistill.cli import main
+
+main()

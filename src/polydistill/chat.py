@@ -1,0 +1,100 @@
+"""Prompts and completions in a model's own chat template, as token ids.
+
+Every model (world teacher, real checkpoint, student) is prompted through the chat template stored
+with its tokenizer; the completion follows the generation prompt and ends with the tokenizer's
+end-of-turn (`eos`) token. Prompt and completion are tokenized separately so that the boundary
+between them is exact in every tokenizer.
+"""
+
+import random
+from collections.abc import Iterator, Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from polydistill.errors import UserError
+
+
+def render_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], who: str
+) -> list[str]:
+    """Each prompt as a user turn followed by the assistant's generation prompt."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"{who}: tokenizer has no chat template; add one to tokenizer_config.json")
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+        )
+        for p in prompts
+    ]
+
+
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], who: str
+) -> list[list[int]]:
+    texts = render_prompts(tokenizer, prompts, who)
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def encode_completions(
+    tokenizer: PreTrainedTokenizerBase, completions: Sequence[str], end: bool = True
+) -> list[list[int]]:
+    """Completion ids, each followed by the end-of-turn token when `end`."""
+    encoded = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    return [[*ids, tokenizer.eos_token_id] for ids in encoded] if end else encoded
+
+
+def pad_right(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def pad_left(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def supervised_batches(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    batch_size: int,
+    seed: int,
+    who: str,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless shuffled batches of prompt + completion, labels only on the completion."""
+    if not prompts:
+        raise UserError(f"{who}: empty dataset (no prompts)")
+    rows = [
+        (p, c)
+        for p, c in zip(
+            encode_prompts(tokenizer, prompts, who),
+            encode_completions(tokenizer, completions),
+            strict=True,
+        )
+    ]
+    rng = random.Random(seed)
+    order: list[int] = []
+    while True:
+        if len(order) < batch_size:
+            fresh = list(range(len(rows)))
+            rng.shuffle(fresh)
+            order += fresh
+        chosen, order = order[:batch_size], order[batch_size:]
+        sequences = [rows[i][0] + rows[i][1] for i in chosen]
+        input_ids, attention_mask = pad_right(sequences, tokenizer.pad_token_id)
+        labels = torch.full_like(input_ids, -100)
+        for row, i in enumerate(chosen):
+            start = len(rows[i][0])
+            labels[row, start : start + len(rows[i][1])] = torch.tensor(rows[i][1])
+        yield {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -1,0 +1,90 @@
+"""The `polydistill` command line.
+
+    polydistill run examples/specialists.yaml --out runs/demo [key=value ...]
+    polydistill world build examples/specialists.yaml --out runs/world [key=value ...]
+
+Overrides set any config field: `teachers[0].train.steps=500`, `eval.heldout_limit=50`.
+Bad input prints one line starting with `error:` and exits with code 2.
+"""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from polydistill.errors import UserError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(
+    name="polydistill",
+    help="Distil one closed student from several open-weight teachers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+world_app = typer.Typer(help="The offline specialists world.", no_args_is_help=True)
+app.add_typer(world_app, name="world")
+
+ConfigArg = Annotated[Path, typer.Argument(help="Run configuration (YAML).")]
+OutOption = Annotated[Path, typer.Option("--out", help="Output folder.")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="key=value overrides.")]
+
+
+def _configure(config: Path, overrides: list[str] | None):
+    from polydistill.config import load_config
+
+    cfg = load_config(config, overrides)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    return cfg
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    out: OutOption,
+    overrides: Overrides = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Build or reuse the world, evaluate the teachers, write OUT/metrics.json."""
+    from polydistill.pipeline import run as run_pipeline
+
+    run_pipeline(_configure(config, overrides), out, force)
+
+
+@world_app.command("build")
+def world_build(config: ConfigArg, out: OutOption, overrides: Overrides = None) -> None:
+    """Build (or reuse) just the world and copy it to OUT."""
+    from polydistill.pipeline import staged_output
+    from polydistill.world.build import build_world
+
+    cfg = _configure(config, overrides)
+    with staged_output(out, force=False) as staging:
+        world = build_world(cfg)
+        shutil.copytree(world.root, staging, dirs_exist_ok=True)
+    typer.echo(str(out))
+
+
+def main() -> None:
+    """Entry point: user errors become one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as error:  # click's own usage errors carry an exit code
+        code = getattr(error, "exit_code", None)
+        if code is None:
+            raise
+        if hasattr(error, "show"):
+            error.show()
+        sys.exit(code)

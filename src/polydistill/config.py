@@ -1,0 +1,217 @@
+"""Typed run configuration: one YAML file per run, `key=value` overrides, unknown keys rejected.
+
+    cfg = load_config("examples/specialists.yaml", ["teachers[0].train.steps=300"])
+
+Every mistake becomes a `UserError` whose one line names the key path, e.g.
+`teachers[1].path: no such directory: /models/qwen`.
+"""
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from polydistill.errors import UserError
+
+Family = Literal["gemma", "qwen", "gpt-oss"]
+Domain = Literal["arithmetic", "facts", "strings"]
+TokenizerStyle = Literal["gemma", "qwen", "gpt-oss", "student"]
+Positive = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[int, Field(ge=0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ArithmeticConfig(Strict):
+    train: Positive = 20000
+    heldout: Positive = 200
+    max_digits: Annotated[int, Field(ge=1, le=6)] = 3
+
+
+class FactsConfig(Strict):
+    entities: Positive = 40
+
+
+class StringsConfig(Strict):
+    train: Positive = 20000
+    heldout: Positive = 200
+    min_len: Positive = 3
+    max_len: Positive = 7
+    alphabet: Annotated[str, Field(min_length=2)] = "abcdefghijklmnopqrstuvwxyz"
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "StringsConfig":
+        if self.min_len > self.max_len:
+            raise ValueError(f"min_len {self.min_len} is above max_len {self.max_len}")
+        return self
+
+
+class DomainsConfig(Strict):
+    arithmetic: ArithmeticConfig = ArithmeticConfig()
+    facts: FactsConfig = FactsConfig()
+    strings: StringsConfig = StringsConfig()
+
+
+class VocabSizes(Strict):
+    gemma: Positive = 1024
+    qwen: Positive = 1024
+    gpt_oss: Positive = 2304
+    student: Positive = 1024
+
+    def of(self, style: str) -> int:
+        return getattr(self, style.replace("-", "_"))
+
+
+class ModelSize(Strict):
+    """Architecture sizes; head_dim 64 or 128 keeps the model servable by vLLM's CPU backend."""
+
+    hidden_size: Positive = 128
+    layers: Positive = 3
+    heads: Positive = 2
+    kv_heads: Positive = 2
+    head_dim: Positive = 64
+    intermediate_size: Positive = 512
+    experts: Positive = 4
+    experts_per_token: Positive = 2
+    max_positions: Positive = 256
+
+
+class TrainConfig(Strict):
+    steps: Positive = 1000
+    batch_size: Positive = 64
+    lr: Annotated[float, Field(gt=0)] = 3e-3
+    warmup_steps: NonNegative = 50
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    grad_clip: Annotated[float, Field(gt=0)] = 1.0
+    seed: int = 0
+
+
+class TeacherConfig(Strict):
+    """A world teacher (family + domains + sizes) or a real local checkpoint (`path`)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    family: Family
+    domains: list[Domain] = []
+    path: Path | None = None
+    model: ModelSize = ModelSize()
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("path")
+    @classmethod
+    def _is_checkpoint(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        if not path.is_dir():
+            raise ValueError(f"no such directory: {path}")
+        if not (path / "config.json").is_file():
+            raise ValueError(f"not a Hugging Face checkpoint (no config.json): {path}")
+        return path
+
+    @model_validator(mode="after")
+    def _world_teacher_has_domains(self) -> "TeacherConfig":
+        if self.path is None and not self.domains:
+            raise ValueError(f"world teacher {self.name!r} needs domains (or a checkpoint path)")
+        return self
+
+
+class WorldConfig(Strict):
+    seed: int = 0
+    cache_dir: Path = Path(".cache/polydistill/worlds")
+    domains: DomainsConfig = DomainsConfig()
+    vocab: VocabSizes = VocabSizes()
+    eval_every: Positive = 100
+    target_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.97
+
+
+class EvalConfig(Strict):
+    heldout_limit: Positive | None = None
+    batch_size: Positive = 128
+    max_new_tokens: Positive = 24
+
+
+class RunConfig(Strict):
+    world: WorldConfig = WorldConfig()
+    teachers: Annotated[list[TeacherConfig], Field(min_length=1)]
+    eval: EvalConfig = EvalConfig()
+    threads: Positive | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "RunConfig":
+        names = [t.name for t in self.teachers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"teacher names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+
+def _key_path(location: tuple) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "config"
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = tuple(p for p in first["loc"] if not str(p).startswith("function-"))
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{_key_path(location)}: {message}"
+
+
+def _split_key(key: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for piece in key.replace("]", "").replace("[", ".").split("."):
+        if not piece:
+            raise UserError(f"override {key!r}: empty key part")
+        parts.append(int(piece) if piece.isdigit() else piece)
+    return parts
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Set `a.b[0].c=value` in the raw mapping; the value is read as a YAML scalar."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise UserError(f"override {override!r}: expected key=value")
+    parts = _split_key(key.strip())
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        here = _key_path(tuple(parts[: depth + 1]))
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                raise UserError(f"override {key}: {here} does not exist")
+            node = node[part]
+        else:
+            if not isinstance(node, dict):
+                raise UserError(f"override {key}: {here} is not a mapping")
+            node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(last, int) and (not isinstance(node, list) or last >= len(node)):
+        raise UserError(f"override {key}: index {last} does not exist")
+    node[last] = yaml.safe_load(text) if text.strip() else None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a run configuration."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config: no such file: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserError(f"config {path}: not UTF-8 text ({error.reason})") from None
+    except yaml.YAMLError as error:
+        raise UserError(f"config {path}: malformed YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config {path}: expected a mapping at the top level")
+    for override in overrides or []:
+        apply_override(raw, override)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise UserError(_first_error(error)) from None

@@ -1,0 +1,1 @@
+"""The offline specialists world: domains, tokenizer styles, teacher architectures."""

@@ -1,0 +1,249 @@
+"""Building the specialists world: domain data, four tokenizers, and one trained teacher per spec.
+
+    world = build_world(cfg)          # or: polydistill world build CONFIG --out DIR
+
+The world lives in `cfg.world.cache_dir/<key>/`, where `key` hashes everything that shapes it
+(world settings and world-teacher specs), so a second run reuses it. It is built in a temporary
+folder and renamed into place, so a killed build leaves nothing half-written.
+
+World teachers train in parallel worker processes (one thread each when there are more teachers
+than cores), each on its own domains, with held-out accuracy checked every `eval_every` steps;
+a teacher stops as soon as it reaches `target_accuracy` on every one of its domains.
+"""
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from polydistill.config import RunConfig, TeacherConfig, WorldConfig
+from polydistill.errors import UserError
+from polydistill.progress import console, progress_bars
+from polydistill.world import domains as world_domains
+from polydistill.world.domains import Example
+from polydistill.world.tokenizers import STYLES, train_tokenizer
+
+FAMILY_STYLE = {"gemma": "gemma", "qwen": "qwen", "gpt-oss": "gpt-oss"}
+
+
+@dataclass(frozen=True)
+class World:
+    root: Path
+    train: dict[str, list[Example]]
+    heldout: dict[str, list[Example]]
+    teachers: dict[str, Path]
+
+    def tokenizer_dir(self, style: str) -> Path:
+        return self.root / "tokenizers" / style
+
+
+def domain_splits(world: WorldConfig) -> tuple[dict[str, list[Example]], dict[str, list[Example]]]:
+    """Train and held-out examples of every domain, from the world's seed alone."""
+    d, seed = world.domains, world.seed
+    splits = {
+        "arithmetic": world_domains.arithmetic(
+            seed, d.arithmetic.train, d.arithmetic.heldout, d.arithmetic.max_digits
+        ),
+        "facts": world_domains.facts(seed, d.facts.entities),
+        "strings": world_domains.strings(
+            seed,
+            d.strings.train,
+            d.strings.heldout,
+            d.strings.min_len,
+            d.strings.max_len,
+            d.strings.alphabet,
+        ),
+    }
+    return {k: v[0] for k, v in splits.items()}, {k: v[1] for k, v in splits.items()}
+
+
+def world_teachers(cfg: RunConfig) -> list[TeacherConfig]:
+    return [t for t in cfg.teachers if t.path is None]
+
+
+def world_key(cfg: RunConfig) -> str:
+    shape = {
+        "world": cfg.world.model_dump(mode="json", exclude={"cache_dir"}),
+        "teachers": [t.model_dump(mode="json", exclude={"path"}) for t in world_teachers(cfg)],
+        "format": 1,
+    }
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _write_examples(path: Path, examples: list[Example]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for e in examples:
+            f.write(json.dumps({"prompt": e.prompt, "answer": e.answer}, ensure_ascii=False) + "\n")
+
+
+def _train_teacher(spec: dict, world_root: str, threads: int, events) -> dict:
+    """Worker process: build, train and save one world teacher; returns its summary."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from polydistill.chat import supervised_batches
+    from polydistill.config import RunConfig, TeacherConfig
+    from polydistill.evaluate import evaluate_model
+    from polydistill.train import sft_loss, train
+    from polydistill.world.architectures import build_model, count_parameters
+
+    torch.set_num_threads(threads)
+    teacher = TeacherConfig.model_validate(spec["teacher"])
+    cfg = RunConfig.model_validate(spec["run"])
+    root = Path(world_root)
+    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizers" / FAMILY_STYLE[teacher.family])
+    train_split, heldout = domain_splits(cfg.world)
+    examples = [e for d in teacher.domains for e in train_split[d]]
+    own_heldout = {d: heldout[d] for d in teacher.domains}
+    batches = supervised_batches(
+        tokenizer,
+        [e.prompt for e in examples],
+        [e.answer for e in examples],
+        teacher.train.batch_size,
+        teacher.train.seed,
+        f"teacher {teacher.name!r}",
+    )
+    model = build_model(teacher.family, teacher.model, tokenizer, teacher.train.seed)
+    reached: dict = {}
+
+    def on_step(step: int, record: dict) -> bool:
+        events.put((teacher.name, step, record["tokens_per_s"]))
+        if step % spec["eval_every"] and step != teacher.train.steps:
+            return False
+        scores = evaluate_model(model, tokenizer, own_heldout, 24, 256, f"teacher {teacher.name!r}")
+        model.train()
+        reached.update(step=step, accuracy=scores["accuracy"])
+        return min(scores["accuracy"].values()) >= spec["target_accuracy"]
+
+    started = time.perf_counter()
+    t = teacher.train
+    train(
+        model,
+        batches,
+        sft_loss,
+        steps=t.steps,
+        lr=t.lr,
+        warmup_steps=t.warmup_steps,
+        min_lr_ratio=t.min_lr_ratio,
+        weight_decay=t.weight_decay,
+        grad_clip=t.grad_clip,
+        on_step=on_step,
+    )
+    out = root / "teachers" / teacher.name
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {
+        "name": teacher.name,
+        "family": teacher.family,
+        "domains": teacher.domains,
+        "params": count_parameters(model),
+        "steps": reached.get("step"),
+        "heldout_accuracy": reached.get("accuracy"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _build_tokenizers(
+    root: Path, train_split: dict[str, list[Example]], world: WorldConfig
+) -> None:
+    corpus = [
+        f"{e.prompt} {e.answer}" for examples in train_split.values() for e in examples[:4000]
+    ]
+    for style in STYLES:
+        train_tokenizer(style, corpus, world.vocab.of(style)).save_pretrained(
+            root / "tokenizers" / style
+        )
+
+
+def _train_teachers(cfg: RunConfig, root: Path) -> list[dict]:
+    specs = world_teachers(cfg)
+    if not specs:
+        return []
+    cores = cfg.threads or os.cpu_count() or 1
+    workers = min(len(specs), cores)
+    threads = max(1, cores // workers)
+    context = multiprocessing.get_context("spawn")
+    manager = context.Manager()
+    events = manager.Queue()
+    run_json = cfg.model_dump(mode="json")
+    summaries = []
+    with progress_bars() as bars, ProcessPoolExecutor(workers, mp_context=context) as pool:
+        tasks = {
+            t.name: bars.add_task(f"teacher {t.name} ({t.family})", total=t.train.steps, rate="")
+            for t in specs
+        }
+        futures = [
+            pool.submit(
+                _train_teacher,
+                {
+                    "teacher": t.model_dump(mode="json"),
+                    "run": run_json,
+                    "eval_every": cfg.world.eval_every,
+                    "target_accuracy": cfg.world.target_accuracy,
+                },
+                str(root),
+                threads,
+                events,
+            )
+            for t in specs
+        ]
+        while not all(f.done() for f in futures) or not events.empty():
+            while not events.empty():
+                name, step, rate = events.get()
+                bars.update(tasks[name], completed=step, rate=f"{rate:,.0f} tok/s")
+            time.sleep(0.2)
+        for future in futures:
+            summary = future.result()
+            bars.update(tasks[summary["name"]], completed=summary["steps"], total=summary["steps"])
+            summaries.append(summary)
+    manager.shutdown()
+    return summaries
+
+
+def build_world(cfg: RunConfig) -> World:
+    """Reuse the cached world of this config, or build it."""
+    key = world_key(cfg)
+    cache = cfg.world.cache_dir
+    root = cache / key
+    train_split, heldout = domain_splits(cfg.world)
+    if not (root / "world.json").is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache))
+        try:
+            console.log(f"building world {key} in {cache}")
+            started = time.perf_counter()
+            data = staging / "data"
+            data.mkdir()
+            for domain in train_split:
+                _write_examples(data / f"{domain}.train.jsonl", train_split[domain])
+                _write_examples(data / f"{domain}.heldout.jsonl", heldout[domain])
+            _build_tokenizers(staging, train_split, cfg.world)
+            summaries = _train_teachers(cfg, staging)
+            record = {
+                "key": key,
+                "seconds": round(time.perf_counter() - started, 1),
+                "teachers": summaries,
+                "config": json.loads(cfg.model_dump_json())["world"],
+            }
+            (staging / "world.json").write_text(json.dumps(record, indent=2))
+            if root.exists():
+                shutil.rmtree(root)
+            staging.rename(root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    else:
+        console.log(f"reusing world {key} from {root}")
+    teachers = {t.name: root / "teachers" / t.name for t in world_teachers(cfg)}
+    missing = [n for n, p in teachers.items() if not (p / "config.json").is_file()]
+    if missing:
+        raise UserError(
+            f"world {root}: teacher checkpoints missing ({', '.join(missing)}); "
+            "delete the folder to rebuild it"
+        )
+    return World(root=root, train=train_split, heldout=heldout, teachers=teachers)

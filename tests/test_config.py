@@ -1,0 +1,96 @@
+"""Config parsing: typed, unknown keys rejected, one-line errors naming the key path."""
+
+from pathlib import Path
+
+import pytest
+
+from polydistill.config import apply_override, load_config
+from polydistill.errors import UserError
+
+TINY = Path(__file__).parent / "tiny.yaml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_example_configs_parse():
+    root = Path(__file__).parents[1]
+    for path in [TINY, *sorted((root / "examples").glob("*.yaml"))]:
+        assert load_config(path).teachers
+
+
+def test_unknown_key_names_its_path(tmp_path):
+    text = TINY.read_text().replace("lr: 1.0e-3, warmup_steps: 2}", "lr: 1.0e-3, warmup: 2}", 1)
+    with pytest.raises(UserError, match=r"^teachers\[0\]\.train\.warmup: unknown key$"):
+        load_config(write(tmp_path, text))
+
+
+def test_wrong_type_names_its_path(tmp_path):
+    with pytest.raises(UserError, match=r"^world\.domains\.facts\.entities: "):
+        load_config(TINY, ["world.domains.facts.entities=many"])
+
+
+def test_teacher_path_must_be_a_checkpoint(tmp_path):
+    with pytest.raises(UserError, match=r"^teachers\[1\]\.path: no such directory: /nonexistent"):
+        load_config(TINY, ["teachers[1].path=/nonexistent"])
+    with pytest.raises(UserError, match=r"teachers\[1\]\.path: not a Hugging Face checkpoint"):
+        load_config(TINY, [f"teachers[1].path={tmp_path}"])
+
+
+def test_overrides_reach_nested_fields_and_lists():
+    cfg = load_config(TINY, ["teachers[2].train.steps=7", "eval.heldout_limit=3", "world.seed=9"])
+    assert cfg.teachers[2].train.steps == 7
+    assert cfg.eval.heldout_limit == 3
+    assert cfg.world.seed == 9
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("novalue", "expected key=value"),
+        ("teachers[5].name=x", r"teachers\[5\] does not exist"),
+        ("eval..x=1", "empty key part"),
+        ("bogus=1", "^bogus: unknown key$"),
+    ],
+)
+def test_bad_overrides(override, message):
+    with pytest.raises(UserError, match=message):
+        load_config(TINY, [override])
+
+
+def test_apply_override_reads_yaml_scalars():
+    raw: dict = {"a": {"b": [1, 2]}}
+    apply_override(raw, "a.b[1]=3.5")
+    apply_override(raw, "a.c=[x, y]")
+    assert raw == {"a": {"b": [1, 3.5], "c": ["x", "y"]}}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"teachers: [", "malformed YAML"),
+        (b"- 1\n- 2\n", "expected a mapping"),
+        (b"teachers: []\n", r"^teachers: List should have at least 1 item"),
+        (b"\xff\xfe bad", "not UTF-8"),
+        (b"teachers:\n  - {name: a, family: llama, domains: [facts]}\n", r"teachers\[0\]\.family"),
+        (b"teachers:\n  - {name: a, family: qwen}\n", "needs domains"),
+        (
+            b"teachers:\n  - {name: a, family: qwen, domains: [facts]}\n"
+            b"  - {name: a, family: gemma, domains: [facts]}\n",
+            "repeated: a",
+        ),
+    ],
+)
+def test_malformed_configs(tmp_path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        load_config(tmp_path / "absent.yaml")

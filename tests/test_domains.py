@@ -1,0 +1,62 @@
+"""The world's domains: deterministic, disjoint splits, correct gold answers."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from polydistill.world import domains
+
+
+def test_splits_are_deterministic_and_disjoint():
+    for make in (
+        lambda: domains.arithmetic(3, 500, 50, 3),
+        lambda: domains.strings(3, 500, 50, 3, 7, "abcdefgh"),
+        lambda: domains.facts(3, 20),
+    ):
+        train, heldout = make()
+        again_train, again_heldout = make()
+        assert train == again_train and heldout == again_heldout
+        assert not {e.prompt for e in train} & {e.prompt for e in heldout}
+
+
+def test_arithmetic_gold_is_the_sum():
+    train, heldout = domains.arithmetic(0, 300, 30, 3)
+    for example in train + heldout:
+        a, b = example.prompt.split("+")
+        assert int(example.answer) == int(a) + int(b)
+        assert len(a) <= 3 and len(b) <= 3
+
+
+def test_strings_gold_is_the_reversal():
+    train, _ = domains.strings(0, 200, 20, 3, 7, "xyz")
+    for example in train:
+        word = example.prompt.removeprefix("reverse: ")
+        assert example.answer == word[::-1] and set(word) <= set("xyz")
+
+
+def test_facts_hold_each_fact_out_through_one_phrasing():
+    kb = domains.knowledge_base(5, 12)
+    train, heldout = domains.facts(5, 12)
+    assert len(heldout) == 12 * 3
+    assert len(train) == 12 * 3 * 2
+    values = {v for attributes in kb.values() for v in attributes.values()}
+    assert {e.answer for e in heldout} <= values
+    for example in heldout:
+        name = next(n for n in kb if n in example.prompt)
+        assert example.answer in kb[name].values()
+        assert any(name in e.prompt and e.answer == example.answer for e in train)
+
+
+def test_too_small_a_problem_space_is_a_user_error():
+    import pytest
+
+    from polydistill.errors import UserError
+
+    with pytest.raises(UserError, match="too small"):
+        domains.arithmetic(0, 5000, 100, 1)
+
+
+@given(st.text(max_size=20))
+def test_check_is_exact_match_up_to_surrounding_space(text):
+    example = domains.Example("strings", "reverse: x", "abc")
+    assert domains.check(example, "  abc\n")
+    assert domains.check(example, text) == (text.strip() == "abc")
