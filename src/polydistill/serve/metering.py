@@ -1,0 +1,185 @@
+"""Admission and billing around each generation request: reserve, then settle or release.
+
+`Meter.admit` reserves the request's worst case (all prompt tokens plus every choice's
+`max_tokens`) or raises the OpenAI-shaped refusal; exactly one of `settle` (tokens were
+produced: one ledger row) and `release` (nothing billed: errors, 5xx, refusals after
+admission) must follow, which `Ticket.closed` enforces. Both run shielded from cancellation,
+so a client that disconnects mid-stream still gets its produced tokens billed and the rest of
+its reservation freed. The database calls run in worker threads, off the event loop.
+"""
+
+import math
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+import anyio
+import sqlalchemy as sa
+from anyio.to_thread import run_sync
+
+from polydistill.serve import ledger
+from polydistill.serve.accounts import KeyRecord
+from polydistill.serve.errors import ApiError
+from polydistill.serve.ledger import Admission
+from polydistill.serve.money import Price, request_cost
+from polydistill.serve.timeutil import now_ms
+
+
+@dataclass
+class Ticket:
+    """An admitted request: its reservation is live until settled or released."""
+
+    request_id: str
+    key: KeyRecord
+    endpoint: str
+    streamed: bool
+    headers: dict[str, str] = field(default_factory=dict)
+    closed: bool = False
+
+
+def _reset_text(reset_ms: int) -> str:
+    return f"{reset_ms}ms" if reset_ms < 1000 else f"{reset_ms / 1000:.1f}s"
+
+
+def rate_limit_headers(admission: Admission) -> dict[str, str]:
+    """The x-ratelimit-* headers for the limits the key has."""
+    headers = {}
+    reset = _reset_text(admission.reset_ms)
+    if admission.rpm is not None:
+        headers["x-ratelimit-limit-requests"] = str(admission.rpm)
+        remaining = max(admission.rpm - admission.window_requests, 0)
+        headers["x-ratelimit-remaining-requests"] = str(remaining)
+        headers["x-ratelimit-reset-requests"] = reset
+    if admission.tpm is not None:
+        headers["x-ratelimit-limit-tokens"] = str(admission.tpm)
+        headers["x-ratelimit-remaining-tokens"] = str(
+            max(admission.tpm - admission.window_tokens, 0)
+        )
+        headers["x-ratelimit-reset-tokens"] = reset
+    return headers
+
+
+def refusal_error(admission: Admission, tokens: int) -> ApiError:
+    """The error a client sees for a refused admission."""
+    headers = rate_limit_headers(admission)
+    if admission.refusal == "revoked":
+        return ApiError(401, "the API key has been revoked", code="invalid_api_key")
+    if admission.refusal == "duplicate":
+        return ApiError(
+            409, "a request with this Idempotency-Key is in progress", code="idempotency_key_in_use"
+        )
+    if admission.refusal == "budget":
+        headers["x-should-retry"] = "false"
+        return ApiError(
+            429,
+            "the key's budget is exhausted",
+            type="insufficient_quota",
+            code="insufficient_quota",
+            headers=headers,
+        )
+    if admission.refusal == "too_large":
+        headers["x-should-retry"] = "false"
+        return ApiError(
+            429,
+            f"the request needs up to {tokens} tokens, more than the key's tokens per window",
+            type="tokens",
+            code="rate_limit_exceeded",
+            headers=headers,
+        )
+    kind = "requests" if admission.refusal == "requests" else "tokens"
+    headers["retry-after"] = str(max(1, math.ceil(admission.reset_ms / 1000)))
+    headers["retry-after-ms"] = str(admission.reset_ms)
+    return ApiError(
+        429,
+        f"rate limit reached for {kind} per window; retry after the reset",
+        type=kind,
+        code="rate_limit_exceeded",
+        headers=headers,
+    )
+
+
+class Meter:
+    """Meters one served model: its price, the rate window and the reservations it owns."""
+
+    def __init__(self, db: sa.Engine, model_id: str, price: Price, window_s: int) -> None:
+        self.db = db
+        self.model_id = model_id
+        self.price = price
+        self.window_s = window_s
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    async def admit(
+        self,
+        key: KeyRecord,
+        request_id: str,
+        endpoint: str,
+        prompt_tokens: int,
+        max_completion_tokens: int,
+        streamed: bool,
+    ) -> Ticket:
+        """Reserve the worst case of a request, or raise its refusal as an `ApiError`."""
+        cost = request_cost(self.price, prompt_tokens, max_completion_tokens)
+        tokens = prompt_tokens + max_completion_tokens
+        admission = await run_sync(
+            ledger.reserve,
+            self.db,
+            key.id,
+            request_id,
+            cost,
+            tokens,
+            now_ms(),
+            self.window_s,
+            self.owner,
+        )
+        if admission.refusal is not None:
+            raise refusal_error(admission, tokens)
+        return Ticket(request_id, key, endpoint, streamed, rate_limit_headers(admission))
+
+    async def settle(
+        self,
+        ticket: Ticket,
+        prompt_tokens: int,
+        completion_tokens: int,
+        finish: str,
+        response_body: str | None = None,
+    ) -> bool:
+        """Bill the actual usage: one ledger row. False if the request id was billed before."""
+        if ticket.closed:
+            return False
+        ticket.closed = True
+        cost = request_cost(self.price, prompt_tokens, completion_tokens)
+        with anyio.CancelScope(shield=True):
+            return await run_sync(
+                ledger.settle,
+                self.db,
+                ticket.request_id,
+                ticket.key.id,
+                ticket.key.name,
+                self.model_id,
+                ticket.endpoint,
+                prompt_tokens,
+                completion_tokens,
+                cost,
+                ticket.streamed,
+                finish,
+                now_ms(),
+                response_body,
+            )
+
+    async def release(self, ticket: Ticket) -> None:
+        """Free the reservation without billing anything."""
+        if ticket.closed:
+            return
+        ticket.closed = True
+        with anyio.CancelScope(shield=True):
+            await run_sync(ledger.release, self.db, ticket.request_id)
+
+    async def sweep(self, ttl_s: int) -> int:
+        """Release reservations older than `ttl_s`, left by gateways that died."""
+        return await run_sync(ledger.sweep_stale, self.db, now_ms() - ttl_s * 1000)
+
+    async def release_all(self) -> int:
+        """Release what this process still holds (at shutdown)."""
+        with anyio.CancelScope(shield=True):
+            return await run_sync(ledger.release_owned, self.db, self.owner)

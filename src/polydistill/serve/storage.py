@@ -1,0 +1,175 @@
+"""The gateway's tables and database connections (SQLite by default, PostgreSQL for replicas).
+
+Tables: `api_keys` (one per named key: budget, spend, live reservations, limits and the
+current rate window), `key_secrets` (the HMAC digests of a key's credentials; rotation adds
+one), `reservations` (worst-case holds of requests in flight), `usage_ledger` (append-only,
+one row per billed request, keyed by request id), `idempotent_responses` (bodies replayed for
+a repeated `Idempotency-Key`) and `audit_log` (admin actions). Money columns are integer
+micro-dollars; times are integer milliseconds since the epoch.
+
+SQLite runs in WAL mode and takes its write lock at `BEGIN IMMEDIATE`, so that a transaction
+that reads and then writes cannot be overtaken; PostgreSQL relies on conditional `UPDATE`s,
+which lock the row they change.
+"""
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from polydistill.errors import UserError
+
+metadata = sa.MetaData()
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("expires_ms", sa.BigInteger),
+    sa.Column("revoked_ms", sa.BigInteger),
+    sa.Column("budget_micros", sa.BigInteger),
+    sa.Column("spent_micros", sa.BigInteger, nullable=False, default=0),
+    sa.Column("reserved_micros", sa.BigInteger, nullable=False, default=0),
+    sa.Column("rpm", sa.Integer),
+    sa.Column("tpm", sa.Integer),
+    sa.Column("models", sa.Text),
+    sa.Column("max_tokens", sa.Integer),
+    sa.Column("max_n", sa.Integer),
+    sa.Column("max_logprobs", sa.Integer),
+    sa.Column("window_start", sa.BigInteger, nullable=False, default=0),
+    sa.Column("window_requests", sa.Integer, nullable=False, default=0),
+    sa.Column("window_tokens", sa.BigInteger, nullable=False, default=0),
+)
+
+key_secrets = sa.Table(
+    "key_secrets",
+    metadata,
+    sa.Column("public_id", sa.String(32), primary_key=True),
+    sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=False, index=True),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("expires_ms", sa.BigInteger),
+)
+
+reservations = sa.Table(
+    "reservations",
+    metadata,
+    sa.Column("request_id", sa.String(80), primary_key=True),
+    sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=False),
+    sa.Column("amount_micros", sa.BigInteger, nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("window_start", sa.BigInteger, nullable=False),
+    sa.Column("owner", sa.String(80), nullable=False, index=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False, index=True),
+)
+
+usage_ledger = sa.Table(
+    "usage_ledger",
+    metadata,
+    sa.Column("request_id", sa.String(80), primary_key=True),
+    sa.Column("key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=False),
+    sa.Column("key_name", sa.String(200), nullable=False, index=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("endpoint", sa.String(80), nullable=False),
+    sa.Column("prompt_tokens", sa.BigInteger, nullable=False),
+    sa.Column("completion_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cost_micros", sa.BigInteger, nullable=False),
+    sa.Column("streamed", sa.Boolean, nullable=False),
+    sa.Column("finish", sa.String(40), nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False, index=True),
+)
+
+idempotent_responses = sa.Table(
+    "idempotent_responses",
+    metadata,
+    sa.Column("request_id", sa.String(80), primary_key=True),
+    sa.Column("body", sa.Text, nullable=False),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("time_ms", sa.BigInteger, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("key_name", sa.String(200), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+)
+
+# One lock per SQLite file: threads of one process queue here instead of polling SQLite's
+# busy handler; BEGIN IMMEDIATE still guards against other processes (the CLI, replicas).
+_sqlite_write_locks: dict[str, threading.Lock] = {}
+_sqlite_locks_guard = threading.Lock()
+
+
+def database_url(value: str) -> str:
+    """A SQLAlchemy URL from a URL or a plain path (a SQLite file); PostgreSQL via psycopg 3."""
+    if "://" not in value:
+        return f"sqlite:///{Path(value).expanduser().resolve()}"
+    for scheme in ("postgresql://", "postgres://"):
+        if value.startswith(scheme):
+            return "postgresql+psycopg://" + value[len(scheme) :]
+    if value.startswith(("sqlite:///", "postgresql+psycopg://")):
+        return value
+    raise UserError(f"unsupported database URL {value!r}: use a path, sqlite:/// or postgresql://")
+
+
+def _configure_sqlite(engine: sa.Engine) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None  # let SQLAlchemy's BEGIN below decide
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def on_begin(connection: sa.Connection) -> None:
+        read_only = connection.get_execution_options().get("read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def open_database(url: str) -> sa.Engine:
+    """Connect to `url` (see `database_url`) and create the tables if missing."""
+    url = database_url(url)
+    try:
+        if url.startswith("sqlite"):
+            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(
+                url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=8
+            )
+            _configure_sqlite(engine)
+        else:
+            engine = sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+        metadata.create_all(engine)
+    except sa.exc.OperationalError as error:
+        raise UserError(f"cannot open database {url}: {error.orig}") from error
+    return engine
+
+
+@contextmanager
+def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A read-write transaction, committed on success; serialised per SQLite file."""
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as connection:
+            yield connection
+        return
+    with _sqlite_locks_guard:
+        lock = _sqlite_write_locks.setdefault(str(engine.url), threading.Lock())
+    with lock, engine.begin() as connection:
+        yield connection
+
+
+@contextmanager
+def read_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A read-only transaction (no write lock on SQLite)."""
+    with engine.connect() as connection:
+        connection.execution_options(read_only=True)
+        with connection.begin():
+            yield connection
