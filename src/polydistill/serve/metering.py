@@ -12,6 +12,7 @@ import math
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -102,8 +103,16 @@ def refusal_error(admission: Admission, tokens: int) -> ApiError:
 class Meter:
     """Meters one served model: its price, the rate window and the reservations it owns."""
 
-    def __init__(self, db: sa.Engine, model_id: str, price: Price, window_s: int) -> None:
+    def __init__(
+        self,
+        db: sa.Engine,
+        model_id: str,
+        price: Price,
+        window_s: int,
+        on_settle: Callable[[int, int, int], None] | None = None,
+    ) -> None:
         self.db = db
+        self.on_settle = on_settle
         self.model_id = model_id
         self.price = price
         self.window_s = window_s
@@ -150,7 +159,7 @@ class Meter:
         ticket.closed = True
         cost = request_cost(self.price, prompt_tokens, completion_tokens)
         with anyio.CancelScope(shield=True):
-            return await run_sync(
+            billed = await run_sync(
                 ledger.settle,
                 self.db,
                 ticket.request_id,
@@ -166,6 +175,9 @@ class Meter:
                 now_ms(),
                 response_body,
             )
+        if billed and self.on_settle is not None:
+            self.on_settle(prompt_tokens, completion_tokens, cost)
+        return billed
 
     async def release(self, ticket: Ticket) -> None:
         """Free the reservation without billing anything."""

@@ -1,0 +1,228 @@
+"""The gateway's command line: `serve`, `usage` (in `serve_app`) and `keys ...` (`keys_app`).
+
+`register(app)` adds them to the `polydistill` typer app. Until then, or standalone:
+`python -m polydistill.serve serve MODEL_DIR`, `python -m polydistill.serve keys create ...`.
+Every command that touches keys or usage takes `--db` (a SQLAlchemy URL or a SQLite path).
+"""
+
+import csv
+import io
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from polydistill.errors import UserError
+from polydistill.serve.money import Price, micros_to_usd, usd_to_micros
+
+serve_app = typer.Typer(help="Serve a model as a metered OpenAI-compatible API.")
+keys_app = typer.Typer(help="Manage the gateway's API keys.", no_args_is_help=True)
+
+DbOption = Annotated[str, typer.Option("--db", help="Database URL or SQLite file path.")]
+NameOption = Annotated[str, typer.Option("--name", help="Name of the key.")]
+SecretOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--secret-file",
+        help="Server secret file (default: POLYDISTILL_SERVER_SECRET, else <sqlite db>.secret).",
+    ),
+]
+
+
+@serve_app.command("serve")
+def serve(
+    model_dir: Annotated[Path, typer.Argument(help="Hugging Face model directory.")],
+    host: Annotated[str, typer.Option(help="API address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port.")] = 8000,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Database (default: <MODEL_DIR>.gateway.db).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="Gateway settings (YAML).")] = None,
+    admin_host: Annotated[str, typer.Option(help="Address of the /metrics port.")] = "127.0.0.1",
+    admin_port: Annotated[
+        int | None, typer.Option(help="Port for /metrics (default: port + 1).")
+    ] = None,
+    model_name: Annotated[str | None, typer.Option(help="Served model id.")] = None,
+    upstream: Annotated[
+        str | None, typer.Option(help="Front this vLLM-compatible server instead.")
+    ] = None,
+    upstream_model: Annotated[str | None, typer.Option(help="Model id upstream.")] = None,
+    price_input: Annotated[
+        str | None, typer.Option(help="USD per million prompt tokens (overrides --config).")
+    ] = None,
+    price_output: Annotated[
+        str | None, typer.Option(help="USD per million completion tokens.")
+    ] = None,
+    secret_file: SecretOption = None,
+) -> None:
+    """Serve MODEL_DIR on host:port, metrics on the admin port."""
+    from polydistill.serve.app import create_app
+    from polydistill.serve.assemble import open_gateway
+    from polydistill.serve.metrics import admin_app
+    from polydistill.serve.server import run_servers
+    from polydistill.serve.settings import load_settings
+
+    settings = load_settings(config)
+    price = None
+    if price_input is not None or price_output is not None:
+        price = Price(
+            usd_to_micros(price_input or "0", "--price-input"),
+            usd_to_micros(price_output or "0", "--price-output"),
+        )
+    gateway = open_gateway(
+        model_dir, settings, db, model_name, upstream, upstream_model, secret_file, price
+    )
+    admin_port = admin_port if admin_port is not None else port + 1
+    if admin_port == port and admin_host == host:
+        raise UserError("--admin-port must differ from --port")
+    typer.echo(
+        f"serving {gateway.served.model_id} on http://{host}:{port}/v1 "
+        f"(metrics on http://{admin_host}:{admin_port}/metrics)"
+    )
+    admin = admin_app(gateway.metrics, lambda: gateway.ready)
+    run_servers(create_app(gateway), admin, host, port, admin_host, admin_port)
+
+
+def _open(db: str):  # -> sqlalchemy.Engine, imported lazily to keep --help fast
+    from polydistill.serve.storage import open_database
+
+    return open_database(db)
+
+
+def _secret(db: str, secret_file: Path | None) -> bytes:
+    from polydistill.serve.keys import load_server_secret
+    from polydistill.serve.storage import database_url
+
+    return load_server_secret(database_url(db), secret_file)
+
+
+@keys_app.command("create")
+def keys_create(
+    db: DbOption,
+    name: NameOption,
+    budget: Annotated[str | None, typer.Option(help="Budget in USD (default: none).")] = None,
+    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per window.")] = None,
+    tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per window.")] = None,
+    models: Annotated[
+        list[str] | None, typer.Option("--models", help="Allowed model ids (repeatable).")
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="Expiry: ISO date/time or a duration like 30d.")
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Cap on max_tokens.")] = None,
+    max_n: Annotated[int | None, typer.Option(min=1, help="Cap on n.")] = None,
+    max_logprobs: Annotated[
+        int | None, typer.Option(min=0, max=20, help="Cap on logprobs/top_logprobs.")
+    ] = None,
+    secret_file: SecretOption = None,
+) -> None:
+    """Create a key and print it once (only its HMAC is stored)."""
+    from polydistill.serve.accounts import create_key
+    from polydistill.serve.timeutil import now_ms, parse_time_ms
+
+    now = now_ms()
+    allowed = [m for item in models or [] for m in item.split(",") if m] or None
+    key = create_key(
+        _open(db),
+        _secret(db, secret_file),
+        name,
+        now,
+        budget_micros=usd_to_micros(budget, "--budget") if budget is not None else None,
+        rpm=rpm,
+        tpm=tpm,
+        models=allowed,
+        expires_ms=parse_time_ms(expires, now, future=True) if expires else None,
+        max_tokens=max_tokens,
+        max_n=max_n,
+        max_logprobs=max_logprobs,
+    )
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(
+    db: DbOption,
+    output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """List keys with their status, spend and limits (never the keys themselves)."""
+    from polydistill.serve.accounts import list_keys
+    from polydistill.serve.timeutil import now_ms
+
+    summaries = list_keys(_open(db), now_ms())
+    if output == "json":
+        typer.echo(json.dumps([asdict(s) for s in summaries], indent=2))
+        return
+    if output != "table":
+        raise UserError(f"--format must be table or json, not {output!r}")
+    typer.echo(
+        f"{'name':20} {'status':8} {'spent USD':>12} {'budget USD':>12} {'rpm':>6} {'tpm':>8}  keys"
+    )
+    for s in summaries:
+        budget = micros_to_usd(s.budget_micros) if s.budget_micros is not None else "-"
+        typer.echo(
+            f"{s.name:20} {s.status:8} {micros_to_usd(s.spent_micros):>12} {budget:>12} "
+            f"{s.rpm or '-':>6} {s.tpm or '-':>8}  {' '.join(s.key_prefixes)}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(db: DbOption, name: NameOption) -> None:
+    """Revoke every credential of a key at once."""
+    from polydistill.serve.accounts import revoke_key
+    from polydistill.serve.timeutil import now_ms
+
+    revoke_key(_open(db), name, now_ms())
+    typer.echo(f"revoked {name}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    db: DbOption,
+    name: NameOption,
+    grace: Annotated[str, typer.Option(help="How long the old key stays valid.")] = "24h",
+    secret_file: SecretOption = None,
+) -> None:
+    """Print a new key for NAME; the old one keeps working for the grace period."""
+    from polydistill.serve.accounts import rotate_key
+    from polydistill.serve.timeutil import duration_seconds, now_ms
+
+    key = rotate_key(_open(db), _secret(db, secret_file), name, duration_seconds(grace), now_ms())
+    typer.echo(key)
+
+
+@serve_app.command("usage")
+def usage(
+    db: DbOption,
+    key: Annotated[str | None, typer.Option("--key", help="Only this key (by name).")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="From this ISO date/time, or a duration back like 7d.")
+    ] = None,
+    output: Annotated[str, typer.Option("--format", help="csv or json.")] = "json",
+) -> None:
+    """Export the usage ledger (JSON lines of CloudEvents, or CSV)."""
+    from polydistill.serve.ledger import usage_rows
+    from polydistill.serve.timeutil import now_ms, parse_time_ms
+    from polydistill.serve.usage_export import usage_csv_rows, usage_event
+
+    if output not in ("csv", "json"):
+        raise UserError(f"--format must be csv or json, not {output!r}")
+    since_ms = parse_time_ms(since, now_ms(), future=False) if since else None
+    rows = usage_rows(_open(db), key, since_ms)
+    if output == "json":
+        for row in rows:
+            typer.echo(json.dumps(usage_event(row), separators=(",", ":")))
+        return
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for line in usage_csv_rows(rows):
+        writer.writerow(line)
+    sys.stdout.write(buffer.getvalue())
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve`, `usage` and `keys` to the `polydistill` app."""
+    app.registered_commands.extend(serve_app.registered_commands)
+    app.add_typer(keys_app, name="keys")
