@@ -1,0 +1,87 @@
+"""Render one prompt and completion through a teacher's and the student's chat templates, aligned.
+
+Each side renders the user turn with its own template and generation prompt (`chat.encode_prompts`),
+then the completion text, then its family's end-of-turn token (the tokenizer's `eos_token`, as
+everywhere in polydistill). The completion is tokenized on its own, as the model that wrote it
+did, so the boundary between markup and completion is exact on both sides; special-token
+strings inside the completion stay text. Only the completion bytes are aligned (`align`); the
+markup, BOS and turn tokens that exist on one side only are outside the aligned region and so
+outside the loss, and the two end-of-turn tokens are paired with each other.
+"""
+
+import numpy as np
+
+from polydistill.align import AlignedSequence, aligned_sequence
+from polydistill.chat import encode_prompts
+from polydistill.errors import UserError
+from polydistill.tokenbytes import backend_of, token_byte_lengths, vocab_bytes
+
+
+def encode_text(tokenizer: object, text: str, who: str) -> list[int]:
+    """Ids of `text` alone: no BOS/EOS added, special-token strings kept as text."""
+    backend = backend_of(tokenizer, who)
+    if backend is tokenizer:
+        return backend.encode(text, add_special_tokens=False).ids
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+def _end_of_turn(tokenizer: object, who: str) -> int:
+    end = getattr(tokenizer, "eos_token_id", None)
+    if end is None:
+        raise UserError(
+            f"{who}: tokenizer has no eos_token (the end-of-turn token that closes an answer); "
+            "set eos_token in tokenizer_config.json"
+        )
+    return int(end)
+
+
+def _side(tokenizer: object, prompt: str, completion: str, who: str):
+    backend_of(tokenizer, who)  # a slow tokenizer fails here, before its template is used
+    prefix = encode_prompts(tokenizer, [prompt], who)[0]
+    if not prefix:
+        raise UserError(f"{who}: chat template renders nothing before the answer")
+    body = encode_text(tokenizer, completion, who)
+    lengths = token_byte_lengths(vocab_bytes(tokenizer, who), body, completion, who)
+    ids = np.asarray([*prefix, *body, _end_of_turn(tokenizer, who)], dtype=np.int64)
+    return ids, len(prefix), lengths
+
+
+def render_aligned(
+    teacher_tokenizer: object,
+    student_tokenizer: object,
+    prompt: str,
+    completion: str,
+    teacher: str,
+) -> AlignedSequence:
+    """Both chat renderings of (prompt, completion), aligned over the completion's bytes."""
+    teacher_ids, teacher_start, teacher_lengths = _side(
+        teacher_tokenizer, prompt, completion, f"teacher {teacher!r}"
+    )
+    student_ids, student_start, student_lengths = _side(
+        student_tokenizer, prompt, completion, "student"
+    )
+    return aligned_sequence(
+        completion,
+        teacher_ids,
+        student_ids,
+        teacher_start,
+        student_start,
+        teacher_lengths,
+        student_lengths,
+        ends=True,
+    )
+
+
+def align_text(
+    teacher_tokenizer: object, student_tokenizer: object, text: str, teacher: str
+) -> AlignedSequence:
+    """Plain text, no template: the first token of each side has no context to predict it."""
+    sides = []
+    named = ((teacher_tokenizer, f"teacher {teacher!r}"), (student_tokenizer, "student"))
+    for tokenizer, who in named:
+        ids = encode_text(tokenizer, text, who)
+        sides.append((ids, token_byte_lengths(vocab_bytes(tokenizer, who), ids, text, who)))
+    (teacher_ids, teacher_lengths), (student_ids, student_lengths) = sides
+    return aligned_sequence(
+        text, teacher_ids, student_ids, 0, 0, teacher_lengths, student_lengths, ends=False
+    )
