@@ -53,9 +53,10 @@ def run(
     force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Build or reuse the world, evaluate the teachers, write OUT/metrics.json."""
+    cfg = _configure(config, overrides)
     from polydistill.pipeline import run as run_pipeline
 
-    run_pipeline(_configure(config, overrides), out, force)
+    run_pipeline(cfg, out, force)
 
 
 @world_app.command("build")

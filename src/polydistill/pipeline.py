@@ -1,5 +1,6 @@
 """`polydistill run`: the main job, top to bottom.
 
+0. Check every real checkpoint's tokenizer, so that a bad path fails at once.
 1. Build (or reuse) the world: domain data, tokenizers, world teachers.
 2. Evaluate every teacher (world-trained or a real local checkpoint) on every held-out domain.
 3. Write `metrics.json`, the resolved config and the world's location into the output folder.
@@ -23,7 +24,7 @@ from polydistill.config import RunConfig
 from polydistill.errors import UserError
 from polydistill.evaluate import evaluate_model
 from polydistill.progress import console, progress_bars
-from polydistill.teachers import load_checkpoint
+from polydistill.teachers import load_checkpoint, load_tokenizer
 from polydistill.world.build import World, build_world
 from polydistill.world.domains import DOMAINS
 
@@ -86,6 +87,9 @@ def evaluate_teachers(cfg: RunConfig, world: World) -> dict[str, dict]:
 
 def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     """The whole job; returns the metrics written to `out/metrics.json`."""
+    for teacher in cfg.teachers:
+        if teacher.path is not None:  # fail fast, before minutes of world building
+            load_tokenizer(teacher.path, f"teacher {teacher.name!r}")
     with staged_output(out, force) as staging:
         world = build_world(cfg)
         metrics = {"domains": list(DOMAINS), "models": evaluate_teachers(cfg, world)}

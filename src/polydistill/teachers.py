@@ -21,10 +21,8 @@ from polydistill.errors import UserError
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def load_checkpoint(
-    path: Path, who: str, dtype: torch.dtype = torch.float32
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer of a local checkpoint, checked for what the pipeline needs."""
+def load_tokenizer(path: Path, who: str) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer, checked for what alignment and chat rendering need."""
     if not (path / "config.json").is_file():
         raise UserError(f"{who}: not a Hugging Face checkpoint (no config.json): {path}")
     try:
@@ -42,6 +40,14 @@ def load_checkpoint(
         )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_checkpoint(
+    path: Path, who: str, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer of a local checkpoint, in evaluation mode."""
+    tokenizer = load_tokenizer(path, who)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as error:

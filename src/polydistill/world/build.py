@@ -30,6 +30,7 @@ from polydistill.world.domains import Example
 from polydistill.world.tokenizers import STYLES, train_tokenizer
 
 FAMILY_STYLE = {"gemma": "gemma", "qwen": "qwen", "gpt-oss": "gpt-oss"}
+CHAT_WORDS = ("user", "model", "assistant", "system", "final", "analysis")
 
 
 @dataclass(frozen=True)
@@ -113,12 +114,13 @@ def _train_teacher(spec: dict, world_root: str, threads: int, events) -> dict:
     reached: dict = {}
 
     def on_step(step: int, record: dict) -> bool:
-        events.put((teacher.name, step, record["tokens_per_s"]))
+        events.put(("step", teacher.name, step, record["tokens_per_s"]))
         if step % spec["eval_every"] and step != teacher.train.steps:
             return False
         scores = evaluate_model(model, tokenizer, own_heldout, 24, 256, f"teacher {teacher.name!r}")
         model.train()
         reached.update(step=step, accuracy=scores["accuracy"])
+        events.put(("eval", teacher.name, step, scores["accuracy"]))
         return min(scores["accuracy"].values()) >= spec["target_accuracy"]
 
     started = time.perf_counter()
@@ -155,6 +157,8 @@ def _build_tokenizers(
     corpus = [
         f"{e.prompt} {e.answer}" for examples in train_split.values() for e in examples[:4000]
     ]
+    # Real vocabularies spell their chat roles as single tokens; so must ours.
+    corpus += list(CHAT_WORDS) * 1000
     for style in STYLES:
         train_tokenizer(style, corpus, world.vocab.of(style)).save_pretrained(
             root / "tokenizers" / style
@@ -195,8 +199,12 @@ def _train_teachers(cfg: RunConfig, root: Path) -> list[dict]:
         ]
         while not all(f.done() for f in futures) or not events.empty():
             while not events.empty():
-                name, step, rate = events.get()
-                bars.update(tasks[name], completed=step, rate=f"{rate:,.0f} tok/s")
+                kind, name, step, value = events.get()
+                if kind == "step":
+                    bars.update(tasks[name], completed=step, rate=f"{value:,.0f} tok/s")
+                else:
+                    scores = ", ".join(f"{d} {a:.1%}" for d, a in value.items())
+                    bars.console.log(f"teacher {name} step {step}: held-out {scores}")
             time.sleep(0.2)
         for future in futures:
             summary = future.result()

@@ -222,7 +222,16 @@ def train_tokenizer(style: str, corpus: Iterable[str], vocab_size: int) -> PreTr
     texts = list(corpus)
     if not texts:
         raise UserError(f"tokenizer {style!r}: empty training corpus")
-    tokenizer = _trained(style, texts, vocab_size, specials)
+    try:
+        tokenizer = _trained(style, texts, vocab_size, specials)
+    except Exception as error:  # the tokenizers library raises a bare Exception
+        if "not large enough" not in str(error):
+            raise
+        alphabet = len(set("".join(texts)))
+        raise UserError(
+            f"tokenizer {style!r}: vocab_size {vocab_size} cannot hold the corpus's {alphabet} "
+            "distinct characters besides the byte tokens; raise it"
+        ) from None
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **roles)
     wrapped.chat_template = template

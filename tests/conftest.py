@@ -1,0 +1,30 @@
+"""Shared fixtures: the tiny world is built once per test session."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("worlds")
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_cache):
+    from polydistill.config import load_config
+
+    return load_config(TINY_CONFIG, [f"world.cache_dir={tiny_cache}", "threads=2"])
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tiny_config):
+    from polydistill.world.build import build_world
+
+    return build_world(tiny_config)
