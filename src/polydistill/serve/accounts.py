@@ -171,6 +171,13 @@ def rotate_key(db: sa.Engine, server_secret: bytes, name: str, grace_s: int, now
     return key
 
 
+_AUTHENTICATE = sa.text(
+    "SELECT k.id, k.name, k.budget_micros, k.rpm, k.tpm, k.models, k.max_tokens, k.max_n,"
+    " k.max_logprobs, k.revoked_ms, k.expires_ms, s.digest, s.expires_ms AS secret_expiry"
+    " FROM key_secrets s JOIN api_keys k ON k.id = s.key_id WHERE s.public_id = :public_id"
+)
+
+
 def authenticate(
     db: sa.Engine, server_secret: bytes, presented: str, now_ms: int
 ) -> KeyRecord | None:
@@ -178,13 +185,8 @@ def authenticate(
     public_id = public_id_of(presented)
     if public_id is None:
         return None
-    query = (
-        sa.select(api_keys, key_secrets.c.digest, key_secrets.c.expires_ms.label("secret_expiry"))
-        .join(key_secrets, key_secrets.c.key_id == api_keys.c.id)
-        .where(key_secrets.c.public_id == public_id)
-    )
     with read_transaction(db) as conn:
-        row = conn.execute(query).first()
+        row = conn.execute(_AUTHENTICATE, {"public_id": public_id}).first()
     if row is None or not digest_matches(server_secret, presented, row.digest):
         return None
     expiries = (row.secret_expiry, row.expires_ms)

@@ -8,16 +8,16 @@ lives on the separate admin app (`metrics.admin_app`).
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from anyio.to_thread import run_sync
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from polydistill.serve.accounts import KeyRecord, authenticate
+from polydistill.serve.accounts import KeyRecord
+from polydistill.serve.auth import KeyCache
 from polydistill.serve.chat import chat_prompt_ids, chat_request
 from polydistill.serve.checkpoint import ServedModel
 from polydistill.serve.completions import completion_request
@@ -41,7 +41,6 @@ from polydistill.serve.protocol import (
     TokenizeResponse,
 )
 from polydistill.serve.settings import GatewaySettings
-from polydistill.serve.timeutil import now_ms
 
 
 @dataclass
@@ -57,6 +56,10 @@ class Gateway:
     metrics: GatewayMetrics
     lineage: dict[str, Any] | None = None
     ready: bool = False
+    keys: KeyCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = KeyCache(self.db, self.server_secret, self.settings.auth_cache_s)
 
 
 _bearer = HTTPBearer(auto_error=False)
@@ -76,10 +79,7 @@ async def require_key(
     """The key behind the request's bearer token, or a 401."""
     if credentials is None:
         raise _missing_key
-    gateway = _gateway(request)
-    key = await run_sync(
-        authenticate, gateway.db, gateway.server_secret, credentials.credentials, now_ms()
-    )
+    key = await _gateway(request).keys.lookup(credentials.credentials)
     if key is None:
         raise ApiError(401, "invalid, expired or revoked API key", code="invalid_api_key")
     return key

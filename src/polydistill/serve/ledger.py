@@ -37,6 +37,56 @@ class Admission:
     reset_ms: int
 
 
+# The hot statements are plain SQL that SQLite and PostgreSQL both accept, prepared once:
+# building SQLAlchemy expressions per request cost more than running them.
+_ADMIT = sa.text(
+    """
+    UPDATE api_keys SET
+      reserved_micros = reserved_micros + :cost,
+      window_requests = CASE WHEN window_start = :window THEN window_requests + 1 ELSE 1 END,
+      window_tokens = CASE WHEN window_start = :window THEN window_tokens + :tokens
+                      ELSE :tokens END,
+      window_start = :window
+    WHERE id = :key_id AND revoked_ms IS NULL
+      AND (budget_micros IS NULL OR spent_micros + reserved_micros + :cost <= budget_micros)
+      AND (rpm IS NULL OR window_start <> :window OR window_requests < rpm)
+      AND (tpm IS NULL
+           OR (CASE WHEN window_start = :window THEN window_tokens ELSE 0 END) + :tokens <= tpm)
+    RETURNING rpm, tpm, window_requests, window_tokens
+    """
+)
+_HOLD = sa.text(
+    "INSERT INTO reservations (request_id, key_id, amount_micros, tokens, window_start, owner,"
+    " created_ms) VALUES (:request_id, :key_id, :cost, :tokens, :window, :owner, :now)"
+)
+_UNHOLD = sa.text(
+    "DELETE FROM reservations WHERE request_id = :request_id"
+    " RETURNING key_id, amount_micros, tokens, window_start"
+)
+_SPEND = sa.text(
+    """
+    UPDATE api_keys SET
+      reserved_micros = reserved_micros - :amount,
+      spent_micros = spent_micros + :spent,
+      window_tokens = CASE WHEN window_start = :window THEN window_tokens - :unused
+                      ELSE window_tokens END
+    WHERE id = :key_id
+    """
+)
+_SPEND_UNRESERVED = sa.text(
+    "UPDATE api_keys SET spent_micros = spent_micros + :spent WHERE id = :key_id"
+)
+_RECORD = sa.text(
+    "INSERT INTO usage_ledger (request_id, key_id, key_name, model, endpoint, prompt_tokens,"
+    " completion_tokens, cost_micros, streamed, finish, created_ms) VALUES (:request_id,"
+    " :key_id, :key_name, :model, :endpoint, :prompt_tokens, :completion_tokens, :cost_micros,"
+    " :streamed, :finish, :created_ms)"
+)
+_KEEP_BODY = sa.text(
+    "INSERT INTO idempotent_responses (request_id, body) VALUES (:request_id, :body)"
+)
+
+
 def _window(now_ms: int, window_s: int) -> tuple[int, int]:
     """The current window's index and the milliseconds until it ends."""
     length = window_s * 1000
@@ -55,48 +105,17 @@ def reserve(
 ) -> Admission:
     """Hold `cost_micros` and `tokens` for `request_id` if the key's limits allow it."""
     window, reset_ms = _window(now_ms, window_s)
-    keys = api_keys.c
-    same_window = keys.window_start == window
-    requests_so_far = sa.case((same_window, keys.window_requests), else_=0)
-    tokens_so_far = sa.case((same_window, keys.window_tokens), else_=0)
-    admit = (
-        api_keys.update()
-        .where(keys.id == key_id, keys.revoked_ms.is_(None))
-        .where(
-            sa.or_(
-                keys.budget_micros.is_(None),
-                keys.spent_micros + keys.reserved_micros + cost_micros <= keys.budget_micros,
-            )
-        )
-        .where(sa.or_(keys.rpm.is_(None), requests_so_far < keys.rpm))
-        .where(sa.or_(keys.tpm.is_(None), tokens_so_far + tokens <= keys.tpm))
-        .values(
-            reserved_micros=keys.reserved_micros + cost_micros,
-            window_requests=requests_so_far + 1,
-            window_tokens=tokens_so_far + tokens,
-            window_start=window,
-        )
-        .returning(keys.rpm, keys.tpm, keys.window_requests, keys.window_tokens)
-    )
+    values = {"cost": cost_micros, "tokens": tokens, "window": window, "key_id": key_id}
     try:
         with write_transaction(db) as conn:
-            row = conn.execute(admit).first()
+            row = conn.execute(_ADMIT, values).first()
             if row is not None:
-                conn.execute(
-                    reservations.insert().values(
-                        request_id=request_id,
-                        key_id=key_id,
-                        amount_micros=cost_micros,
-                        tokens=tokens,
-                        window_start=window,
-                        owner=owner,
-                        created_ms=now_ms,
-                    )
-                )
+                hold = {**values, "request_id": request_id, "owner": owner, "now": now_ms}
+                conn.execute(_HOLD, hold)
                 return Admission(
                     None, row.rpm, row.tpm, row.window_requests, row.window_tokens, reset_ms
                 )
-            current = conn.execute(sa.select(api_keys).where(keys.id == key_id)).one()
+            current = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
     except sa.exc.IntegrityError:
         return Admission("duplicate", None, None, 0, 0, reset_ms)
     return _refusal(current, window, cost_micros, tokens, reset_ms)
@@ -106,12 +125,13 @@ def _refusal(row: Any, window: int, cost: int, tokens: int, reset_ms: int) -> Ad
     used_requests = row.window_requests if row.window_start == window else 0
     used_tokens = row.window_tokens if row.window_start == window else 0
     refusal: Refusal
-    if row.revoked_ms is not None:
-        refusal = "revoked"
-    elif (
+    over_budget = (
         row.budget_micros is not None
         and row.spent_micros + row.reserved_micros + cost > row.budget_micros
-    ):
+    )
+    if row.revoked_ms is not None:
+        refusal = "revoked"
+    elif over_budget:
         refusal = "budget"
     elif row.tpm is not None and tokens > row.tpm:
         refusal = "too_large"
@@ -124,31 +144,18 @@ def _refusal(row: Any, window: int, cost: int, tokens: int, reset_ms: int) -> Ad
 
 def _unhold(conn: sa.Connection, request_id: str, actual_tokens: int, spent: int) -> bool:
     """Drop the reservation of `request_id` and move `spent` into the key's spend."""
-    held = conn.execute(
-        reservations.delete()
-        .where(reservations.c.request_id == request_id)
-        .returning(
-            reservations.c.key_id,
-            reservations.c.amount_micros,
-            reservations.c.tokens,
-            reservations.c.window_start,
-        )
-    ).first()
+    held = conn.execute(_UNHOLD, {"request_id": request_id}).first()
     if held is None:
         return False
-    keys = api_keys.c
-    unused_tokens = max(held.tokens - actual_tokens, 0)
     conn.execute(
-        api_keys.update()
-        .where(keys.id == held.key_id)
-        .values(
-            reserved_micros=keys.reserved_micros - held.amount_micros,
-            spent_micros=keys.spent_micros + spent,
-            window_tokens=sa.case(
-                (keys.window_start == held.window_start, keys.window_tokens - unused_tokens),
-                else_=keys.window_tokens,
-            ),
-        )
+        _SPEND,
+        {
+            "amount": held.amount_micros,
+            "spent": spent,
+            "window": held.window_start,
+            "unused": max(held.tokens - actual_tokens, 0),
+            "key_id": held.key_id,
+        },
     )
     return True
 
@@ -171,32 +178,19 @@ def settle(
     """Write the ledger row of `request_id` and turn its reservation into spend. False (and
     the reservation released) if the request was already settled."""
     row = {
-        "request_id": request_id,
-        "key_id": key_id,
-        "key_name": key_name,
-        "model": model,
-        "endpoint": endpoint,
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "cost_micros": cost_micros,
-        "streamed": streamed,
-        "finish": finish,
-        "created_ms": now_ms,
-    }
+        "request_id": request_id, "key_id": key_id, "key_name": key_name, "model": model,
+        "endpoint": endpoint, "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens, "cost_micros": cost_micros,
+        "streamed": streamed, "finish": finish, "created_ms": now_ms,
+    }  # fmt: skip
     try:
         with write_transaction(db) as conn:
-            conn.execute(usage_ledger.insert().values(**row))
+            conn.execute(_RECORD, row)
             if not _unhold(conn, request_id, prompt_tokens + completion_tokens, cost_micros):
                 # The reservation was swept as stale: the tokens were still produced.
-                conn.execute(
-                    api_keys.update()
-                    .where(api_keys.c.id == key_id)
-                    .values(spent_micros=api_keys.c.spent_micros + cost_micros)
-                )
+                conn.execute(_SPEND_UNRESERVED, {"spent": cost_micros, "key_id": key_id})
             if response_body is not None:
-                conn.execute(
-                    idempotent_responses.insert().values(request_id=request_id, body=response_body)
-                )
+                conn.execute(_KEEP_BODY, {"request_id": request_id, "body": response_body})
     except sa.exc.IntegrityError:
         release(db, request_id)
         return False

@@ -12,7 +12,9 @@ Example (`polydistill serve MODEL_DIR --config gateway.yaml`)::
     max_body_bytes: 1000000
     rate_window_s: 60            # length of the rpm/tpm window
     reservation_ttl_s: 1800      # reservations older than this are swept as dead
-    request_timeout_s: 600       # a generation is cut off (and billed as produced) after this
+    request_timeout_s: 600       # a non-streamed generation still running then is a 504, unbilled
+    auth_cache_s: 5              # how long a valid key is remembered (revocation at admission
+                                 # is immediate regardless)
 
 A model without a price is served at no charge (a warning says so at start-up).
 """
@@ -52,6 +54,7 @@ class GatewaySettings(BaseModel):
     request_timeout_s: int = Field(default=600, ge=1)
     sweep_interval_s: int = Field(default=60, ge=1)
     max_batch_size: int = Field(default=8, ge=1, le=256)
+    auth_cache_s: float = Field(default=5.0, ge=0.0, le=300.0)
 
 
 def load_settings(path: Path | None) -> GatewaySettings:

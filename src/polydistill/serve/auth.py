@@ -1,0 +1,41 @@
+"""Bearer-token authentication of API requests, with a short-lived cache of valid keys.
+
+The cache maps the HMAC of a presented key to its record for `ttl_s` seconds (default 5),
+saving a database round trip per request. Revocation still takes effect at once for
+generation: admission re-checks it in the same statement that reserves the budget; only the
+free routes (models, tokenizer) may accept a revoked or just-expired key for up to `ttl_s`.
+"""
+
+import time
+
+import sqlalchemy as sa
+from anyio.to_thread import run_sync
+
+from polydistill.serve.accounts import KeyRecord, authenticate
+from polydistill.serve.keys import key_digest
+from polydistill.serve.timeutil import now_ms
+
+_MAX_ENTRIES = 10_000
+
+
+class KeyCache:
+    """Authenticates presented keys against the database, remembering valid ones briefly."""
+
+    def __init__(self, db: sa.Engine, server_secret: bytes, ttl_s: float) -> None:
+        self._db = db
+        self._secret = server_secret
+        self._ttl_s = ttl_s
+        self._valid: dict[str, tuple[KeyRecord, float]] = {}
+
+    async def lookup(self, presented: str) -> KeyRecord | None:
+        digest = key_digest(self._secret, presented)
+        cached = self._valid.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        record = await run_sync(authenticate, self._db, self._secret, presented, now_ms())
+        if record is not None and self._ttl_s > 0:
+            if len(self._valid) >= _MAX_ENTRIES:
+                self._valid.clear()
+            self._valid[digest] = (record, now + self._ttl_s)
+        return record
