@@ -9,7 +9,7 @@ import pytest
 from serve_harness import SERVER_SECRET, client_for, make_gateway
 
 from polydistill.serve import ledger
-from polydistill.serve.accounts import create_key, list_keys
+from polydistill.serve.accounts import create_key, list_keys, revoke_key
 from polydistill.serve.app import create_app
 from polydistill.serve.engine import EngineError, EngineEvent, SamplingParams, TextDelta
 from polydistill.serve.fixed_engine import FixedEngine
@@ -102,6 +102,12 @@ def test_rate_limits_headers_and_quota(served, sqlite_url: str) -> None:
         )
 
     (first, second, third), quota = _run(gateway, calls)
+    revoke_key(gateway.db, "broke", NOW)
+    # The key is still in the authentication cache, but admission sees the revocation.
+    revoked = _run(
+        gateway, lambda client: client.post("/v1/completions", json=body, headers=_bearer(broke))
+    )
+    assert revoked.status_code == 401 and revoked.json()["error"]["code"] == "invalid_api_key"
     assert first.status_code == second.status_code == 200
     assert first.headers["x-ratelimit-limit-requests"] == "2"
     assert first.headers["x-ratelimit-remaining-requests"] == "1"

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from anyio.to_thread import run_sync
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
@@ -76,8 +77,6 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
 
 
 async def _replay(meter: Meter, request_id: str) -> Response | None:
-    from anyio.to_thread import run_sync
-
     billed, body = await run_sync(stored_response, meter.db, request_id)
     if body is not None:
         return Response(body, media_type="application/json", headers={REPLAY_HEADER: "true"})
