@@ -30,11 +30,11 @@ The rule, for the student token s covering bytes [d, d2) of the completion:
 
 Why this rule: it is exact in the identity case (every student token is a teacher token, the
 observed path is one token long and each candidate maps to itself) and exact for every
-continuation the teacher's top-k and observed path determine; the only approximation is that an
-off-path candidate is credited to the longest student prefix of its bytes, since what the teacher
-would say after it is not known. Conditioning on R keeps every student target a distribution
-over what can actually follow the student's context, and the tail reports what could not be
-placed (`tail_share`).
+continuation the teacher's top-k and observed path determine. It approximates only what the
+teacher did not say: an off-path candidate is credited to the longest student prefix of its
+bytes (what would follow it is unknown), and the top-k's tail is as consistent with R as the
+top-k. Conditioning on R keeps every student target a distribution over what can actually follow
+the student's context, and the tail reports what could not be placed (`tail_share`).
 """
 
 from dataclasses import dataclass
@@ -177,8 +177,8 @@ def project(
     the two sequences when the rendering has them. Each output row keeps the `k` (default: the
     teacher's k) most probable student ids; unused slots hold ids the row does not list, with
     log-prob -inf."""
-    top_ids = np.asarray(top_ids, dtype=np.int64)
-    probs = np.exp(np.asarray(top_logprobs, dtype=np.float64))
+    top_ids = np.asarray(_on_cpu(top_ids), dtype=np.int64)
+    probs = np.exp(np.asarray(_on_cpu(top_logprobs), dtype=np.float64))
     if end_pair is None and seq.ends:
         end_pair = (int(seq.teacher_ids[-1]), int(seq.student_ids[-1]))
     t = _student_targets(seq)
@@ -203,6 +203,10 @@ def project(
     out_row = t["index"] - 1
     keep = ~broken & t["usable"] & (out_row >= 0)
     return _top_k(merged, lost, keep, out_row, len(seq.student_ids), k or top_ids.shape[1])
+
+
+def _on_cpu(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
 
 
 def _own_tail(probs: np.ndarray, consistent_mass: np.ndarray, steps: _Steps, t: dict):

@@ -21,7 +21,6 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 
 import numpy as np
 from tokenizers import Tokenizer, models
@@ -62,6 +61,8 @@ class VocabBytes:
     is_special: np.ndarray
     is_byte_fallback: np.ndarray
     digest: str
+    flat: np.ndarray  # every token's bytes end to end (uint8), token i at offsets[i]
+    offsets: np.ndarray
 
     def __len__(self) -> int:
         return len(self.token_bytes)
@@ -123,7 +124,11 @@ def _build_vocab_bytes(backend: Tokenizer, who: str) -> VocabBytes:
     digest.update(np.packbits(is_special).tobytes() + np.packbits(is_fallback).tobytes())
     digest.update(b"\0".join(token_bytes))
     lengths = np.fromiter(map(len, token_bytes), dtype=np.int64, count=size)
-    return VocabBytes(token_bytes, lengths, is_special, is_fallback, digest.hexdigest())
+    flat = np.frombuffer(b"".join(token_bytes), dtype=np.uint8)
+    offsets = np.cumsum(lengths) - lengths
+    return VocabBytes(
+        token_bytes, lengths, is_special, is_fallback, digest.hexdigest(), flat, offsets
+    )
 
 
 # A few tokenizers per process; keyed by the backend object itself (kept alive by the entry).
@@ -156,24 +161,40 @@ def _mismatch(produced: bytes, expected: bytes) -> str:
     return f"at byte {at}: text {shown!r} came back as {got!r}"
 
 
+def _concatenated(vocab: VocabBytes, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The bytes of `ids` end to end, gathered from the flat table (no Python objects).
+
+    The gather index runs +1 inside a token and jumps to the next token's offset at each token
+    start: one cumulative sum instead of a repeat per token."""
+    keep = lengths > 0
+    starts, sizes = vocab.offsets[ids[keep]], lengths[keep]
+    if not len(starts):
+        return np.zeros(0, dtype=np.uint8)
+    step = np.ones(int(sizes.sum()), dtype=np.int64)
+    step[0] = starts[0]
+    step[np.cumsum(sizes[:-1])] = starts[1:] - (starts[:-1] + sizes[:-1]) + 1
+    return vocab.flat[np.cumsum(step)]
+
+
 def token_byte_lengths(vocab: VocabBytes, ids: Sequence[int], text: str, who: str) -> np.ndarray:
     """Byte length of each token of `ids`, an encoding of `text`; they sum to len(text in UTF-8).
 
     A leading space the tokenizer added itself (a SentencePiece dummy prefix) is taken off the
     first token. Anything else that does not reproduce the text raises `UserError`.
     """
-    expected = text.encode("utf-8")
+    expected = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     ids = np.asarray(ids, dtype=np.int64)
-    pieces = itemgetter(*ids.tolist())(vocab.token_bytes) if len(ids) else ()
-    produced = b"".join(pieces) if len(ids) != 1 else pieces
     lengths = vocab.lengths[ids]
-    if produced == expected:
+    produced = _concatenated(vocab, ids, lengths)
+    if np.array_equal(produced, expected):
         return lengths
-    if produced == b" " + expected and len(ids) and lengths[0] >= 1:
+    dummy_prefix = len(produced) == len(expected) + 1 and produced[:1].tobytes() == b" "
+    if dummy_prefix and lengths[0] >= 1 and np.array_equal(produced[1:], expected):
         lengths[0] -= 1
         return lengths
+    mismatch = _mismatch(produced.tobytes(), expected.tobytes())
     raise UserError(
-        f"{who}: tokenizer does not round-trip the text ({_mismatch(produced, expected)}); "
+        f"{who}: tokenizer does not round-trip the text ({mismatch}); "
         "its normaliser changes the text: normalise the data the same way first (e.g. "
         "unicodedata.normalize('NFC', text)) or use a tokenizer without a lossy normaliser"
     )
