@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.results_md import write_section
 from polydistill import vocabmap
 from polydistill.align import AlignedSequence, aligned_sequence
 from polydistill.project import project, tail_share
@@ -49,7 +50,6 @@ from polydistill.tokenbytes import token_byte_lengths, vocab_bytes
 from polydistill.world.real_vocab import REAL_TOKENIZERS, gemma_style_corpus, stdlib_lines
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-RESULTS = Path(__file__).parent / "RESULTS.md"
 SECTION = "## Alignment (benchmarks/align.py)"
 SIZES = (512, 4096, 16384)
 TOP_K = 20
@@ -315,16 +315,6 @@ def section(records: list[dict], command: str, sizes: tuple[int, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(text: str) -> None:
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if SECTION in current:
-        head, rest = current.split(SECTION, 1)
-        current = head + text + (rest[rest.index("\n## ") + 1 :] if "\n## " in rest else "")
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(current.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True, help="write the records here")
@@ -354,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.json).write_text(json.dumps(records, indent=1))
     if not args.no_results_md:
         command = "python -m benchmarks.align --json OUT.json" + (" --quick" if args.quick else "")
-        write_results(section(records, command, sizes))
+        write_section(SECTION, section(records, command, sizes))
     for line in table(records) + ratios(records, sizes):
         print(line)
 
