@@ -13,8 +13,9 @@ one-second warm-up. Every request is a non-streamed `/v1/completions` of 16 toke
 - `gateway-fixed-sqlite` / `gateway-fixed-postgresql`: the gateway with the instant engine
   (`FixedEngine`): authentication, validation, tokenization, reservation, settlement and the
   ledger row, i.e. the gateway's whole overhead;
-- `gateway-model-sqlite`: end to end with a model in process (`LocalEngine`). The model is the
-  tests' tiny random Qwen3 checkpoint (2 layers, hidden 128), standing in for the world student.
+- `gateway-model-sqlite`: end to end with a model in process (`LocalEngine`, batches of up to 8,
+  one torch thread). The model is the tests' tiny random Qwen3 checkpoint (2 layers, hidden
+  128), standing in for the world student.
 
 The floor and the SQLite gateway also run with one client: the overhead without queueing.
 
@@ -94,7 +95,9 @@ def _gateway_app(kind: str, model_dir: Path, db: str) -> Any:
 
     engine = FixedEngine() if kind == "fixed" else None
     price = Price(1_000_000, 2_000_000)
-    return create_app(open_gateway(model_dir, GatewaySettings(), db, price=price, engine=engine))
+    # One torch thread: the load generator has the other core.
+    settings = GatewaySettings(torch_threads=1)
+    return create_app(open_gateway(model_dir, settings, db, price=price, engine=engine))
 
 
 def serve(kind: str, model_dir: Path, db: str, port: int) -> None:

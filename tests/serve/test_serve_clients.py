@@ -56,7 +56,8 @@ def live(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     db = str(work / "gateway.db")
     config = work / "gateway.yaml"
     config.write_text(
-        f"prices:\n  {tiny_model_dir.name}: {{input: '0.50', output: '1.50'}}\nrate_window_s: 1\n"
+        f"prices:\n  {tiny_model_dir.name}: {{input: '0.50', output: '1.50'}}\n"
+        "rate_window_s: 1\ntorch_threads: 1\n"
     )
     keys = {
         "main": _key(db, "--name", "main"),

@@ -58,6 +58,10 @@ def open_gateway(
             upstream, upstream_model or served.model_id, api_key, settings.request_timeout_s
         )
     elif engine is None:
+        if settings.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
         engine = LocalEngine(load_causal_lm(model_dir), served, settings.max_batch_size)
     metrics = GatewayMetrics()
     meter = Meter(

@@ -15,6 +15,8 @@ Example (`polydistill serve MODEL_DIR --config gateway.yaml`)::
     request_timeout_s: 600       # a non-streamed generation still running then is a 504, unbilled
     auth_cache_s: 5              # how long a valid key is remembered (revocation at admission
                                  # is immediate regardless)
+    torch_threads: 4             # CPU threads of the in-process model (default: torch's choice;
+                                 # fewer than the cores when other processes share them)
 
 A model without a price is served at no charge (a warning says so at start-up).
 """
@@ -55,6 +57,7 @@ class GatewaySettings(BaseModel):
     sweep_interval_s: int = Field(default=60, ge=1)
     max_batch_size: int = Field(default=8, ge=1, le=256)
     auth_cache_s: float = Field(default=5.0, ge=0.0, le=300.0)
+    torch_threads: int | None = Field(default=None, ge=1, le=1024)
 
 
 def load_settings(path: Path | None) -> GatewaySettings:
