@@ -44,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-RESULTS = Path(__file__).parent / "RESULTS.md"
+from benchmarks.results_md import write_section
+
 SECTION = "## Gateway (benchmarks/gateway.py)"
 TESTS_SERVE = Path(__file__).resolve().parent.parent / "tests" / "serve"
 SECRET = "benchmark-server-secret-0123456789abcdef"
@@ -321,16 +322,6 @@ def section(load: list[dict], races: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(text: str) -> None:
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if SECTION in current:
-        head, rest = current.split(SECTION, 1)
-        current = head + text + (rest[rest.index("\n## ") + 1 :] if "\n## " in rest else "")
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(current.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the records here")
@@ -364,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
         command = "python -m benchmarks.gateway --json OUT.json"
         if args.seconds != 8.0:
             command += f" --seconds {args.seconds:g}"
-        write_results(section(load, races, command))
+        write_section(SECTION, section(load, races, command))
 
 
 if __name__ == "__main__":
