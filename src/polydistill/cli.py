@@ -2,6 +2,7 @@
 
     polydistill run examples/specialists.yaml --out runs/demo [key=value ...]
     polydistill world build examples/specialists.yaml --out runs/world [key=value ...]
+    polydistill serve MODEL_DIR [--port P] [--db URL]     (and: keys, usage; see --help)
 
 Overrides set any config field: `teachers[0].train.steps=500`, `eval.heldout_limit=50`.
 Bad input prints one line starting with `error:` and exits with code 2.
@@ -16,6 +17,7 @@ from typing import Annotated
 import typer
 
 from polydistill.errors import UserError
+from polydistill.serve.commands import register as register_serve
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -28,6 +30,7 @@ app = typer.Typer(
 )
 world_app = typer.Typer(help="The offline specialists world.", no_args_is_help=True)
 app.add_typer(world_app, name="world")
+register_serve(app)  # serve, usage, keys
 
 ConfigArg = Annotated[Path, typer.Argument(help="Run configuration (YAML).")]
 OutOption = Annotated[Path, typer.Option("--out", help="Output folder.")]
