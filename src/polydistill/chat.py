@@ -7,7 +7,7 @@ between them is exact in every tokenizer.
 """
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -64,6 +64,29 @@ def pad_left(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+def shuffled_stream(rows: int, seed: int) -> Callable[[int], int]:
+    """Row at each position of an endless stream of shuffled epochs, by random access.
+
+    The stream is the concatenation of permutations drawn one after another from
+    `random.Random(seed)`; epochs are regenerated on demand (sequential access costs one shuffle
+    per epoch, jumping back replays the shuffles from the start).
+    """
+    rng, epoch, order = random.Random(seed), -1, list(range(rows))
+
+    def row_at(position: int) -> int:
+        nonlocal rng, epoch, order
+        wanted = position // rows
+        if wanted < epoch:
+            rng, epoch = random.Random(seed), -1
+        while epoch < wanted:
+            order = list(range(rows))
+            rng.shuffle(order)
+            epoch += 1
+        return order[position % rows]
+
+    return row_at
+
+
 def supervised_batches(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
@@ -71,8 +94,12 @@ def supervised_batches(
     batch_size: int,
     seed: int,
     who: str,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless shuffled batches of prompt + completion, labels only on the completion."""
+) -> Callable[[int], dict[str, torch.Tensor]]:
+    """`batch_at(i)`: the i-th batch of prompt + completion, labels only on the completion.
+
+    Batches are consecutive slices of `shuffled_stream`, so batch i depends on (seed, i) alone
+    and a resumed training run sees the batches an uninterrupted one would.
+    """
     if not prompts:
         raise UserError(f"{who}: empty dataset (no prompts)")
     rows = [
@@ -83,18 +110,16 @@ def supervised_batches(
             strict=True,
         )
     ]
-    rng = random.Random(seed)
-    order: list[int] = []
-    while True:
-        if len(order) < batch_size:
-            fresh = list(range(len(rows)))
-            rng.shuffle(fresh)
-            order += fresh
-        chosen, order = order[:batch_size], order[batch_size:]
+    row_at = shuffled_stream(len(rows), seed)
+
+    def batch_at(index: int) -> dict[str, torch.Tensor]:
+        chosen = [row_at(index * batch_size + j) for j in range(batch_size)]
         sequences = [rows[i][0] + rows[i][1] for i in chosen]
         input_ids, attention_mask = pad_right(sequences, tokenizer.pad_token_id)
         labels = torch.full_like(input_ids, -100)
         for row, i in enumerate(chosen):
             start = len(rows[i][0])
             labels[row, start : start + len(rows[i][1])] = torch.tensor(rows[i][1])
-        yield {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    return batch_at

@@ -1,49 +1,215 @@
 """The training loop: plain PyTorch, read top to bottom.
 
-    log = train(model, batches, sft_loss, steps=1000, lr=3e-3, ...)
+    records = train(model, supervised_batches(...), sft_loss, steps=1000, lr=3e-3,
+                    accumulation_steps=4, run_dir=Path("runs/x/student"), checkpoint_every=100,
+                    resume=True, fingerprint=cfg_dict)
 
-`batches` yields dicts of tensors; `loss_fn(model, batch)` returns the mean loss of that batch and
-a dict of named parts for the log. AdamW with warmup and a cosine decay to `min_lr_ratio · lr`,
-gradient clipping. The loop knows nothing of teachers: supervised fine-tuning of the world's
-teachers and distillation of students both come through `loss_fn`.
+The loop knows nothing of teachers: supervised fine-tuning of the world's teachers and
+distillation of students both come through `loss_fn`.
+
+- Data: `batch_at(i)` is the i-th micro-batch, a pure function of `i`, so the data position of a
+  checkpoint is one number and a resumed run sees exactly the batches the killed one would have.
+- Loss: `loss_fn(model, batch)` returns the *sum* of the loss over the tokens it counts, their
+  number, and named parts (sums too) for the log. An optimiser step backpropagates every
+  micro-batch's sum and divides the gradients by the step's total token count, so 4 micro-batches
+  of B/4 give the gradient of one batch of B even when they hold different numbers of tokens.
+- AdamW (no decay on embeddings, norms and biases), linear warmup then cosine decay to
+  `min_lr_ratio · lr` at the last step, gradient clipping (the logged norm is before clipping).
+- Precision: "float32", or "bfloat16" as autocast around the forward pass and the loss: weights,
+  gradients and optimiser state stay in float32 (master weights), matrix products run in
+  bfloat16. A model stored in bfloat16 would lose AdamW's small updates to rounding.
+- Deterministic: a fresh run seeds python, numpy and torch with `seed`; on CPU with the same
+  thread count, the same seed gives bit-identical weights, and so does a killed-and-resumed run.
+- With `run_dir`: `train_log.jsonl` (+ TensorBoard, see `train_log`) and, every
+  `checkpoint_every` steps and at the end, checkpoints under `run_dir/checkpoints` (see
+  `checkpoint`). `resume=True` continues from the newest one; a checkpoint whose settings (the
+  loop's and the caller's `fingerprint`) differ from this run's is a UserError, and a fresh run
+  never writes over existing checkpoints.
 """
 
-import json
 import math
+import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from polydistill.checkpoint import (
+    clear_leftovers,
+    list_checkpoints,
+    restore_training_state,
+    save_training_state,
+)
+from polydistill.errors import UserError
+from polydistill.train_log import TrainLog
+
 Batch = dict[str, torch.Tensor]
-LossFn = Callable[[PreTrainedModel, Batch], tuple[torch.Tensor, dict[str, float]]]
+BatchFn = Callable[[int], Batch]
 StepHook = Callable[[int, dict[str, float]], bool | None]
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+CHECKPOINTS_DIR = "checkpoints"
+RECORD_KEYS = ("step", "loss", "lr", "grad_norm", "loss_tokens", "tokens_per_s")
+
+
+class LossOutput(NamedTuple):
+    """What a loss function returns for one micro-batch."""
+
+    loss_sum: torch.Tensor  # differentiable sum of the per-token losses
+    tokens: int  # how many tokens that sum counts
+    parts: dict[str, float]  # named sums for the log (e.g. the addends of loss_sum)
+
+
+LossFn = Callable[[PreTrainedModel, Batch], LossOutput]
+
+
+class StepTotals(NamedTuple):
+    """One optimiser step's loss and parts per token, and its token counts."""
+
+    loss: float
+    parts: dict[str, float]
+    loss_tokens: int
+    input_tokens: int
 
 
 def cosine_lr(step: int, steps: int, lr: float, warmup_steps: int, min_lr_ratio: float) -> float:
-    """Linear warmup to `lr`, then cosine decay to `min_lr_ratio · lr` at the last step."""
+    """Rate of the 0-based `step`: linear warmup up to `lr`, then cosine decay that reaches
+    `min_lr_ratio · lr` at the last step (`steps - 1`)."""
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    progress = (step - warmup_steps) / max(1, steps - 1 - warmup_steps)
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return lr * (min_lr_ratio + (1.0 - min_lr_ratio) * cosine)
 
 
-def sft_loss(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-    """Token-mean cross-entropy on the label positions (-100 elsewhere)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]
-    loss = torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100
+def sft_loss(model: PreTrainedModel, batch: Batch) -> LossOutput:
+    """Summed cross-entropy on the label positions (-100 elsewhere), next-token shifted."""
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).logits
+    labels = batch["labels"][:, 1:].flatten()
+    shifted = logits[:, :-1].flatten(0, 1)
+    if shifted.dtype not in (torch.float32, torch.float64):
+        shifted = shifted.float()  # a softmax in half precision loses the small probabilities
+    loss_sum = torch.nn.functional.cross_entropy(
+        shifted, labels, ignore_index=-100, reduction="sum"
     )
-    return loss, {"ce": loss.item()}
+    return LossOutput(loss_sum, int((labels != -100).sum()), {"ce": loss_sum.item()})
+
+
+def accumulate_gradients(
+    model: PreTrainedModel,
+    loss_fn: LossFn,
+    micro_batches: Iterable[Batch],
+    autocast_dtype: torch.dtype | None = None,
+) -> StepTotals:
+    """Leave in `.grad` the gradient of (Σ loss sums) / (Σ tokens) over the micro-batches.
+
+    Tensors of each batch are moved to the model's device; other values pass unchanged.
+    """
+    device = next(model.parameters()).device
+    loss_sum, loss_tokens, input_tokens = 0.0, 0, 0
+    parts: dict[str, float] = {}
+    for batch in micro_batches:
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        autocast = (
+            torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+        )
+        with autocast:
+            out = loss_fn(model, batch)
+        if out.loss_sum.requires_grad:
+            out.loss_sum.backward()
+        loss_sum += out.loss_sum.item()
+        loss_tokens += out.tokens
+        input_tokens += _input_tokens(batch, out.tokens)
+        for name, value in out.parts.items():
+            parts[name] = parts.get(name, 0.0) + value
+    if loss_tokens == 0:
+        raise UserError(
+            "a training step has no loss tokens: every label/target of its batch is masked"
+        )
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.div_(loss_tokens)
+    per_token = {name: value / loss_tokens for name, value in parts.items()}
+    return StepTotals(loss_sum / loss_tokens, per_token, loss_tokens, input_tokens)
+
+
+def _input_tokens(batch: Batch, fallback: int) -> int:
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    if "input_ids" in batch:
+        return batch["input_ids"].numel()
+    return fallback
+
+
+def make_optimizer(
+    model: PreTrainedModel, lr: float, weight_decay: float, betas: tuple[float, float]
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on the weight matrices only (not embeddings, norms, biases)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in named if p.ndim < 2 or "embed" in n]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def _check_arguments(
+    steps: int,
+    accumulation_steps: int,
+    precision: str,
+    keep_checkpoints: int,
+    checkpoint_every: int,
+    resume: bool,
+    run_dir: Path | None,
+) -> None:
+    if steps < 1 or accumulation_steps < 1:
+        raise UserError(
+            f"steps ({steps}) and accumulation_steps ({accumulation_steps}) must be ≥ 1"
+        )
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if keep_checkpoints < 1 or checkpoint_every < 0:
+        raise UserError("keep_checkpoints must be ≥ 1 and checkpoint_every ≥ 0")
+    if resume and not (run_dir and checkpoint_every):
+        raise UserError("resume needs a run folder (run_dir) with checkpoints (checkpoint_every)")
+
+
+def _start(
+    model: PreTrainedModel,
+    optimizer: torch.optim.Optimizer,
+    checkpoints: Path | None,
+    resume: bool,
+    settings: dict[str, Any],
+    seed: int,
+) -> dict[str, Any]:
+    """The state to start from: the newest checkpoint when resuming, else a freshly seeded one."""
+    found = list_checkpoints(checkpoints) if checkpoints else []
+    if checkpoints:
+        clear_leftovers(checkpoints)
+    if found and not resume:
+        raise UserError(
+            f"{checkpoints} already holds checkpoints (newest {found[-1].name}); "
+            "resume the run, or train into another folder"
+        )
+    if found:
+        return restore_training_state(found[-1], model, optimizer, settings)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return {"step": 0, "next_micro_batch": 0, "finished": False}
 
 
 def train(
     model: PreTrainedModel,
-    batches: Iterator[Batch],
+    batch_at: BatchFn,
     loss_fn: LossFn,
     *,
     steps: int,
@@ -51,51 +217,110 @@ def train(
     warmup_steps: int = 0,
     min_lr_ratio: float = 0.1,
     weight_decay: float = 0.0,
-    grad_clip: float = 1.0,
-    log_path: Path | None = None,
+    grad_clip: float | None = 1.0,
+    betas: tuple[float, float] = (0.9, 0.98),
+    accumulation_steps: int = 1,
+    precision: str = "float32",
+    gradient_checkpointing: bool = False,
+    seed: int = 0,
+    run_dir: Path | None = None,
+    checkpoint_every: int = 0,
+    keep_checkpoints: int = 2,
+    resume: bool = False,
+    fingerprint: Mapping[str, Any] | None = None,
     on_step: StepHook | None = None,
 ) -> list[dict[str, float]]:
-    """Run up to `steps` optimiser steps, fewer if `on_step` returns True; one record per step."""
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=lr,
-        betas=(0.9, 0.98),
+    """Run up to `steps` optimiser steps, fewer if `on_step(step, record)` returns True.
+
+    Returns the records of the steps run by this call (a resumed run's earlier ones are in
+    `run_dir/train_log.jsonl`). `fingerprint`: JSON-able description of everything outside the
+    loop that shapes the run (model, data, loss), compared on resume.
+    """
+    _check_arguments(
+        steps, accumulation_steps, precision, keep_checkpoints, checkpoint_every, resume, run_dir
     )
-    model.train()
+    loop = {
+        "steps": steps,
+        "lr": lr,
+        "warmup_steps": warmup_steps,
+        "min_lr_ratio": min_lr_ratio,
+        "weight_decay": weight_decay,
+        "grad_clip": grad_clip,
+        "betas": list(betas),
+        "accumulation_steps": accumulation_steps,
+        "precision": precision,
+        "seed": seed,
+    }
+    settings = {"loop": loop, "run": dict(fingerprint or {})}
+    optimizer = make_optimizer(model, lr, weight_decay, betas)
+    checkpoints = run_dir / CHECKPOINTS_DIR if run_dir and checkpoint_every else None
+    state = _start(model, optimizer, checkpoints, resume, settings, seed)
+    if state["finished"]:
+        model.eval()
+        return []
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
     records: list[dict[str, float]] = []
-    log = log_path.open("a", encoding="utf-8") if log_path else None
+    position = state["next_micro_batch"]
     try:
-        for step in range(steps):
-            started = time.perf_counter()
-            batch = next(batches)
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, steps, lr, warmup_steps, min_lr_ratio)
-            loss, parts = loss_fn(model, batch)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            tokens = int(batch["attention_mask"].sum())
-            record = {
-                "step": step + 1,
-                "loss": loss.item(),
-                **parts,
-                "lr": optimizer.param_groups[0]["lr"],
-                "grad_norm": float(grad_norm),
-                "tokens_per_s": tokens / (time.perf_counter() - started),
-            }
-            records.append(record)
-            if log:
-                log.write(json.dumps(record) + "\n")
-            if on_step and on_step(step + 1, record):
-                break
+        with TrainLog(run_dir, state["step"]) as log:
+            for step in range(state["step"], steps):
+                rate = cosine_lr(step, steps, lr, warmup_steps, min_lr_ratio)
+                micro = (batch_at(i) for i in range(position, position + accumulation_steps))
+                position += accumulation_steps
+                record = {
+                    "step": step + 1,
+                    **optimizer_step(
+                        model, optimizer, loss_fn, micro, rate, grad_clip, PRECISIONS[precision]
+                    ),
+                }
+                records.append(record)
+                log.write(record)
+                stop = bool(on_step and on_step(step + 1, record))
+                done = stop or step + 1 == steps
+                if checkpoints and (done or (step + 1) % checkpoint_every == 0):
+                    state = {
+                        "step": step + 1,
+                        "next_micro_batch": position,
+                        "finished": done,
+                        "settings": settings,
+                    }
+                    save_training_state(checkpoints, model, optimizer, state, keep_checkpoints)
+                if stop:
+                    break
     finally:
-        if log:
-            log.close()
-    model.eval()
+        if gradient_checkpointing:
+            model.activation_checkpointing_disable()
+        model.eval()
     return records
+
+
+def optimizer_step(
+    model: PreTrainedModel,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    micro_batches: Iterable[Batch],
+    lr: float,
+    grad_clip: float | None,
+    autocast_dtype: torch.dtype | None,
+) -> dict[str, float]:
+    """One update from the accumulated micro-batches; returns its log record (without the step)."""
+    started = time.perf_counter()
+    model.train()  # an `on_step` hook may have evaluated the model
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    totals = accumulate_gradients(model, loss_fn, micro_batches, autocast_dtype)
+    clashing = set(totals.parts) & set(RECORD_KEYS)
+    if clashing:
+        raise ValueError(f"loss parts may not be named {sorted(clashing)}")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {
+        "loss": totals.loss,
+        **totals.parts,
+        "lr": lr,
+        "grad_norm": float(grad_norm),
+        "loss_tokens": totals.loss_tokens,
+        "tokens_per_s": totals.input_tokens / (time.perf_counter() - started),
+    }
