@@ -170,7 +170,9 @@ def _train_teachers(cfg: RunConfig, root: Path) -> list[dict]:
     if not specs:
         return []
     cores = cfg.threads or os.cpu_count() or 1
-    workers = min(len(specs), cores)
+    # Teachers that reach their target early free their core for the rest, so start them all
+    # at once (up to two per core) rather than queueing the last ones behind the first.
+    workers = min(len(specs), 2 * cores)
     threads = max(1, cores // workers)
     context = multiprocessing.get_context("spawn")
     manager = context.Manager()
