@@ -43,10 +43,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.results_md import write_section
-from polydistill import vocabmap
-from polydistill.align import AlignedSequence, aligned_sequence
-from polydistill.project import project, tail_share
-from polydistill.tokenbytes import token_byte_lengths, vocab_bytes
+from polydistill.align import vocabmap
+from polydistill.align.chunks import AlignedSequence, aligned_sequence
+from polydistill.align.project import project, tail_share
+from polydistill.align.tokenbytes import token_byte_lengths, vocab_bytes
 from polydistill.world.real_vocab import REAL_TOKENIZERS, gemma_style_corpus, stdlib_lines
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")

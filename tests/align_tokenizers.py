@@ -9,7 +9,7 @@ import functools
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from polydistill.tokenbytes import backend_of
+from polydistill.align.tokenbytes import backend_of
 from polydistill.world.real_vocab import (
     REAL_TOKENIZERS,
     added_token,

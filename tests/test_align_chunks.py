@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from polydistill.align import align_byte_lengths
+from polydistill.align.chunks import align_byte_lengths
 
 
 def _reference(teacher: list[int], student: list[int]) -> list[tuple[list[int], list[int]]]:

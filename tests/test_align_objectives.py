@@ -5,7 +5,7 @@ import pytest
 import torch
 from align_tokenizers import toy_byte_level
 
-from polydistill.chatalign import render_aligned
+from polydistill.align.render import render_aligned
 from polydistill.cross_objectives import (
     chunk_likelihood_loss,
     chunk_loglik,

@@ -9,11 +9,11 @@ import pytest
 from align_tokenizers import tokenizer, toy_byte_level, toy_metaspace
 from transformers import SentencePieceBackend
 
-from polydistill.chatalign import encode_text, render_aligned
+from polydistill.align.project import project, tail_share
+from polydistill.align.render import encode_text, render_aligned
+from polydistill.align.vocabmap import vocab_map
 from polydistill.errors import UserError
-from polydistill.project import project, tail_share
 from polydistill.targets import validate_targets
-from polydistill.vocabmap import vocab_map
 from polydistill.world.real_vocab import gemma_style_sentencepiece_path
 from polydistill.world.tokenizers import O200K_PATTERN
 

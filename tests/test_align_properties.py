@@ -13,10 +13,10 @@ from align_tokenizers import TOKENIZERS, round_trips, tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from polydistill.chatalign import render_aligned
+from polydistill.align.project import project
+from polydistill.align.render import render_aligned
+from polydistill.align.vocabmap import vocab_map
 from polydistill.errors import UserError
-from polydistill.project import project
-from polydistill.vocabmap import vocab_map
 
 PAIRS = [(t, s) for t in TOKENIZERS for s in TOKENIZERS]
 K = 6

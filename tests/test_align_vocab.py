@@ -6,10 +6,10 @@ import quicktok
 from align_tokenizers import tokenizer, toy_byte_level, toy_metaspace
 from tokenizers import Tokenizer, models, normalizers
 
-from polydistill import vocabmap
-from polydistill.chatalign import encode_text
+from polydistill.align import vocabmap
+from polydistill.align.render import encode_text
+from polydistill.align.tokenbytes import token_byte_lengths, vocab_bytes
 from polydistill.errors import UserError
-from polydistill.tokenbytes import token_byte_lengths, vocab_bytes
 from polydistill.world.real_vocab import qwen_tiktoken_ranks
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from polydistill.tokenbytes import byte_level_spelling
-from polydistill.vocabmap import cache_root
+from polydistill.align.tokenbytes import byte_level_spelling
+from polydistill.align.vocabmap import cache_root
 from polydistill.world.tokenizers import (
     GEMMA_TEMPLATE,
     GPT_OSS_TEMPLATE,

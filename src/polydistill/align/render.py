@@ -4,17 +4,17 @@ Each side renders the user turn with its own template and generation prompt (`ch
 then the completion text, then its family's end-of-turn token (the tokenizer's `eos_token`, as
 everywhere in polydistill). The completion is tokenized on its own, as the model that wrote it
 did, so the boundary between markup and completion is exact on both sides; special-token
-strings inside the completion stay text. Only the completion bytes are aligned (`align`); the
+strings inside the completion stay text. Only the completion bytes are aligned (`align.chunks`); the
 markup, BOS and turn tokens that exist on one side only are outside the aligned region and so
 outside the loss, and the two end-of-turn tokens are paired with each other.
 """
 
 import numpy as np
 
-from polydistill.align import AlignedSequence, aligned_sequence
+from polydistill.align.chunks import AlignedSequence, aligned_sequence
+from polydistill.align.tokenbytes import backend_of, token_byte_lengths, vocab_bytes
 from polydistill.chat import encode_prompts
 from polydistill.errors import UserError
-from polydistill.tokenbytes import backend_of, token_byte_lengths, vocab_bytes
 
 
 def encode_text(tokenizer: object, text: str, who: str) -> list[int]:

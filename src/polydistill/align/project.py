@@ -42,9 +42,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from polydistill.align import AlignedSequence
+from polydistill.align.chunks import AlignedSequence
+from polydistill.align.vocabmap import VocabMap
 from polydistill.targets import SparseTargets
-from polydistill.vocabmap import VocabMap
 
 
 def _student_targets(seq: AlignedSequence) -> dict[str, np.ndarray]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polydistill.tokenbytes import VocabBytes, vocab_bytes
+from polydistill.align.tokenbytes import VocabBytes, vocab_bytes
 
 _FORMAT = "1"
 
