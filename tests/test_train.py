@@ -17,9 +17,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from polydistill.chat import shuffled_stream, supervised_batches
-from polydistill.checkpoint import list_checkpoints, save_final
 from polydistill.errors import UserError
 from polydistill.train import LossOutput, accumulate_gradients, cosine_lr, sft_loss, train
+from polydistill.train.checkpoint import list_checkpoints, save_final
 from polydistill.world.tokenizers import train_tokenizer
 
 WORDS = ["ab", "cab", "dcab", "bdcae", "eabdcb", "ccabded", "abcdedcba"]

@@ -20,9 +20,9 @@ distillation of students both come through `loss_fn`.
   bfloat16. A model stored in bfloat16 would lose AdamW's small updates to rounding.
 - Deterministic: a fresh run seeds python, numpy and torch with `seed`; on CPU with the same
   thread count, the same seed gives bit-identical weights, and so does a killed-and-resumed run.
-- With `run_dir`: `train_log.jsonl` (+ TensorBoard, see `train_log`) and, every
+- With `run_dir`: `train_log.jsonl` (+ TensorBoard, see `train.log`) and, every
   `checkpoint_every` steps and at the end, checkpoints under `run_dir/checkpoints` (see
-  `checkpoint`). `resume=True` continues from the newest one; a checkpoint whose settings (the
+  `train.checkpoint`). `resume=True` continues from the newest one; a checkpoint whose settings (the
   loop's and the caller's `fingerprint`) differ from this run's is a UserError, and a fresh run
   never writes over existing checkpoints.
 """
@@ -39,14 +39,14 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from polydistill.checkpoint import (
+from polydistill.errors import UserError
+from polydistill.train.checkpoint import (
     clear_leftovers,
     list_checkpoints,
     restore_training_state,
     save_training_state,
 )
-from polydistill.errors import UserError
-from polydistill.train_log import TrainLog
+from polydistill.train.log import TrainLog
 
 Batch = dict[str, torch.Tensor]
 BatchFn = Callable[[int], Batch]
