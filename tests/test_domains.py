@@ -26,6 +26,12 @@ def test_arithmetic_gold_is_the_sum():
         assert len(a) <= 3 and len(b) <= 3
 
 
+def test_arithmetic_operand_widths():
+    train, heldout = domains.arithmetic(0, 300, 30, max_digits=3, min_digits=3)
+    for example in train + heldout:
+        assert all(len(n) == 3 for n in example.prompt.split("+"))
+
+
 def test_strings_gold_is_the_reversal():
     train, _ = domains.strings(0, 200, 20, 3, 7, "xyz")
     for example in train:

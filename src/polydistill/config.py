@@ -29,6 +29,13 @@ class ArithmeticConfig(Strict):
     train: Positive = 20000
     heldout: Positive = 200
     max_digits: Annotated[int, Field(ge=1, le=6)] = 3
+    min_digits: Annotated[int, Field(ge=1, le=6)] = 1
+
+    @model_validator(mode="after")
+    def _digits(self) -> "ArithmeticConfig":
+        if self.min_digits > self.max_digits:
+            raise ValueError(f"min_digits {self.min_digits} is above max_digits {self.max_digits}")
+        return self
 
 
 class FactsConfig(Strict):

@@ -49,7 +49,11 @@ def domain_splits(world: WorldConfig) -> tuple[dict[str, list[Example]], dict[st
     d, seed = world.domains, world.seed
     splits = {
         "arithmetic": world_domains.arithmetic(
-            seed, d.arithmetic.train, d.arithmetic.heldout, d.arithmetic.max_digits
+            seed,
+            d.arithmetic.train,
+            d.arithmetic.heldout,
+            d.arithmetic.max_digits,
+            d.arithmetic.min_digits,
         ),
         "facts": world_domains.facts(seed, d.facts.entities),
         "strings": world_domains.strings(

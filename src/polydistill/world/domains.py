@@ -63,11 +63,18 @@ def _hash_split(
     return train_set, heldout_set
 
 
-def arithmetic(seed: int, train: int, heldout: int, max_digits: int) -> tuple[list, list]:
-    """Addition of two numbers of 1..max_digits digits each."""
+def _number(rng: random.Random, min_digits: int, max_digits: int) -> int:
+    digits = rng.randint(min_digits, max_digits)
+    return rng.randrange(10 ** (digits - 1) if digits > 1 else 0, 10**digits)
+
+
+def arithmetic(
+    seed: int, train: int, heldout: int, max_digits: int, min_digits: int = 1
+) -> tuple[list, list]:
+    """Addition of two numbers of min_digits..max_digits digits each."""
 
     def draw(rng: random.Random) -> Example:
-        a, b = (rng.randrange(10 ** rng.randint(1, max_digits)) for _ in range(2))
+        a, b = (_number(rng, min_digits, max_digits) for _ in range(2))
         return Example("arithmetic", f"{a}+{b}", str(a + b))
 
     return _hash_split(draw, seed, train, heldout)
