@@ -1,6 +1,7 @@
 """Distillation losses: the chunked fused path against the dense references, the references against
 independent formulas and TRL's GKD loss, the tail bucket, padding, masks and bad input."""
 
+import itertools
 import math
 
 import pytest
@@ -18,7 +19,7 @@ from polydistill.losses import (
     divergence,
     reference_distill_loss,
 )
-from polydistill.losses_chunked import chunk_sizes
+from polydistill.losses_chunked import chunk_sizes, even_splits
 from polydistill.targets import (
     MAX_PADDING_ROWS,
     SparseTargets,
@@ -290,6 +291,18 @@ def test_sum_reduction_and_no_grad():
     assert math.isclose(total.item(), mean.item() * int(mask.sum()), rel_tol=1e-6)
 
 
+def test_backward_scales_by_the_upstream_gradient_once():
+    hidden, weight, teacher, _, _ = make_case(10, 40)
+    targets = targets_from_logits(teacher, 6)
+    hidden.requires_grad_()
+    (once,) = grads_of(distill_loss(hidden, weight, targets, "skew_kl"), hidden)
+    loss = distill_loss(hidden, weight, targets, "skew_kl")
+    (tripled,) = torch.autograd.grad(3 * loss, [hidden], retain_graph=True)
+    torch.testing.assert_close(tripled, 3 * once)
+    with pytest.raises(RuntimeError, match="one backward per forward"):
+        torch.autograd.grad(loss, [hidden])
+
+
 def test_bfloat16_inputs_give_bfloat16_gradients_close_to_float32():
     hidden, weight, teacher, _, _ = make_case(16, 100)
     targets = targets_from_logits(teacher, 12)
@@ -302,13 +315,26 @@ def test_bfloat16_inputs_give_bfloat16_gradients_close_to_float32():
 
 
 def test_chunk_sizes_follow_the_memory_budget():
-    vocab = 262144
+    vocab, row_bytes, budget = 262144, 262144 * 4, 256 * 2**20
     chunk, sub = chunk_sizes(vocab, 0, 256, 10_000)
-    assert chunk * vocab * 4 <= 256 * 2**20 and chunk == sub == 256
+    assert chunk == sub == budget // row_bytes
     chunk, sub = chunk_sizes(vocab, 8, 256, 10_000)
-    assert chunk * vocab * 4 <= 128 * 2**20 and sub * 8 * vocab * 4 <= 128 * 2**20
+    assert chunk * row_bytes + sub * 8 * row_bytes <= budget
+    assert chunk >= 0.7 * budget / row_bytes  # the chunk buffer gets most of it
     assert chunk_sizes(vocab, 8, 0.001, 10) == (1, 1)  # never below one row
     assert chunk_sizes(100, 0, 256, 7) == (7, 7)  # never above the rows there are
+
+
+@given(rows=st.integers(0, 5000), most=st.integers(1, 600))
+def test_even_splits_cover_the_rows_in_near_equal_pieces(rows, most):
+    pieces = even_splits(rows, most)
+    assert len(pieces) == -(-rows // most)
+    if rows == 0:
+        return
+    assert pieces[0][0] == 0 and pieces[-1][1] == rows
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))
+    sizes = [stop - start for start, stop in pieces]
+    assert max(sizes) <= most and max(sizes) - min(sizes) <= 1
 
 
 def test_compiled_kernel_equals_eager_and_falls_back(monkeypatch):

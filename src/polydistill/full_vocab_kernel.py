@@ -10,6 +10,7 @@ unsupported platform) the first failure is reported once as a warning and the ea
 computes the same function, is used from then on.
 """
 
+import contextlib
 import warnings
 
 import torch
@@ -32,7 +33,9 @@ def full_vocab_step(
     """(divergences [r], log normaliser [r], d loss / d logits [r, V]).
 
     The gradient is d/dz_j = s·(g_j − q_j Σ g) + c·q_j with s = `divergence_scale` and c =
-    `ce_scale` (the cross-entropy's softmax part when it shares this temperature).
+    `ce_scale` (the cross-entropy's softmax part when it shares this temperature). The inputs are
+    not modified: mutating a view of the caller's buffer would make the compiled kernel guard on
+    the buffer's size and recompile whenever the chunking changes.
     """
     log_norm = scaled_logits.logsumexp(dim=1)
     log_q = scaled_logits - log_norm[:, None]
@@ -54,7 +57,8 @@ def run_full_vocab_step(*args, compiled: bool) -> tuple[torch.Tensor, ...]:
     if _compiled is None:
         _compiled = torch.compile(full_vocab_step, dynamic=True)
     try:
-        return _compiled(*args)
+        with _independent_sizes():
+            return _compiled(*args)
     except Exception as error:  # any compiler failure: the eager kernel is the same function
         _compile_failed = True
         warnings.warn(
@@ -64,3 +68,15 @@ def run_full_vocab_step(*args, compiled: bool) -> tuple[torch.Tensor, ...]:
             stacklevel=2,
         )
         return full_vocab_step(*args)
+
+
+def _independent_sizes():
+    """Compile without "duck sizing", which would assume that sizes equal at the first call (a
+    chunk and its sub-chunk, logits and log-probs buffers) stay equal, and recompile when the
+    chunking of a later call differs. Private torch config: skipped if it moves."""
+    try:
+        from torch.fx.experimental import _config as fx_config
+
+        return fx_config.patch(use_duck_shape=False)
+    except (ImportError, AttributeError):
+        return contextlib.nullcontext()

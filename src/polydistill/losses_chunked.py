@@ -12,10 +12,12 @@ scales them. They are not computed under `torch.no_grad()` or when neither input
 
 Positions that count in neither part of the loss are skipped. Padding lm_head rows (past
 `vocab_size`) are never projected and get zero gradient. Logits and the loss are computed in
-float32 (float64 inputs stay float64); half-precision hidden states and weights are upcast per
-chunk. See `losses` for the definition of every kind, the tail bucket and the temperature.
+float32 (float64 inputs stay float64); half-precision inputs are upcast (the lm_head once per
+call, hidden states per chunk) and their gradients cast back. See `losses` for the definition of
+every kind, the tail bucket and the temperature.
 """
 
+import itertools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -32,11 +34,16 @@ from polydistill.full_vocab_kernel import COMPILE_MIN_ELEMENTS, run_full_vocab_s
 from polydistill.loss_positions import PositionWeights, position_weights
 from polydistill.targets import SparseTargets, real_vocab_size
 
-DEFAULT_MEMORY_BUDGET_MB = 256
+# The chunk buffer then holds ~110 rows of a 262k vocabulary: fewer rows make the lm_head products
+# markedly slower on CPU (benchmarks/loss.py), more only cost memory.
+DEFAULT_MEMORY_BUDGET_MB = 128
 
-# Elementwise temporaries of a full-vocabulary (k = V) sub-chunk, in logits-sized rows: the
-# floored teacher log-probs, the term, the gradient and the JSD/skew mixture with its scratch.
-FULL_VOCAB_TEMPORARIES = 8
+# Elementwise temporaries of a full-vocabulary (k = V) sub-chunk, in logits-sized rows: eager,
+# the floored teacher log-probs, the term, the gradient and the JSD/skew mixture with its
+# scratch; compiled, the returned gradient and one more (measured).
+FULL_VOCAB_TEMPORARIES = {False: 8, True: 2}
+# The share of the budget the sub-chunk temporaries get when there are any.
+TEMPORARIES_SHARE = 0.125
 # With a temperature and a cross-entropy part, the untempered softmax needs its own rows.
 TEMPERED_CE_TEMPORARIES = 2
 
@@ -124,22 +131,33 @@ def distill_loss_parts(
     rows = lm_head_weight.shape[0]
     vocab = real_vocab_size(rows, rows, vocab_size, "student lm_head")
     weights = position_weights(targets, vocab, ce_weight, labels, ignore_index, reduction)
-    counted = (weights.divergence > 0) | (weights.cross_entropy > 0)
-    active = None if bool(counted.all()) else counted.nonzero().squeeze(1)
-    n_active = hidden.shape[0] if active is None else active.numel()
-    temporaries = FULL_VOCAB_TEMPORARIES if weights.full_vocabulary else 0
-    if temperature != 1.0 and ce_weight > 0.0:
-        temporaries += TEMPERED_CE_TEMPORARIES
-    chunk_rows, sub_rows = chunk_sizes(vocab, temporaries, memory_budget_mb, max(n_active, 1))
-    if compile is None:
-        compile = n_active * vocab >= COMPILE_MIN_ELEMENTS
-    step = _Step(
-        targets, weights, kind, beta, alpha, temperature, ce_weight, vocab, active,
-        chunk_rows, sub_rows, compile and weights.full_vocabulary,
+    step = _plan(
+        targets, weights, kind, beta, alpha, temperature, ce_weight, vocab, memory_budget_mb,
+        compile,
     )  # fmt: skip
     wants = torch.is_grad_enabled() and (hidden.requires_grad or lm_head_weight.requires_grad)
     total, divergence, cross_entropy = _FusedDistillLoss.apply(hidden, lm_head_weight, step, wants)
     return LossParts(total, divergence, cross_entropy)
+
+
+def _plan(
+    targets, weights, kind, beta, alpha, temperature, ce_weight, vocab, memory_budget_mb, compile
+) -> _Step:
+    """Which rows to project, in what chunks, with which kernel."""
+    counted = (weights.divergence > 0) | (weights.cross_entropy > 0)
+    active = None if bool(counted.all()) else counted.nonzero().squeeze(1)
+    n_active = len(targets) if active is None else active.numel()
+    if compile is None:
+        compile = n_active * vocab >= COMPILE_MIN_ELEMENTS
+    compile = compile and weights.full_vocabulary
+    temporaries = FULL_VOCAB_TEMPORARIES[compile] if weights.full_vocabulary else 0
+    if temperature != 1.0 and ce_weight > 0.0:
+        temporaries += TEMPERED_CE_TEMPORARIES
+    chunk_rows, sub_rows = chunk_sizes(vocab, temporaries, memory_budget_mb, max(n_active, 1))
+    return _Step(
+        targets, weights, kind, beta, alpha, temperature, ce_weight, vocab, active,
+        chunk_rows, sub_rows, compile,
+    )  # fmt: skip
 
 
 def chunk_sizes(
@@ -147,19 +165,27 @@ def chunk_sizes(
 ) -> tuple[int, int]:
     """Rows per projected chunk and per elementwise sub-chunk that fit the budget.
 
-    Without temporaries the whole budget holds the chunk's float32 logits; otherwise half does and
-    the other half holds the sub-chunk's temporaries.
+    Without temporaries the whole budget holds the chunk's float32 logits; otherwise
+    `TEMPORARIES_SHARE` of it holds the sub-chunk's temporaries and the rest the chunk.
     """
     budget = memory_budget_mb * 2**20
     row_bytes = 4 * vocab
     if temporaries == 0:
-        chunk = int(budget // row_bytes)
-        sub = chunk
+        chunk = sub = int(budget // row_bytes)
     else:
-        chunk = int(budget / 2 // row_bytes)
-        sub = int(budget / 2 // (temporaries * row_bytes))
+        chunk = int(budget * (1 - TEMPORARIES_SHARE) // row_bytes)
+        sub = int(budget * TEMPORARIES_SHARE // (temporaries * row_bytes))
     chunk = max(1, min(chunk, rows))
     return chunk, max(1, min(sub, chunk))
+
+
+def even_splits(rows: int, most: int) -> list[tuple[int, int]]:
+    """`rows` cut into the fewest pieces of at most `most` rows, as even as possible, so that no
+    tiny last piece runs a slow matrix product (or recompiles the kernel for its shape)."""
+    pieces = -(-rows // most)
+    if pieces == 0:
+        return []
+    return list(itertools.pairwise(i * rows // pieces for i in range(pieces + 1)))
 
 
 class _FusedDistillLoss(torch.autograd.Function):
@@ -186,7 +212,9 @@ class _FusedDistillLoss(torch.autograd.Function):
 
 
 def _scaled(grad: torch.Tensor | None, factor: torch.Tensor) -> torch.Tensor | None:
-    return None if grad is None else grad.mul_(factor.to(grad.dtype))
+    if grad is None or bool(factor == 1):  # the usual loss.backward(): skip a pass over [V, H]
+        return grad
+    return grad.mul_(factor.to(grad.dtype))
 
 
 def _loss_and_grads(
@@ -200,28 +228,33 @@ def _loss_and_grads(
     head = weight[: step.vocab]
     if head.dtype != compute:
         head = head.to(compute)  # one upcast per call, not per chunk
-    wants_grad = wants_hidden_grad or wants_weight_grad
-    grad_hidden = torch.zeros(hidden.shape, dtype=compute) if wants_hidden_grad else None
-    grad_weight = torch.zeros(weight.shape, dtype=compute) if wants_weight_grad else None
     n_active = hidden.shape[0] if step.active is None else step.active.numel()
+    # Rows no chunk writes must be zero: skipped positions, padding rows, or all with no chunks.
+    partial = step.active is not None or n_active == 0
+    grad_hidden = _gradient(hidden.shape, compute, wants_hidden_grad, zero=partial)
+    grad_weight = _gradient(weight.shape, compute, wants_weight_grad, zero=n_active == 0)
+    if grad_weight is not None:
+        grad_weight[step.vocab :].zero_()
     buffer = torch.empty(step.chunk_rows, step.vocab, dtype=compute)
     sums = torch.zeros(2, dtype=torch.float64)
-    for start in range(0, n_active, step.chunk_rows):
-        stop = min(start + step.chunk_rows, n_active)
+    for index, (start, stop) in enumerate(even_splits(n_active, step.chunk_rows)):
         rows = slice(start, stop) if step.active is None else step.active[start:stop]
         chunk_hidden = hidden[rows].to(compute)
         logits = buffer[: stop - start]
         torch.mm(chunk_hidden, head.t(), out=logits)
-        for sub_start in range(0, stop - start, step.sub_rows):
-            sub_stop = min(sub_start + step.sub_rows, stop - start)
+        for sub_start, sub_stop in even_splits(stop - start, step.sub_rows):
             sub_rows = _sub(rows, sub_start, sub_stop)
             sums += _logit_grads_in_place(logits[sub_start:sub_stop], sub_rows, step)
-        if not wants_grad:
-            continue
         if grad_hidden is not None:
-            grad_hidden[rows] = logits @ head
+            if isinstance(rows, slice):
+                torch.mm(logits, head, out=grad_hidden[rows])
+            else:
+                grad_hidden[rows] = logits @ head
         if grad_weight is not None:
-            grad_weight[: step.vocab].addmm_(logits.t(), chunk_hidden)
+            if index == 0:  # written, not added: saves zeroing a [V, H] tensor
+                torch.mm(logits.t(), chunk_hidden, out=grad_weight[: step.vocab])
+            else:
+                grad_weight[: step.vocab].addmm_(logits.t(), chunk_hidden)
     divergence, cross_entropy = sums[0], sums[1]
     total = (1.0 - step.ce_weight) * divergence + step.ce_weight * cross_entropy
     out = hidden.dtype
@@ -230,6 +263,12 @@ def _loss_and_grads(
         None if grad_hidden is None else grad_hidden.to(hidden.dtype),
         None if grad_weight is None else grad_weight.to(weight.dtype),
     )  # fmt: skip
+
+
+def _gradient(shape, dtype, wanted: bool, zero: bool) -> torch.Tensor | None:
+    if not wanted:
+        return None
+    return torch.zeros(shape, dtype=dtype) if zero else torch.empty(shape, dtype=dtype)
 
 
 def _sub(rows: slice | torch.Tensor, start: int, stop: int) -> slice | torch.Tensor:

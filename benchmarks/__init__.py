@@ -1,0 +1,1 @@
+"""Benchmarks: each module answers one question, `python -m benchmarks.NAME --json OUT.json`."""

@@ -1,0 +1,329 @@
+"""How much memory and time does one distillation loss step take at real vocabulary sizes?
+
+The step is: student hidden states `[tokens, 512]` and lm_head `[V, 512]` → generalized JSD
+(β = 0.5) against a full-vocabulary teacher distribution → gradients of both, float32 on CPU.
+
+    python -m benchmarks.loss --json OUT.json          # V ∈ {151936, 201088, 262144} × {512, 2048}
+    python -m benchmarks.loss --json OUT.json --quick  # V = 151936, 512 tokens only
+
+Implementations, each case in its own process:
+- `polydistill_chunked`: `polydistill.losses.distill_loss` on k = V targets (the teacher's full
+  log-softmax), fused with the lm_head;
+- `dense_reference`: `polydistill.losses.divergence` on materialised logits, autograd;
+- `trl_gkd`: TRL's `GKDTrainer.generalized_jsd_loss` on the same materialised logits, autograd;
+- `trl_chunked`: TRL's `_chunked_divergence_loss` as `DistillationTrainer` calls it. It cannot take
+  teacher logits or log-probs: it needs the teacher's hidden states and lm_head, so it gets a
+  teacher hidden `[tokens, 512]` and lm_head `[V, 512]` whose product is exactly the teacher logits
+  the others get, and its time includes projecting the teacher (as it does in training);
+- `floor`: only the three lm_head products of a forward + backward (h Wᵀ, G W, Gᵀ h), chunked.
+
+Peak memory is the peak resident set size of the case's process during the step minus its resident
+set size just before (Linux `VmHWM` after resetting it through `/proc/self/clear_refs`), so it
+includes the gradients the step returns. A case past `--memory-limit-gb` of address space or
+`--timeout` seconds is recorded as "oom"/"timeout". `rel_err_vs_dense` compares the loss with the
+dense reference's; `grad_rel_err_vs_dense` the gradients (hidden, and every 64th lm_head row).
+"""
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from polydistill.losses import DEFAULT_MEMORY_BUDGET_MB
+
+VOCABS = (151936, 201088, 262144)
+TOKENS = (512, 2048)
+HIDDEN = 512
+BETA = 0.5
+IMPLS = ("polydistill_chunked", "dense_reference", "trl_gkd", "trl_chunked", "floor")
+FLOOR_CHUNK_ROWS = 256
+GRAD_ROW_STRIDE = 64
+# The machine is shared: quick cases are repeated (best time, worst memory).
+MAX_REPEATS = 3
+REPEAT_WITHIN_S = 20.0
+DEFAULT_BUDGET = DEFAULT_MEMORY_BUDGET_MB
+RESULTS = Path(__file__).parent / "RESULTS.md"
+SECTION = "## Loss step (benchmarks/loss.py)"
+
+
+def make_inputs(impl: str, vocab: int, tokens: int, budget_mb: float = DEFAULT_BUDGET) -> dict:
+    """Seeded inputs, identical in every process; only those the implementation needs."""
+    gen = torch.Generator().manual_seed(1234)
+    scale = 3.0 / math.sqrt(HIDDEN)  # logits with a standard deviation of about 3
+    hidden = torch.randn(tokens, HIDDEN, generator=gen)
+    weight = torch.randn(vocab, HIDDEN, generator=gen) * scale
+    teacher_hidden = torch.randn(tokens, HIDDEN, generator=gen)
+    teacher_weight = torch.randn(vocab, HIDDEN, generator=gen) * scale
+    inputs = {"hidden": hidden.requires_grad_(), "weight": weight.requires_grad_()}
+    if impl == "trl_chunked":
+        inputs |= {"teacher_hidden": teacher_hidden, "teacher_weight": teacher_weight}
+    elif impl != "floor":
+        teacher_logits = teacher_hidden @ teacher_weight.t()
+        if impl == "polydistill_chunked":
+            from polydistill.targets import targets_from_logits
+
+            inputs["targets"] = targets_from_logits(teacher_logits)
+            inputs["budget_mb"] = budget_mb
+        else:
+            inputs["teacher_logits"] = teacher_logits
+    return inputs
+
+
+def run_step(impl: str, inputs: dict) -> torch.Tensor | None:
+    """One forward + backward; returns the loss (None for the floor)."""
+    hidden, weight = inputs["hidden"], inputs["weight"]
+    if impl == "floor":
+        return _floor(hidden.detach(), weight.detach())
+    if impl == "polydistill_chunked":
+        from polydistill.losses import distill_loss
+
+        loss = distill_loss(
+            hidden, weight, inputs["targets"], "jsd", beta=BETA,
+            memory_budget_mb=inputs["budget_mb"], compile=True,
+        )  # fmt: skip
+    elif impl == "dense_reference":
+        from polydistill.losses import divergence
+
+        loss = divergence(hidden @ weight.t(), inputs["teacher_logits"], "jsd", beta=BETA)
+    elif impl == "trl_gkd":
+        from trl.experimental.gkd import GKDTrainer
+
+        logits = hidden @ weight.t()
+        loss = GKDTrainer.generalized_jsd_loss(logits, inputs["teacher_logits"], beta=BETA)
+    else:
+        from trl.trainer.distillation_trainer import _chunked_divergence_loss
+
+        tokens = hidden.shape[0]
+        loss, _, _ = _chunked_divergence_loss(
+            hidden[None], inputs["teacher_hidden"][None], weight, inputs["teacher_weight"],
+            torch.ones(1, tokens, dtype=torch.long), beta=BETA,
+        )  # fmt: skip
+    loss.backward()
+    return loss.detach()
+
+
+def _floor(hidden: torch.Tensor, weight: torch.Tensor) -> None:
+    grad_hidden = torch.empty_like(hidden)
+    grad_weight = torch.zeros_like(weight)
+    rows = min(FLOOR_CHUNK_ROWS, hidden.shape[0])
+    buffer = torch.empty(rows, weight.shape[0])
+    for start in range(0, hidden.shape[0], rows):
+        chunk = hidden[start : start + rows]
+        logits = buffer[: chunk.shape[0]]
+        torch.mm(chunk, weight.t(), out=logits)
+        torch.mm(logits, weight, out=grad_hidden[start : start + rows])
+        grad_weight.addmm_(logits.t(), chunk)
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def run_case(
+    impl: str, vocab: int, tokens: int, grads_out: str, memory_limit_gb: float, budget_mb: float
+) -> dict:
+    """The child process: limit memory, build inputs, warm up, measure one step."""
+    limit = _status_kb("VmSize") * 1024 + int(memory_limit_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    record = {"impl": impl, "vocab": vocab, "tokens": tokens}
+    try:
+        # The warm-up also compiles polydistill's kernel, as a training run's first step does.
+        warm = make_inputs(impl, vocab, 16, budget_mb)
+        run_step(impl, warm)
+        del warm
+        inputs = make_inputs(impl, vocab, tokens, budget_mb)
+        times, peaks = [], []
+        while not times or (len(times) < MAX_REPEATS and sum(times) < REPEAT_WITHIN_S):
+            inputs["hidden"].grad = inputs["weight"].grad = None
+            gc.collect()
+            before_kb = _status_kb("VmRSS")
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            start = time.perf_counter()
+            loss = run_step(impl, inputs)
+            times.append(time.perf_counter() - start)
+            peaks.append(_status_kb("VmHWM") - before_kb)
+    except (RuntimeError, MemoryError) as error:
+        if "memory" not in str(error).lower():
+            raise
+        return record | {"status": "oom", "peak_mb": None, "ms": None, "error": str(error)[:200]}
+    record |= {"status": "ok", "peak_mb": round(max(peaks) / 1024, 1)}
+    record |= {"ms": round(min(times) * 1000, 1), "repeats": len(times)}
+    record["grads_mb"] = round((vocab + tokens) * HIDDEN * 4 / 2**20, 1)
+    record["loss"] = None if loss is None else float(loss)
+    if loss is not None:
+        sampled_weight = inputs["weight"].grad[::GRAD_ROW_STRIDE].clone()
+        torch.save({"hidden": inputs["hidden"].grad, "weight": sampled_weight}, grads_out)
+    return record
+
+
+def spawn_case(
+    impl: str, vocab: int, tokens: int, grads_out: str, timeout: int, child_flags: list[str]
+) -> dict:
+    """Run one case in a fresh process; a crash, kill or timeout becomes the record's status."""
+    command = [sys.executable, "-m", "benchmarks.loss", "--case", impl, str(vocab), str(tokens)]
+    command += ["--grads-out", grads_out, *child_flags]
+    record = {"impl": impl, "vocab": vocab, "tokens": tokens, "peak_mb": None, "ms": None}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return record | {"status": f"timeout (> {timeout} s)"}
+    if done.returncode != 0:
+        killed = done.returncode in (-9, 137)
+        status = "oom (killed)" if killed else f"error: {done.stderr.strip()[-300:]}"
+        return record | {"status": status}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["grads"] = grads_out if result.get("loss") is not None else None
+    return result
+
+
+def add_errors(records: list[dict]) -> None:
+    """rel_err_vs_dense (loss) and grad_rel_err_vs_dense against the dense reference's case."""
+    dense = {(r["vocab"], r["tokens"]): r for r in records if r["impl"] == "dense_reference"}
+    for record in records:
+        reference = dense.get((record["vocab"], record["tokens"]))
+        record["rel_err_vs_dense"] = record["grad_rel_err_vs_dense"] = None
+        usable = reference and reference.get("loss") is not None and record.get("loss") is not None
+        if usable:
+            err = abs(record["loss"] - reference["loss"]) / abs(reference["loss"])
+            record["rel_err_vs_dense"] = float(f"{err:.3g}")
+            ours, theirs = torch.load(record["grads"]), torch.load(reference["grads"])
+            worst = max((ours[k] - theirs[k]).norm() / theirs[k].norm() for k in theirs)
+            record["grad_rel_err_vs_dense"] = float(f"{float(worst):.3g}")
+    for record in records:
+        record.pop("grads", None)
+
+
+def markdown(records: list[dict], command: str) -> str:
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: 2-core CPU, 24 GiB, no GPU ({platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads)  ",
+        f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+        "",
+        "Generalized JSD (β = 0.5), hidden 512, float32, forward + backward from hidden states "
+        "and lm_head to their gradients. peak_mb = peak RSS of the case's process during the "
+        "step minus its RSS before; it includes the gradients the step returns (lm_head and "
+        "hidden, the same for every implementation). ms = best of `runs` (quick cases are "
+        "repeated). Ratios are within this run.",
+        "",
+        "| vocab | tokens | impl | status | peak MB | of which gradients | ms | runs | "
+        "rel err (loss) | rel err (grads) |",
+        "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        cells = [r["vocab"], r["tokens"], r["impl"], r.get("status", "")]
+        cells += [_cell(r.get(key)) for key in ("peak_mb", "grads_mb", "ms", "repeats")]
+        cells += [_cell(r.get(key)) for key in ("rel_err_vs_dense", "grad_rel_err_vs_dense")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += ["", *ratio_lines(records), ""]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return "–" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def ratio_lines(records: list[dict]) -> list[str]:
+    """Memory and time of polydistill_chunked relative to the others, per size."""
+    by = {(r["impl"], r["vocab"], r["tokens"]): r for r in records}
+    lines = [
+        "| vocab | tokens | mem / dense | mem / trl_chunked | time / floor | time / dense | "
+        "time / trl_gkd | time / trl_chunked |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    sizes = sorted({(r["vocab"], r["tokens"]) for r in records})
+    for vocab, tokens in sizes:
+        ours = by.get(("polydistill_chunked", vocab, tokens), {})
+        cells = [vocab, tokens]
+        for other, key in [("dense_reference", "peak_mb"), ("trl_chunked", "peak_mb")]:
+            cells.append(_ratio(ours.get(key), by.get((other, vocab, tokens), {}).get(key)))
+        for other in ("floor", "dense_reference", "trl_gkd", "trl_chunked"):
+            cells.append(_ratio(ours.get("ms"), by.get((other, vocab, tokens), {}).get("ms")))
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def _ratio(a, b) -> str:
+    return "–" if a is None or b is None else f"{a / b:.2f}"
+
+
+def write_results(section: str) -> None:
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if SECTION in text:
+        head, rest = text.split(SECTION, 1)
+        tail = rest[rest.index("\n## ") :] if "\n## " in rest else ""
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    RESULTS.write_text(text.rstrip("\n") + "\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the records here")
+    parser.add_argument("--quick", action="store_true", help="V=151936, 512 tokens only")
+    parser.add_argument("--sizes", nargs="+", help="VOCAB:TOKENS pairs instead of the grid")
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per case")
+    parser.add_argument("--memory-limit-gb", type=float, default=16.0, help="per case")
+    parser.add_argument("--memory-budget-mb", type=float, default=DEFAULT_BUDGET)
+    parser.add_argument("--no-results-md", action="store_true", help="leave RESULTS.md alone")
+    parser.add_argument("--case", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--grads-out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not args.case and not args.json:
+        parser.error("--json OUT.json is required")
+    return args
+
+
+def sizes_of(args: argparse.Namespace) -> list[tuple[int, int]]:
+    if args.sizes:
+        return [(int(v), int(t)) for v, t in (size.split(":") for size in args.sizes)]
+    if args.quick:
+        return [(VOCABS[0], TOKENS[0])]
+    return [(vocab, tokens) for tokens in TOKENS for vocab in VOCABS]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.case:
+        impl, vocab, tokens = args.case[0], int(args.case[1]), int(args.case[2])
+        limits = (args.memory_limit_gb, args.memory_budget_mb)
+        print(json.dumps(run_case(impl, vocab, tokens, args.grads_out, *limits)))
+        return
+    child_flags = ["--memory-limit-gb", str(args.memory_limit_gb)]
+    child_flags += ["--memory-budget-mb", str(args.memory_budget_mb)]
+    records = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for vocab, tokens in sizes_of(args):
+            for impl in args.impls:
+                grads_out = str(Path(workdir) / f"{impl}-{vocab}-{tokens}.pt")
+                record = spawn_case(impl, vocab, tokens, grads_out, args.timeout, child_flags)
+                print(json.dumps({k: v for k, v in record.items() if k != "grads"}), flush=True)
+                records.append(record)
+        add_errors(records)
+    Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
+    if not args.no_results_md:
+        command = "python -m benchmarks.loss " + " ".join(sys.argv[1:] if argv is None else argv)
+        write_results(markdown(records, command))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

@@ -1,0 +1,41 @@
+"""benchmarks/loss.py end to end at a tiny size, and its RESULTS.md section handling."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_loss_benchmark_runs_each_case_in_its_own_process(tmp_path):
+    out = tmp_path / "loss.json"
+    command = [sys.executable, "-m", "benchmarks.loss", "--json", str(out), "--sizes", "600:16"]
+    command += ["--impls", "polydistill_chunked", "dense_reference", "--no-results-md"]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    records = json.loads(out.read_text())
+    assert [r["impl"] for r in records] == ["polydistill_chunked", "dense_reference"]
+    for record in records:
+        assert record["status"] == "ok" and record["ms"] > 0 and record["peak_mb"] is not None
+        assert {"impl", "vocab", "tokens", "peak_mb", "ms", "rel_err_vs_dense"} <= record.keys()
+    assert records[0]["rel_err_vs_dense"] < 1e-5
+    assert records[0]["grad_rel_err_vs_dense"] < 1e-4
+
+
+def test_results_section_replaces_only_its_own(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import loss
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## Other (x.py)\n\nkeep me\n")
+    monkeypatch.setattr(loss, "RESULTS", results)
+    record = {"impl": "floor", "vocab": 10, "tokens": 2, "status": "ok", "peak_mb": 1.0}
+    record |= {"ms": 5.0, "repeats": 1, "grads_mb": 0.1}
+    loss.write_results(loss.markdown([record], "python -m benchmarks.loss --quick"))
+    loss.write_results(loss.markdown([record | {"ms": 7.0}], "python -m benchmarks.loss --quick"))
+    text = results.read_text()
+    assert text.count(loss.SECTION) == 1 and "keep me" in text
+    assert "| 10 | 2 | floor | ok | 1 | 0.1 | 7 | 1 |" in text
