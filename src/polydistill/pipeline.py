@@ -3,7 +3,9 @@
 0. Check every real checkpoint's tokenizer, so that a bad path fails at once.
 1. Build (or reuse) the world: domain data, tokenizers, world teachers.
 2. Evaluate every teacher (world-trained or a real local checkpoint) on every held-out domain.
-3. Write `metrics.json`, the resolved config and the world's location into the output folder.
+3. With a `student:` section, distil the student from its teacher (`student`), save it to
+   `student/` with `train_log.jsonl` beside it, and evaluate it like the teachers.
+4. Write `metrics.json`, the resolved config and the world's location into the output folder.
 
 The output folder is assembled in a temporary sibling and renamed into place at the end, so a
 failed or interrupted run leaves no half-written folder and never touches an earlier result
@@ -12,19 +14,23 @@ unless `force` is given (then the old folder is replaced only once the new one i
 
 import json
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
+from rich.progress import Progress
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from polydistill.config import RunConfig
+from polydistill.config import EvalConfig, RunConfig
 from polydistill.errors import UserError
 from polydistill.evaluate import evaluate_model
 from polydistill.progress import console, progress_bars
+from polydistill.staging import staged_folder
+from polydistill.student import distil_student, student_work_dir
 from polydistill.teachers import load_checkpoint, load_tokenizer
+from polydistill.train.log import LOG_FILE, TENSORBOARD_DIR
 from polydistill.world.build import World, build_world
 from polydistill.world.domains import DOMAINS
 
@@ -36,24 +42,36 @@ def staged_output(out: Path, force: bool) -> Iterator[Path]:
         raise UserError(
             f"output folder {out} already exists and is not empty; pass --force to replace it"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out, replace=True) as staging:
         yield staging
-        if out.exists():
-            retired = out.with_name(f".{out.name}.old")
-            shutil.rmtree(retired, ignore_errors=True)
-            out.rename(retired)
-            staging.rename(out)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def heldout_sets(world: World, limit: int | None) -> dict:
     return {d: world.heldout[d][:limit] if limit else world.heldout[d] for d in DOMAINS}
+
+
+def evaluate_with_progress(
+    bars: Progress,
+    label: str,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    heldout: dict,
+    settings: EvalConfig,
+    who: str,
+) -> dict:
+    """`evaluate_model` with a bar counting examples per second."""
+    total = sum(len(v) for v in heldout.values())
+    task = bars.add_task(f"evaluate {label}", total=total, rate="")
+    started = time.perf_counter()
+
+    def advance(n: int) -> None:
+        bars.advance(task, n)
+        done = bars.tasks[task].completed
+        bars.update(task, rate=f"{done / (time.perf_counter() - started):,.1f} ex/s")
+
+    return evaluate_model(
+        model, tokenizer, heldout, settings.max_new_tokens, settings.batch_size, who, advance
+    )
 
 
 def evaluate_teachers(cfg: RunConfig, world: World) -> dict[str, dict]:
@@ -62,27 +80,28 @@ def evaluate_teachers(cfg: RunConfig, world: World) -> dict[str, dict]:
     with progress_bars() as bars:
         for teacher in cfg.teachers:
             who = f"teacher {teacher.name!r}"
-            path = teacher.path or world.teachers[teacher.name]
-            model, tokenizer = load_checkpoint(path, who)
-            total = sum(len(v) for v in heldout.values())
-            task = bars.add_task(f"evaluate teacher:{teacher.name}", total=total, rate="")
-            started = time.perf_counter()
-
-            def advance(n: int, task: int = task, started: float = started) -> None:
-                bars.advance(task, n)
-                done = bars.tasks[task].completed
-                bars.update(task, rate=f"{done / (time.perf_counter() - started):,.1f} ex/s")
-
-            results[f"teacher:{teacher.name}"] = evaluate_model(
-                model,
-                tokenizer,
-                heldout,
-                cfg.eval.max_new_tokens,
-                cfg.eval.batch_size,
-                who,
-                advance,
+            model, tokenizer = load_checkpoint(teacher.path or world.teachers[teacher.name], who)
+            label = f"teacher:{teacher.name}"
+            results[label] = evaluate_with_progress(
+                bars, label, model, tokenizer, heldout, cfg.eval, who
             )
     return results
+
+
+def distil_and_evaluate(cfg: RunConfig, world: World, work: Path, staging: Path) -> dict:
+    """Distil the student into `staging/student`, move its training log next to it (as
+    `staging/train_log.jsonl`), and score it like the teachers."""
+    model, tokenizer = distil_student(cfg, world, work, staging / "student")
+    for name in (LOG_FILE, TENSORBOARD_DIR):
+        if (work / name).is_file():
+            shutil.copy2(work / name, staging / name)
+        elif (work / name).is_dir():
+            shutil.copytree(work / name, staging / name)
+    heldout = heldout_sets(world, cfg.eval.heldout_limit)
+    with progress_bars() as bars:
+        return evaluate_with_progress(
+            bars, "student", model, tokenizer, heldout, cfg.eval, "student"
+        )
 
 
 def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
@@ -90,9 +109,13 @@ def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     for teacher in cfg.teachers:
         if teacher.path is not None:  # fail fast, before minutes of world building
             load_tokenizer(teacher.path, f"teacher {teacher.name!r}")
+    work: Path | None = None
     with staged_output(out, force) as staging:
         world = build_world(cfg)
         metrics = {"domains": list(DOMAINS), "models": evaluate_teachers(cfg, world)}
+        if cfg.student is not None:
+            work = student_work_dir(out, cfg, world)
+            metrics["models"]["student"] = distil_and_evaluate(cfg, world, work, staging)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (staging / "config.yaml").write_text(
             yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
@@ -100,5 +123,7 @@ def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
         (staging / "world.json").write_text(
             json.dumps({"root": str(world.root.resolve())}, indent=2)
         )
+    if work is not None:  # the student is in `out` now; its training checkpoints are spent
+        shutil.rmtree(work, ignore_errors=True)
     console.log(f"wrote {out / 'metrics.json'}")
     return metrics

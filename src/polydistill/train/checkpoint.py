@@ -17,9 +17,7 @@ import json
 import os
 import random
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from polydistill.errors import UserError
+from polydistill.staging import staged_folder
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -57,32 +56,6 @@ def clear_leftovers(root: Path) -> None:
         for p in root.iterdir():
             if p.name.startswith((".tmp-", ".trash-")):
                 shutil.rmtree(p, ignore_errors=True)
-
-
-@contextmanager
-def staged_folder(target: Path, replace: bool) -> Iterator[Path]:
-    """A hidden sibling folder that is flushed and renamed to `target` if the block completes.
-
-    An existing `target` is an error unless `replace`; then it is swapped out only once the new
-    folder is complete. On any failure the staging folder is removed and `target` is untouched.
-    """
-    if target.exists() and not replace:
-        raise FileExistsError(f"{target} exists; refusing to overwrite it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
-    try:
-        yield staging
-        _fsync_tree(staging)
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".trash-{target.name}-", dir=target.parent))
-            os.rename(target, retired / target.name)
-            os.rename(staging, target)
-            shutil.rmtree(retired)
-        else:
-            os.rename(staging, target)
-        _fsync(target.parent)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def save_training_state(
@@ -223,19 +196,3 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
             flat.update(_flatten(value, f"{prefix}{key}."))
         return flat
     return {prefix.rstrip("."): tree}
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file and folder under `root`, so that the rename publishes complete data."""
-    for folder, _, files in os.walk(root):
-        for name in files:
-            _fsync(Path(folder) / name)
-        _fsync(Path(folder))

@@ -15,8 +15,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import shutil
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -25,11 +23,11 @@ from pathlib import Path
 from polydistill.config import RunConfig, TeacherConfig, WorldConfig
 from polydistill.errors import UserError
 from polydistill.progress import console, progress_bars
+from polydistill.staging import staged_folder
 from polydistill.world import domains as world_domains
 from polydistill.world.domains import Example
 from polydistill.world.tokenizers import STYLES, train_tokenizer
 
-FAMILY_STYLE = {"gemma": "gemma", "qwen": "qwen", "gpt-oss": "gpt-oss"}
 CHAT_WORDS = ("user", "model", "assistant", "system", "final", "analysis")
 
 
@@ -75,7 +73,12 @@ def world_teachers(cfg: RunConfig) -> list[TeacherConfig]:
 def world_key(cfg: RunConfig) -> str:
     shape = {
         "world": cfg.world.model_dump(mode="json", exclude={"cache_dir"}),
-        "teachers": [t.model_dump(mode="json", exclude={"path"}) for t in world_teachers(cfg)],
+        # exclude_none: a teacher on its family's tokenizer keeps the key it had before
+        # `tokenizer` existed, so earlier worlds stay cached.
+        "teachers": [
+            t.model_dump(mode="json", exclude={"path"}, exclude_none=True)
+            for t in world_teachers(cfg)
+        ],
         "format": 1,
     }
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
@@ -102,7 +105,7 @@ def _train_teacher(spec: dict, world_root: str, threads: int, events) -> dict:
     teacher = TeacherConfig.model_validate(spec["teacher"])
     cfg = RunConfig.model_validate(spec["run"])
     root = Path(world_root)
-    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizers" / FAMILY_STYLE[teacher.family])
+    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizers" / teacher.tokenizer_style)
     train_split, heldout = domain_splits(cfg.world)
     examples = [e for d in teacher.domains for e in train_split[d]]
     own_heldout = {d: heldout[d] for d in teacher.domains}
@@ -227,10 +230,8 @@ def build_world(cfg: RunConfig) -> World:
     root = cache / key
     train_split, heldout = domain_splits(cfg.world)
     if not (root / "world.json").is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache))
-        try:
-            console.log(f"building world {key} in {cache}")
+        console.log(f"building world {key} in {cache}")
+        with staged_folder(root, replace=True) as staging:
             started = time.perf_counter()
             data = staging / "data"
             data.mkdir()
@@ -246,11 +247,6 @@ def build_world(cfg: RunConfig) -> World:
                 "config": json.loads(cfg.model_dump_json())["world"],
             }
             (staging / "world.json").write_text(json.dumps(record, indent=2))
-            if root.exists():
-                shutil.rmtree(root)
-            staging.rename(root)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     else:
         console.log(f"reusing world {key} from {root}")
     teachers = {t.name: root / "teachers" / t.name for t in world_teachers(cfg)}

@@ -1,0 +1,56 @@
+"""Folders that appear whole or not at all.
+
+`staged_folder(target, replace)` yields a hidden sibling folder; when the block completes, its
+contents are flushed to disk and it is renamed to `target` (swapping out an existing one only if
+`replace`). On any failure the staging folder is removed and `target` is untouched. Run outputs,
+world builds, checkpoints and the final student are all written this way.
+"""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def staged_folder(target: Path, replace: bool) -> Iterator[Path]:
+    """A hidden sibling folder that is flushed and renamed to `target` if the block completes.
+
+    An existing `target` is an error unless `replace`; then it is swapped out only once the new
+    folder is complete. On any failure the staging folder is removed and `target` is untouched.
+    """
+    if target.exists() and not replace:
+        raise FileExistsError(f"{target} exists; refusing to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        yield staging
+        _fsync_tree(staging)
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".trash-{target.name}-", dir=target.parent))
+            os.rename(target, retired / target.name)
+            os.rename(staging, target)
+            shutil.rmtree(retired)
+        else:
+            os.rename(staging, target)
+        _fsync(target.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder under `root`, so that the rename publishes complete data."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync(Path(folder) / name)
+        _fsync(Path(folder))
