@@ -10,15 +10,26 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from polydistill.errors import UserError
 
 Family = Literal["gemma", "qwen", "gpt-oss"]
 Domain = Literal["arithmetic", "facts", "strings"]
 TokenizerStyle = Literal["gemma", "qwen", "gpt-oss", "student"]
+LossKind = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "tv"]
 Positive = Annotated[int, Field(gt=0)]
 NonNegative = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class Strict(BaseModel):
@@ -98,12 +109,17 @@ class TrainConfig(Strict):
 
 
 class TeacherConfig(Strict):
-    """A world teacher (family + domains + sizes) or a real local checkpoint (`path`)."""
+    """A world teacher (family + domains + sizes) or a real local checkpoint (`path`).
+
+    `tokenizer`: the world tokenizer style a world teacher trains with; by default its family's
+    own (e.g. `student`, so that a student can be distilled from it without alignment).
+    """
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     family: Family
     domains: list[Domain] = []
     path: Path | None = None
+    tokenizer: TokenizerStyle | None = None
     model: ModelSize = ModelSize()
     train: TrainConfig = TrainConfig()
 
@@ -122,7 +138,14 @@ class TeacherConfig(Strict):
     def _world_teacher_has_domains(self) -> "TeacherConfig":
         if self.path is None and not self.domains:
             raise ValueError(f"world teacher {self.name!r} needs domains (or a checkpoint path)")
+        if self.path is not None and self.tokenizer is not None:
+            raise ValueError(f"teacher {self.name!r}: a checkpoint (path) brings its own tokenizer")
         return self
+
+    @property
+    def tokenizer_style(self) -> str | None:
+        """The world tokenizer style of a world teacher (family names are style names)."""
+        return None if self.path is not None else self.tokenizer or self.family
 
 
 class WorldConfig(Strict):
@@ -140,11 +163,78 @@ class EvalConfig(Strict):
     max_new_tokens: Positive = 24
 
 
+class StudentConfig(Strict):
+    """The student distilled from one teacher on that teacher's completions of domain prompts.
+
+    `domains`: whose training prompts the student sees (default: the teacher's). The teacher
+    completes each prompt `completions_per_prompt` times (greedily, then sampled), and its `top_k`
+    log-probabilities plus the tail at every completion position, at `temperature`, are the
+    targets of the `loss`; `ce_weight` mixes in cross-entropy on the teacher's completion tokens.
+    """
+
+    teacher: str
+    family: Family = "qwen"
+    tokenizer: TokenizerStyle = "student"
+    model: ModelSize = ModelSize()
+    train: TrainConfig = TrainConfig()
+    domains: list[Domain] | None = None
+    loss: LossKind = "forward_kl"
+    beta: Fraction = 0.5
+    temperature: Annotated[float, Field(gt=0)] = 1.0
+    top_k: Positive = 32
+    ce_weight: Fraction = 0.0
+    completions_per_prompt: Positive = 1
+    checkpoint_every: NonNegative = 100
+
+
+def _error_at(location: tuple[str, ...], message: str) -> ValidationError:
+    """An error at `location` below the field being validated (pydantic prefixes the field)."""
+    detail = InitErrorDetails(
+        type=PydanticCustomError("invalid", "{message}", {"message": message}),
+        loc=location,
+        input=None,
+    )
+    return ValidationError.from_exception_data("config", [detail])
+
+
 class RunConfig(Strict):
     world: WorldConfig = WorldConfig()
     teachers: Annotated[list[TeacherConfig], Field(min_length=1)]
     eval: EvalConfig = EvalConfig()
     threads: Positive | None = None
+    student: StudentConfig | None = None
+
+    @field_validator("student")
+    @classmethod
+    def _student_has_its_teacher(
+        cls, student: StudentConfig | None, info: ValidationInfo
+    ) -> StudentConfig | None:
+        """The named teacher exists and shares the student's tokenizer; domains default to its."""
+        if student is None or "teachers" not in info.data:
+            return student
+        teachers = {t.name: t for t in info.data["teachers"]}
+        teacher = teachers.get(student.teacher)
+        if teacher is None:
+            known = ", ".join(teachers)
+            message = f"no teacher named {student.teacher!r} (teachers: {known})"
+            raise _error_at(("teacher",), message)
+        style = teacher.tokenizer_style
+        if style is not None and style != student.tokenizer:
+            raise _error_at(
+                ("teacher",),
+                f"teacher {teacher.name!r} uses the {style} tokenizer and the student the "
+                f"{student.tokenizer} one; cross-tokenizer distillation needs the alignment path "
+                "(polydistill.align), which `polydistill run` does not wire yet",
+            )
+        if student.domains is None:
+            if not teacher.domains:
+                raise _error_at(
+                    ("domains",),
+                    f"teacher {teacher.name!r} has no domains; list the domains whose prompts "
+                    "the student sees",
+                )
+            return student.model_copy(update={"domains": list(teacher.domains)})
+        return student
 
     @model_validator(mode="after")
     def _unique_names(self) -> "RunConfig":
