@@ -32,6 +32,12 @@ def test_arithmetic_operand_widths():
         assert all(len(n) == 3 for n in example.prompt.split("+"))
 
 
+def test_arithmetic_second_operand_can_be_shorter():
+    train, _ = domains.arithmetic(0, 300, 30, max_digits=3, max_digits_second=2)
+    widths = [tuple(len(n) for n in e.prompt.split("+")) for e in train]
+    assert all(b <= 2 for _, b in widths) and any(a == 3 for a, _ in widths)
+
+
 def test_strings_gold_is_the_reversal():
     train, _ = domains.strings(0, 200, 20, 3, 7, "xyz")
     for example in train:

@@ -41,6 +41,7 @@ class ArithmeticConfig(Strict):
     heldout: Positive = 200
     max_digits: Annotated[int, Field(ge=1, le=6)] = 3
     min_digits: Annotated[int, Field(ge=1, le=6)] = 1
+    max_digits_second: Annotated[int, Field(ge=1, le=6)] | None = None
 
     @model_validator(mode="after")
     def _digits(self) -> "ArithmeticConfig":

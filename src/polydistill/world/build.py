@@ -52,6 +52,7 @@ def domain_splits(world: WorldConfig) -> tuple[dict[str, list[Example]], dict[st
             d.arithmetic.heldout,
             d.arithmetic.max_digits,
             d.arithmetic.min_digits,
+            d.arithmetic.max_digits_second,
         ),
         "facts": world_domains.facts(seed, d.facts.entities),
         "strings": world_domains.strings(

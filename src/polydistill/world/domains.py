@@ -69,12 +69,19 @@ def _number(rng: random.Random, min_digits: int, max_digits: int) -> int:
 
 
 def arithmetic(
-    seed: int, train: int, heldout: int, max_digits: int, min_digits: int = 1
+    seed: int,
+    train: int,
+    heldout: int,
+    max_digits: int,
+    min_digits: int = 1,
+    max_digits_second: int | None = None,
 ) -> tuple[list, list]:
-    """Addition of two numbers of min_digits..max_digits digits each."""
+    """Addition `a+b`: a of min_digits..max_digits digits, b up to max_digits_second digits."""
+    second = max_digits_second or max_digits
 
     def draw(rng: random.Random) -> Example:
-        a, b = (_number(rng, min_digits, max_digits) for _ in range(2))
+        a = _number(rng, min_digits, max_digits)
+        b = _number(rng, min(min_digits, second), second)
         return Example("arithmetic", f"{a}+{b}", str(a + b))
 
     return _hash_split(draw, seed, train, heldout)
