@@ -14,15 +14,19 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_loss_benchmark_runs_each_case_in_its_own_process(tmp_path):
     out = tmp_path / "loss.json"
     command = [sys.executable, "-m", "benchmarks.loss", "--json", str(out), "--sizes", "600:16"]
-    command += ["--impls", "polydistill_chunked", "dense_reference", "--no-results-md"]
+    command += ["--impls", "polydistill_chunked", "dense_reference", "float64_reference"]
+    command += ["--no-results-md"]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
     records = json.loads(out.read_text())
-    assert [r["impl"] for r in records] == ["polydistill_chunked", "dense_reference"]
+    impls = ["polydistill_chunked", "dense_reference", "float64_reference"]
+    assert [r["impl"] for r in records] == impls
     for record in records:
         assert record["status"] == "ok" and record["ms"] > 0 and record["peak_mb"] is not None
         assert {"impl", "vocab", "tokens", "peak_mb", "ms", "rel_err_vs_dense"} <= record.keys()
-    assert records[0]["rel_err_vs_dense"] < 1e-5
-    assert records[0]["grad_rel_err_vs_dense"] < 1e-4
+    chunked, dense, _ = records
+    assert chunked["rel_err_vs_dense"] < 1e-5 and chunked["grad_rel_err_vs_dense"] < 1e-4
+    assert chunked["rel_err_vs_float64"] < 1e-5 and chunked["grad_rel_err_vs_float64"] < 1e-4
+    assert dense["rel_err_vs_float64"] < 1e-5
 
 
 def test_results_section_replaces_only_its_own(tmp_path, monkeypatch):

@@ -34,15 +34,22 @@ def full_vocab_step(
 
     The gradient is d/dz_j = s·(g_j − q_j Σ g) + c·q_j with s = `divergence_scale` and c =
     `ce_scale` (the cross-entropy's softmax part when it shares this temperature). The inputs are
-    not modified: mutating a view of the caller's buffer would make the compiled kernel guard on
-    the buffer's size and recompile whenever the chunking changes.
+    not modified: writing into a view of the caller's buffer would tie the compiled kernel to
+    that buffer's size.
+
+    The row sums accumulate in float64: compiled reductions add sequentially, and over 10^5
+    terms of both signs float32 would cost the gradient two digits (measured: 7e-5 relative
+    error instead of 8e-6).
     """
-    log_norm = scaled_logits.logsumexp(dim=1)
+    peak = scaled_logits.amax(dim=1, keepdim=True)
+    mass = (scaled_logits - peak).exp().sum(1, dtype=torch.float64)
+    log_norm = (peak.squeeze(1) + mass.log()).to(scaled_logits.dtype)
     log_q = scaled_logits - log_norm[:, None]
     terms, grads = bucket_terms_and_grads(kind, log_q, floor_log_probs(logprobs), beta, alpha)
-    coefficient = ce_scale - divergence_scale * grads.sum(1)
+    grad_sum = grads.sum(1, dtype=torch.float64).to(grads.dtype)
+    coefficient = ce_scale - divergence_scale * grad_sum
     grad = log_q.exp() * coefficient[:, None] + grads * divergence_scale[:, None]
-    return terms.sum(1), log_norm, grad
+    return terms.sum(1, dtype=torch.float64), log_norm, grad
 
 
 _compiled = None

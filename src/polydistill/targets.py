@@ -72,15 +72,17 @@ def targets_from_logits(
     """Targets from a teacher that shares the student's tokenizer and gives full logits `[N, V']`.
 
     Columns from `vocab_size` on are padding rows of the teacher's lm_head and get no mass. The
-    distribution is the teacher's at `temperature`. `k=None` (or k >= V) keeps the full
-    vocabulary: ids are then a broadcast view of `arange(V)` (no memory), which the chunked loss
-    recognises and serves without gathers.
+    distribution is the teacher's at `temperature`, in float32 (float64 logits stay float64).
+    `k=None` (or k >= V) keeps the full vocabulary: ids are then a broadcast view of `arange(V)`
+    (no memory), which the chunked loss recognises and serves without gathers.
     """
     if teacher_logits.ndim != 2 or teacher_logits.shape[0] == 0:
         raise UserError(f"teacher logits must be [N > 0, V], got {tuple(teacher_logits.shape)}")
     columns = teacher_logits.shape[1]
     vocab = real_vocab_size(columns, columns, vocab_size, "teacher logits")
-    logits = teacher_logits[:, :vocab].float()
+    logits = teacher_logits[:, :vocab]
+    if logits.dtype != torch.float64:
+        logits = logits.float()  # a softmax over 10^5 tokens needs at least float32
     check_finite_logits(logits, "teacher logits")
     logprobs = torch.log_softmax(logits / temperature, dim=-1)
     rows = logprobs.shape[0]
