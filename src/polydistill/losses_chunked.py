@@ -344,6 +344,8 @@ def _sparse_in_place(logits, ids, logprobs, tail, step, divergence_scale, ce_sca
     log_p = floor_log_probs(logprobs)
     has_tail = ids.shape[1] < step.vocab
     if has_tail:
+        # Floored like the teacher's so the tail terms stay finite; the gradient below is that of
+        # the unfloored loss (the dense reference's autograd would give 0 below e^-87).
         log_q_tail = (outside_mass.log() - total_mass.log()).clamp_min(LOG_PROB_FLOOR)
         log_p_tail = floor_log_probs(tail.log())
         log_q = torch.cat([log_q, log_q_tail[:, None]], dim=1)
