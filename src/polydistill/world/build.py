@@ -143,6 +143,7 @@ def _train_teacher(spec: dict, world_root: str, threads: int, events) -> dict:
         min_lr_ratio=t.min_lr_ratio,
         weight_decay=t.weight_decay,
         grad_clip=t.grad_clip,
+        seed=t.seed,
         on_step=on_step,
     )
     out = root / "teachers" / teacher.name
