@@ -196,3 +196,25 @@ def test_the_installed_command_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr == "error: bogus: unknown key\n"
     assert not (tmp_path / "o").exists()
+
+
+def test_a_terminated_run_leaves_nothing_behind(tmp_path, tiny_cache, tiny_world):
+    """SIGTERM mid-run unwinds the staging folders: no output, no hidden leftovers."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = ["run", str(TINY), "--out", str(out), f"world.cache_dir={tiny_cache}"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "polydistill", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    deadline = time.monotonic() + 60
+    while not [p for p in tmp_path.iterdir() if p.name.startswith(".")]:
+        assert time.monotonic() < deadline and process.poll() is None, "no staging folder appeared"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []

@@ -10,6 +10,7 @@ Bad input prints one line starting with `error:` and exits with code 2.
 
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -75,8 +76,14 @@ def world_build(config: ConfigArg, out: OutOption, overrides: Overrides = None) 
     typer.echo(str(out))
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # Raising here unwinds the stack, so staging folders are removed and nothing is half-written.
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Entry point: user errors become one line and exit code 2."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         app(standalone_mode=False)
     except UserError as error:
