@@ -108,6 +108,11 @@ class TrainConfig(Strict):
     grad_clip: Annotated[float, Field(gt=0)] = 1.0
     seed: int = 0
 
+    def loop_arguments(self) -> dict:
+        """Keyword arguments of `train.train` (every field but the batch size, which the data
+        takes)."""
+        return self.model_dump(exclude={"batch_size"})
+
 
 class TeacherConfig(Strict):
     """A world teacher (family + domains + sizes) or a real local checkpoint (`path`).
