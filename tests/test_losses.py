@@ -237,6 +237,14 @@ def test_tail_is_one_bucket_against_the_students_mass_outside_top_k(kind):
     assert math.isclose(got.item(), want.item(), rel_tol=1e-9)
 
 
+def test_full_vocabulary_targets_sum_to_one_at_real_vocabulary_sizes():
+    """Their normaliser is summed in float64: torch's float32 log_softmax is off by ~5e-6 here."""
+    logits = torch.randn(4, 150_000, generator=torch.Generator().manual_seed(0)) * 3
+    targets = targets_from_logits(logits)
+    assert targets.logprobs.dtype == torch.float32
+    assert (targets.logprobs.double().exp().sum(-1) - 1).abs().max() < 2e-6
+
+
 def test_padding_rows_are_dropped_and_get_no_gradient():
     hidden, weight, teacher, mask, labels = make_case(10, 200, padding=128)
     targets = targets_from_logits(teacher, 20, vocab_size=200, mask=mask)
