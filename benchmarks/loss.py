@@ -59,8 +59,11 @@ TOP_K = 64
 FLOOR_CHUNK_ROWS = 256
 GRAD_ROW_STRIDE = 64
 # The machine is shared: quick cases are repeated (best time, worst memory).
+# Its load also changes over minutes: --rounds runs the grid again, so that a case is not timed
+# only in a busy minute (the slow cases, over a minute, vary less in proportion).
 MAX_REPEATS = 3
 REPEAT_WITHIN_S = 20.0
+REROUND_UNDER_MS = 60_000
 DEFAULT_BUDGET = DEFAULT_MEMORY_BUDGET_MB
 RESULTS = Path(__file__).parent / "RESULTS.md"
 SECTION = "## Loss step (benchmarks/loss.py)"
@@ -241,7 +244,8 @@ def markdown(records: list[dict], command: str) -> str:
         "and lm_head to their gradients. peak_mb = peak RSS of the case's process during the "
         "step minus its RSS before; it includes the gradients the step returns (lm_head and "
         "hidden, the same for every implementation). ms = best of `runs` (quick cases are "
-        "repeated). Errors are relative, of the loss and (norm-wise, worst of hidden and every "
+        "repeated in their process and in later rounds). Errors are relative, of the loss and "
+        "(norm-wise, worst of hidden and every "
         f"{GRAD_ROW_STRIDE}th lm_head row) of the gradients, against `dense_reference` (float32) "
         "and `float64_reference` (polydistill's loss in float64 on the same float32 inputs; the "
         "tests hold it to the dense reference within 1e-10). Ratios are within this run.",
@@ -308,6 +312,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=int, default=600, help="seconds per case")
     parser.add_argument("--memory-limit-gb", type=float, default=16.0, help="per case")
     parser.add_argument("--memory-budget-mb", type=float, default=DEFAULT_BUDGET)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the grid again, cases under a minute only"
+    )
     parser.add_argument("--no-results-md", action="store_true", help="leave RESULTS.md alone")
     parser.add_argument("--case", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--grads-out", help=argparse.SUPPRESS)
@@ -325,6 +332,20 @@ def sizes_of(args: argparse.Namespace) -> list[tuple[int, int]]:
     return [(vocab, tokens) for tokens in TOKENS for vocab in VOCABS]
 
 
+def _worth_repeating(record: dict) -> bool:
+    return record["status"] == "ok" and record["ms"] < REROUND_UNDER_MS
+
+
+def _merge(earlier: dict | None, record: dict) -> dict:
+    """One case over several rounds: its best time, its worst memory, the first round's outputs."""
+    if earlier is None or record["status"] != "ok":
+        return earlier or record
+    merged = earlier | {"ms": min(earlier["ms"], record["ms"])}
+    merged["peak_mb"] = max(earlier["peak_mb"], record["peak_mb"])
+    merged["repeats"] = earlier["repeats"] + record["repeats"]
+    return merged
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.case:
@@ -334,14 +355,19 @@ def main(argv: list[str] | None = None) -> None:
         return
     child_flags = ["--memory-limit-gb", str(args.memory_limit_gb)]
     child_flags += ["--memory-budget-mb", str(args.memory_budget_mb)]
-    records = []
+    records = {}
     with tempfile.TemporaryDirectory() as workdir:
-        for vocab, tokens in sizes_of(args):
-            for impl in args.impls:
-                grads_out = str(Path(workdir) / f"{impl}-{vocab}-{tokens}.pt")
-                record = spawn_case(impl, vocab, tokens, grads_out, args.timeout, child_flags)
-                print(json.dumps({k: v for k, v in record.items() if k != "grads"}), flush=True)
-                records.append(record)
+        for round_ in range(args.rounds):
+            for vocab, tokens in sizes_of(args):
+                for impl in args.impls:
+                    earlier = records.get((impl, vocab, tokens))
+                    if earlier and not _worth_repeating(earlier):
+                        continue
+                    grads_out = str(Path(workdir) / f"{impl}-{vocab}-{tokens}-{round_}.pt")
+                    record = spawn_case(impl, vocab, tokens, grads_out, args.timeout, child_flags)
+                    print(json.dumps({k: v for k, v in record.items() if k != "grads"}), flush=True)
+                    records[impl, vocab, tokens] = _merge(earlier, record)
+        records = list(records.values())
         add_errors(records)
     Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
     if not args.no_results_md:

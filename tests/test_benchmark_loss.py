@@ -15,13 +15,14 @@ def test_loss_benchmark_runs_each_case_in_its_own_process(tmp_path):
     out = tmp_path / "loss.json"
     command = [sys.executable, "-m", "benchmarks.loss", "--json", str(out), "--sizes", "600:16"]
     command += ["--impls", "polydistill_chunked", "dense_reference", "float64_reference"]
-    command += ["--no-results-md"]
+    command += ["--no-results-md", "--rounds", "2"]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
     records = json.loads(out.read_text())
     impls = ["polydistill_chunked", "dense_reference", "float64_reference"]
     assert [r["impl"] for r in records] == impls
     for record in records:
         assert record["status"] == "ok" and record["ms"] > 0 and record["peak_mb"] is not None
+        assert record["repeats"] > 3  # timed again in the second round
         assert {"impl", "vocab", "tokens", "peak_mb", "ms", "rel_err_vs_dense"} <= record.keys()
     chunked, dense, _ = records
     assert chunked["rel_err_vs_dense"] < 1e-5 and chunked["grad_rel_err_vs_dense"] < 1e-4
