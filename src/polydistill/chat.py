@@ -44,6 +44,34 @@ def encode_completions(
     return [[*ids, tokenizer.eos_token_id] for ids in encoded] if end else encoded
 
 
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Ids of `text` alone: no BOS/EOS added, special-token strings inside it kept as text."""
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+def end_of_turn(tokenizer: PreTrainedTokenizerBase, who: str) -> int:
+    end = getattr(tokenizer, "eos_token_id", None)
+    if end is None:
+        raise UserError(
+            f"{who}: tokenizer has no eos_token (the end-of-turn token that closes an answer); "
+            "set eos_token in tokenizer_config.json"
+        )
+    return int(end)
+
+
+def render_answer(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str, who: str
+) -> tuple[list[int], int]:
+    """A model's own rendering of a prompt and its answer: the user turn and generation prompt,
+    the completion tokenized on its own, and the end-of-turn token; with the index of the first
+    completion token. Every teacher scores, and the alignment aligns, exactly this sequence."""
+    prefix = encode_prompts(tokenizer, [prompt], who)[0]
+    if not prefix:
+        raise UserError(f"{who}: chat template renders nothing before the answer")
+    body = encode_text(tokenizer, completion)
+    return [*prefix, *body, end_of_turn(tokenizer, who)], len(prefix)
+
+
 def pad_right(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -94,8 +122,10 @@ def supervised_batches(
     batch_size: int,
     seed: int,
     who: str,
+    model_prompts: bool = False,
 ) -> Callable[[int], dict[str, torch.Tensor]]:
-    """`batch_at(i)`: the i-th batch of prompt + completion, labels only on the completion.
+    """`batch_at(i)`: the i-th batch of prompt + completion, labels on the completion (and on
+    the prompt after its first token when `model_prompts`: plain language modelling).
 
     Batches are consecutive slices of `shuffled_stream`, so batch i depends on (seed, i) alone
     and a resumed training run sees the batches an uninterrupted one would.
@@ -118,6 +148,8 @@ def supervised_batches(
         input_ids, attention_mask = pad_right(sequences, tokenizer.pad_token_id)
         labels = torch.full_like(input_ids, -100)
         for row, i in enumerate(chosen):
+            start = 1 if model_prompts else len(rows[i][0])
+            labels[row, start : len(rows[i][0])] = torch.tensor(rows[i][0][start:])
             start = len(rows[i][0])
             labels[row, start : start + len(rows[i][1])] = torch.tensor(rows[i][1])
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -161,6 +161,9 @@ class WorldConfig(Strict):
     vocab: VocabSizes = VocabSizes()
     eval_every: Positive = 100
     target_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.97
+    # Real teachers are language models of all their text, prompts included; world teachers
+    # learn their prompts too, so how well a teacher models a prompt says where it is at home.
+    teachers_model_prompts: bool = True
 
 
 class EvalConfig(Strict):

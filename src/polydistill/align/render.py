@@ -13,8 +13,8 @@ import numpy as np
 
 from polydistill.align.chunks import AlignedSequence, aligned_sequence
 from polydistill.align.tokenbytes import backend_of, token_byte_lengths, vocab_bytes
-from polydistill.chat import encode_prompts
-from polydistill.errors import UserError
+from polydistill.chat import encode_text as encode_hf_text
+from polydistill.chat import render_answer
 
 
 def encode_text(tokenizer: object, text: str, who: str) -> list[int]:
@@ -22,28 +22,14 @@ def encode_text(tokenizer: object, text: str, who: str) -> list[int]:
     backend = backend_of(tokenizer, who)
     if backend is tokenizer:
         return backend.encode(text, add_special_tokens=False).ids
-    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-
-
-def _end_of_turn(tokenizer: object, who: str) -> int:
-    end = getattr(tokenizer, "eos_token_id", None)
-    if end is None:
-        raise UserError(
-            f"{who}: tokenizer has no eos_token (the end-of-turn token that closes an answer); "
-            "set eos_token in tokenizer_config.json"
-        )
-    return int(end)
+    return encode_hf_text(tokenizer, text)
 
 
 def _side(tokenizer: object, prompt: str, completion: str, who: str):
     backend_of(tokenizer, who)  # a slow tokenizer fails here, before its template is used
-    prefix = encode_prompts(tokenizer, [prompt], who)[0]
-    if not prefix:
-        raise UserError(f"{who}: chat template renders nothing before the answer")
-    body = encode_text(tokenizer, completion, who)
-    lengths = token_byte_lengths(vocab_bytes(tokenizer, who), body, completion, who)
-    ids = np.asarray([*prefix, *body, _end_of_turn(tokenizer, who)], dtype=np.int64)
-    return ids, len(prefix), lengths
+    ids, start = render_answer(tokenizer, prompt, completion, who)
+    lengths = token_byte_lengths(vocab_bytes(tokenizer, who), ids[start:-1], completion, who)
+    return np.asarray(ids, dtype=np.int64), start, lengths
 
 
 def render_aligned(

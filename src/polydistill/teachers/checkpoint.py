@@ -1,8 +1,6 @@
-"""Teachers: where their distributions come from.
-
-For now a teacher is a Hugging Face checkpoint directory: a world teacher or a real Gemma,
-gpt-oss or Qwen checkpoint on local disk, loaded through `AutoModelForCausalLM` with
-`HF_HUB_OFFLINE=1`, so nothing reaches a hub.
+"""Loading a teacher checkpoint: a world teacher or a real Gemma, gpt-oss or Qwen checkpoint
+directory on local disk, through `AutoModelForCausalLM` with `HF_HUB_OFFLINE=1`, so nothing
+reaches a hub.
 """
 
 import os

@@ -1,0 +1,16 @@
+"""Teachers: where teacher distributions come from, behind one interface (`protocol.Teacher`).
+
+- `checkpoint`: loading a Hugging Face checkpoint directory (a world teacher or a real Gemma,
+  gpt-oss or Qwen checkpoint) with `HF_HUB_OFFLINE=1`, checked for what alignment needs.
+- `protocol`: the `Teacher` protocol (complete prompts, score answers) and `TeacherRows`, one
+  teacher's reading of one rendered answer in its own vocabulary.
+- `local`: a checkpoint in this process (`transformers`, batched, no gradients).
+
+Every source hands back teacher-vocabulary rows; `polydistill.align` projects them into the
+student's vocabulary.
+"""
+
+from polydistill.teachers.checkpoint import load_checkpoint, load_tokenizer
+from polydistill.teachers.protocol import Teacher, TeacherRows
+
+__all__ = ["Teacher", "TeacherRows", "load_checkpoint", "load_tokenizer"]

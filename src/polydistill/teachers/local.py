@@ -1,0 +1,172 @@
+"""A teacher checkpoint in this process: generation and scoring with `transformers`.
+
+    teacher = local_teacher("qwen", Path("ckpt/qwen"), batch_size=64)
+    answers = teacher.complete(prompts, samples=1, max_new_tokens=24, seed=0)[0]
+    rows = teacher.score(prompts, answers, top_k=32, temperature=1.0)
+
+Batched, without gradients, in the checkpoint's dtype on the CPU (or `device`). Sampling forks
+the random state, so a caller's training randomness is untouched.
+"""
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from polydistill.chat import encode_prompts, pad_left, pad_right, render_answer
+from polydistill.targets import accurate_log_softmax, check_finite_logits
+from polydistill.teachers.checkpoint import load_checkpoint
+from polydistill.teachers.protocol import Progress, TeacherRows, tokenizer_fingerprint
+
+
+def weights_hash(path: Path) -> str:
+    """sha256 over the checkpoint's weight files, in name order."""
+    digest = hashlib.sha256()
+    files = sorted([*path.glob("*.safetensors"), *path.glob("*.bin")])
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as f:
+            while block := f.read(1 << 24):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class LocalTeacher:
+    """A `Teacher` backed by a model in memory (see `protocol.Teacher`)."""
+
+    def __init__(
+        self,
+        name: str,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int,
+        path: Path | None = None,
+    ) -> None:
+        self.name, self.model, self.tokenizer = name, model, tokenizer
+        self.batch_size, self.path = batch_size, path
+        self.who = f"teacher {name!r}"
+
+    def fingerprint(self) -> dict[str, str]:
+        weights = weights_hash(self.path) if self.path else "in-memory"
+        return {"source": "local", "weights": weights, **tokenizer_fingerprint(self.tokenizer)}
+
+    @torch.no_grad()
+    def complete(
+        self,
+        prompts: Sequence[str],
+        *,
+        samples: int,
+        max_new_tokens: int,
+        seed: int,
+        on_batch: Progress | None = None,
+    ) -> list[list[str]]:
+        prompt_ids = encode_prompts(self.tokenizer, prompts, self.who)
+        self.model.eval()
+        answers: list[list[str]] = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for sample in range(samples):
+                texts: list[str] = []
+                for start in range(0, len(prompt_ids), self.batch_size):
+                    rows = prompt_ids[start : start + self.batch_size]
+                    done = self._generate(rows, max_new_tokens, sample > 0)
+                    texts += [self.tokenizer.decode(ids) for ids in done]
+                    if on_batch:
+                        on_batch(len(rows), sum(len(ids) for ids in done))
+                answers.append(texts)
+        return answers
+
+    def _generate(self, rows: Sequence[list[int]], max_new_tokens: int, sample: bool):
+        """Completion ids of each row, cut before the first end-of-turn token."""
+        tok = self.tokenizer
+        input_ids, attention_mask = pad_left(rows, tok.pad_token_id)
+        # Sampling draws from the teacher's own distribution: no temperature, top-k or top-p.
+        how = (
+            {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+            if sample
+            else {"do_sample": False}
+        )
+        generated = self.model.generate(
+            input_ids=input_ids.to(self.model.device),
+            attention_mask=attention_mask.to(self.model.device),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            **how,
+        )
+        out = []
+        for row in generated[:, input_ids.shape[1] :].tolist():
+            out.append(row[: row.index(tok.eos_token_id)] if tok.eos_token_id in row else row)
+        return out
+
+    @torch.no_grad()
+    def score(
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        *,
+        top_k: int,
+        temperature: float,
+        on_batch: Progress | None = None,
+    ) -> list[TeacherRows]:
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        rendered = [
+            render_answer(self.tokenizer, p, c, self.who)
+            for p, c in zip(prompts, completions, strict=True)
+        ]
+        self.model.eval()
+        out: list[TeacherRows] = []
+        for start in range(0, len(rendered), self.batch_size):
+            batch = rendered[start : start + self.batch_size]
+            out += self._score_batch(batch, top_k, temperature)
+            if on_batch:
+                on_batch(len(batch), sum(len(ids) for ids, _ in batch))
+        return out
+
+    def _score_batch(self, batch, top_k: int, temperature: float) -> list[TeacherRows]:
+        input_ids, attention_mask = pad_right(
+            [ids for ids, _ in batch], self.tokenizer.pad_token_id
+        )
+        logits = self.model(
+            input_ids=input_ids.to(self.model.device),
+            attention_mask=attention_mask.to(self.model.device),
+            use_cache=False,
+        ).logits.float()
+        check_finite_logits(logits, self.who)
+        logits = logits[..., : len(self.tokenizer)]  # embedding rows past the tokenizer: padding
+        k = min(top_k, logits.shape[-1])
+        rows = []
+        for row, (ids, start) in enumerate(batch):
+            length = len(ids)
+            observed = torch.tensor(ids[1:], device=logits.device)
+            plain = accurate_log_softmax(logits[row, : length - 1])
+            token_logprobs = plain.gather(1, observed[:, None])[:, 0]
+            answer = logits[row, start - 1 : length - 1]
+            scaled = (
+                plain[start - 1 :]
+                if temperature == 1.0
+                else accurate_log_softmax(answer, temperature)
+            )
+            top = scaled.topk(k, dim=-1)
+            rows.append(
+                TeacherRows(
+                    ids=np.asarray(ids, dtype=np.int64),
+                    start=start,
+                    top_ids=top.indices.cpu().numpy().astype(np.int64),
+                    top_logprobs=top.values.float().cpu().numpy(),
+                    token_logprobs=token_logprobs.float().cpu().numpy(),
+                )
+            )
+        return rows
+
+
+def local_teacher(
+    name: str, path: Path, batch_size: int, dtype: torch.dtype = torch.float32
+) -> LocalTeacher:
+    """A checkpoint directory as a teacher."""
+    model, tokenizer = load_checkpoint(path, f"teacher {name!r}", dtype)
+    return LocalTeacher(name, model, tokenizer, batch_size, path)
