@@ -5,6 +5,7 @@
 - `protocol`: the `Teacher` protocol (complete prompts, score answers) and `TeacherRows`, one
   teacher's reading of one rendered answer in its own vocabulary.
 - `local`: a checkpoint in this process (`transformers`, batched, no gradients).
+- `readings`: every teacher answers the prompts, and every teacher scores every distinct answer.
 
 Every source hands back teacher-vocabulary rows; `polydistill.align` projects them into the
 student's vocabulary.

@@ -1,0 +1,99 @@
+"""Every teacher's answers to the prompts, and every teacher's reading of every answer.
+
+    readings = gather_readings(teachers, prompts, samples=1, max_new_tokens=24, seed=0,
+                               top_k=32, temperature=1.0)
+    readings.candidates[i]              # the distinct answers to prompt i, with their authors
+    readings.rows["qwen"][c]            # teacher qwen's TeacherRows of candidate c
+
+Each teacher answers each prompt `samples` times (greedy, then sampled). The distinct answers to
+a prompt are its candidates; every teacher then scores every candidate in its own rendering. This
+is all a multi-teacher run needs from its teachers: which candidate the student learns from and
+how the teachers' distributions are fused are decided afterwards (`fusion`) from these numbers
+alone, so a capture of the readings serves any strategy. The cost is teachers x candidates
+scoring passes, which are cheap next to generation.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from polydistill.errors import UserError
+from polydistill.teachers.protocol import Progress, Teacher, TeacherRows, check_rows
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One distinct answer to prompt `prompt`: its text, and who wrote it (teacher, sample)."""
+
+    prompt: int
+    text: str
+    authors: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class Readings:
+    """Candidates in prompt order (`candidates_of[i]`: indices of prompt i's candidates) and
+    each teacher's rows for every candidate, in the same order."""
+
+    candidates: list[Candidate]
+    candidates_of: list[list[int]]
+    rows: dict[str, list[TeacherRows]]
+
+
+def distinct_candidates(answers: dict[str, list[list[str]]], prompts: int) -> list[Candidate]:
+    """Merge the teachers' answers (`answers[teacher][sample][prompt]`) into distinct
+    candidates per prompt, in prompt order, then teacher order, then sample order."""
+    out: list[Candidate] = []
+    for i in range(prompts):
+        found: dict[str, list[tuple[str, int]]] = {}
+        for name, samples in answers.items():
+            for j, texts in enumerate(samples):
+                found.setdefault(texts[i], []).append((name, j))
+        out += [Candidate(i, text, tuple(authors)) for text, authors in found.items()]
+    return out
+
+
+def gather_readings(
+    teachers: Sequence[Teacher],
+    prompts: Sequence[str],
+    *,
+    samples: int,
+    max_new_tokens: int,
+    seed: int,
+    top_k: int,
+    temperature: float,
+    progress: Callable[[str, int], Progress] | None = None,
+) -> Readings:
+    """Answers from every teacher, then every teacher's reading of every distinct answer.
+    `progress(description, rows)` makes a progress callback for each pass."""
+    if not prompts:
+        raise UserError("no prompts to distil from")
+    names = [t.name for t in teachers]
+    if len(set(names)) != len(names):
+        raise UserError(f"teacher names must be distinct: {names}")
+    answers = {
+        t.name: t.complete(
+            prompts,
+            samples=samples,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            on_batch=progress(f"answers {t.name}", len(prompts) * samples) if progress else None,
+        )
+        for t in teachers
+    }
+    candidates = distinct_candidates(answers, len(prompts))
+    candidates_of: list[list[int]] = [[] for _ in prompts]
+    for c, candidate in enumerate(candidates):
+        candidates_of[candidate.prompt].append(c)
+    rows = {}
+    for t in teachers:
+        read = t.score(
+            [prompts[c.prompt] for c in candidates],
+            [c.text for c in candidates],
+            top_k=top_k,
+            temperature=temperature,
+            on_batch=progress(f"scores {t.name}", len(candidates)) if progress else None,
+        )
+        for r in read:
+            check_rows(r, f"teacher {t.name!r}")
+        rows[t.name] = read
+    return Readings(candidates, candidates_of, rows)
