@@ -6,7 +6,7 @@ import torch
 from align_tokenizers import toy_byte_level
 
 from polydistill.align.render import render_aligned
-from polydistill.cross_objectives import (
+from polydistill.losses.cross_tokenizer import (
     chunk_likelihood_loss,
     chunk_loglik,
     merge_chunk_probs,

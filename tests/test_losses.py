@@ -10,16 +10,16 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from polydistill import full_vocab_kernel
-from polydistill.divergences import KINDS
 from polydistill.errors import UserError
 from polydistill.losses import (
     distill_loss,
     distill_loss_parts,
     divergence,
+    full_vocab,
     reference_distill_loss,
 )
-from polydistill.losses_chunked import chunk_sizes, even_splits
+from polydistill.losses.chunked import chunk_sizes, even_splits
+from polydistill.losses.divergences import KINDS
 from polydistill.targets import (
     MAX_PADDING_ROWS,
     SparseTargets,
@@ -356,8 +356,8 @@ def test_compiled_kernel_equals_eager_and_falls_back(monkeypatch):
     def broken(*_args, **_kwargs):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(full_vocab_kernel, "_compiled", broken)
-    monkeypatch.setattr(full_vocab_kernel, "_compile_failed", False)
+    monkeypatch.setattr(full_vocab, "_compiled", broken)
+    monkeypatch.setattr(full_vocab, "_compile_failed", False)
     with pytest.warns(RuntimeWarning, match="eager kernel"):
         fallback = distill_loss(hidden, weight, targets, "jsd", compile=True, **args)
     assert fallback.item() == eager.item()

@@ -1,7 +1,7 @@
 """The training-path distillation loss: fused with the student's lm_head, chunked over positions.
 
 `distill_loss(hidden [N, H], lm_head_weight [V', H], targets, kind, ...)` returns the same scalar as
-`losses.reference_distill_loss(hidden @ lm_head_weight.T, targets, ...)` without ever holding the
+`reference.reference_distill_loss(hidden @ lm_head_weight.T, targets, ...)` without ever holding the
 `[N × V]` student logits. Positions are processed in chunks whose size comes from
 `memory_budget_mb` (the logits chunk plus the elementwise temporaries). Each chunk is projected
 once; its softmax statistics, loss and gradient with respect to its logits are computed in the same
@@ -13,7 +13,7 @@ scales them. They are not computed under `torch.no_grad()` or when neither input
 Positions that count in neither part of the loss are skipped. Padding lm_head rows (past
 `vocab_size`) are never projected and get zero gradient. Logits and the loss are computed in
 float32 (float64 inputs stay float64); half-precision inputs are upcast (the lm_head once per
-call, hidden states per chunk) and their gradients cast back. See `losses` for the definition of
+call, hidden states per chunk) and their gradients cast back. See `reference` for the definition of
 every kind, the tail bucket and the temperature.
 """
 
@@ -23,15 +23,15 @@ from typing import NamedTuple
 
 import torch
 
-from polydistill.divergences import (
+from polydistill.errors import UserError
+from polydistill.losses.divergences import (
     LOG_PROB_FLOOR,
     bucket_terms_and_grads,
     check_divergence_args,
     floor_log_probs,
 )
-from polydistill.errors import UserError
-from polydistill.full_vocab_kernel import COMPILE_MIN_ELEMENTS, run_full_vocab_step
-from polydistill.loss_positions import PositionWeights, position_weights
+from polydistill.losses.full_vocab import COMPILE_MIN_ELEMENTS, run_full_vocab_step
+from polydistill.losses.positions import PositionWeights, position_weights
 from polydistill.targets import SparseTargets, real_vocab_size
 
 # The chunk buffer then holds ~110 rows of a 262k vocabulary: fewer rows make the lm_head products
@@ -116,7 +116,7 @@ def distill_loss_parts(
     """`distill_loss` with its divergence and cross-entropy parts.
 
     `compile`: run the full-vocabulary kernel through torch.compile; None decides by size
-    (`full_vocab_kernel.COMPILE_MIN_ELEMENTS`). Sparse (k < V) targets never need it.
+    (`full_vocab.COMPILE_MIN_ELEMENTS`). Sparse (k < V) targets never need it.
     """
     check_divergence_args(kind, beta, alpha, temperature)
     if hidden.ndim != 2 or lm_head_weight.ndim != 2 or hidden.shape[1] != lm_head_weight.shape[1]:

@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from polydistill.divergences import bucket_terms_and_grads, floor_log_probs
+from polydistill.losses.divergences import bucket_terms_and_grads, floor_log_probs
 
 # Below this many logits per call, compiling (tens of seconds the first time) does not pay.
 COMPILE_MIN_ELEMENTS = 2**24

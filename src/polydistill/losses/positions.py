@@ -1,7 +1,7 @@
 """Which positions a distillation loss counts, with what weight, and the checks on its arguments.
 
-Shared by the dense reference (`losses.reference_distill_loss`) and the chunked training path
-(`losses_chunked.distill_loss`), so that both reduce in exactly the same way:
+Shared by the dense reference (`reference.reference_distill_loss`) and the chunked training path
+(`chunked.distill_loss`), so that both reduce in exactly the same way:
 
     loss = (1 − ce_weight) · divergence + ce_weight · cross_entropy
 

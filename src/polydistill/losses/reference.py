@@ -1,14 +1,11 @@
-"""Distillation losses: dense references, and the chunked training path re-exported from
-`losses_chunked`.
+"""Dense references of the distillation losses (autograd, full `[tokens × vocab]` logits).
 
 - `divergence(student_logits, teacher_logits, kind, ...)`: full teacher logits against full
   student logits, both at `temperature`; its `jsd` is TRL GKD's `generalized_jsd_loss` (same
   definition, token-mean reduction over positions whose label is not `ignore_index`).
 - `reference_distill_loss(student_logits, targets, kind, ...)`: the dense reference of
-  `distill_loss` on sparse targets (same arguments, but full student logits instead of hidden
-  states and lm_head).
-- `distill_loss(hidden, lm_head_weight, targets, kind, ...)`: the training path, fused with the
-  lm_head and chunked so that `[tokens × vocab]` logits never exist (see `losses_chunked`).
+  `chunked.distill_loss` on sparse targets (same arguments, but full student logits instead of
+  hidden states and lm_head).
 
 Sparse targets and the tail. A position's teacher distribution is its top-k ids plus one tail
 bucket holding the mass `tail` outside them. The student's distribution is grouped the same way:
@@ -31,30 +28,15 @@ dropped from both distributions and get no gradient. `vocab_size` names the real
 import torch
 import torch.nn.functional as F
 
-from polydistill.divergences import (
+from polydistill.errors import UserError
+from polydistill.losses.divergences import (
     LOG_PROB_FLOOR,
     bucket_terms,
     check_divergence_args,
     floor_log_probs,
 )
-from polydistill.errors import UserError
-from polydistill.loss_positions import position_weights
-from polydistill.losses_chunked import (
-    DEFAULT_MEMORY_BUDGET_MB,
-    LossParts,
-    distill_loss,
-    distill_loss_parts,
-)
+from polydistill.losses.positions import position_weights
 from polydistill.targets import SparseTargets, check_finite_logits, real_vocab_size
-
-__all__ = [
-    "DEFAULT_MEMORY_BUDGET_MB",
-    "LossParts",
-    "distill_loss",
-    "distill_loss_parts",
-    "divergence",
-    "reference_distill_loss",
-]
 
 
 def divergence(
