@@ -337,12 +337,18 @@ def _sparse_in_place(logits, ids, logprobs, tail, step, divergence_scale, ce_sca
     peak = logits.amax(dim=1, keepdim=True)
     exps = logits.sub_(peak).exp_()
     total_mass = exps.sum(1)
-    exps.scatter_(1, ids, 0.0)
+    has_tail = ids.shape[1] < step.vocab
+    # Unused slots (log-prob -inf, k < V) are part of the tail bucket (see `reference`).
+    in_tail = (logprobs == float("-inf")) if has_tail else None
+    if in_tail is not None and bool(in_tail.any()):
+        exps.scatter_(1, ids, torch.where(in_tail, exps.gather(1, ids), 0.0))
+    else:
+        in_tail = None
+        exps.scatter_(1, ids, 0.0)
     outside_mass = exps.sum(1)  # relative to the peak, like total_mass
     log_norm = peak.squeeze(1) + total_mass.log()
     log_q = top_logits - log_norm[:, None]
     log_p = floor_log_probs(logprobs)
-    has_tail = ids.shape[1] < step.vocab
     if has_tail:
         # Floored like the teacher's so the tail terms stay finite; the gradient below is that of
         # the unfloored loss (the dense reference's autograd would give 0 below e^-87).
@@ -351,6 +357,9 @@ def _sparse_in_place(logits, ids, logprobs, tail, step, divergence_scale, ce_sca
         log_q = torch.cat([log_q, log_q_tail[:, None]], dim=1)
         log_p = torch.cat([log_p, log_p_tail[:, None]], dim=1)
     terms, grads = bucket_terms_and_grads(step.kind, log_q, log_p, step.beta, step.alpha)
+    if in_tail is not None:
+        slots = torch.cat([in_tail, in_tail.new_zeros(len(in_tail), 1)], dim=1)
+        terms, grads = terms.masked_fill_(slots, 0.0), grads.masked_fill_(slots, 0.0)
     grad_sum = grads.sum(1)
     # Outside the top-k: q_j = exps_j / total_mass, and the tail bucket's share of it.
     outside = -grad_sum / total_mass
@@ -363,5 +372,8 @@ def _sparse_in_place(logits, ids, logprobs, tail, step, divergence_scale, ce_sca
     if ce_scale is not None:
         outside = outside + ce_scale / total_mass
         top = top + top_probs * ce_scale[:, None]
-    exps.mul_(outside[:, None]).scatter_(1, ids, top)
+    exps.mul_(outside[:, None])
+    if in_tail is not None:  # their gradient is the one of the other tail tokens, already there
+        top = torch.where(in_tail, exps.gather(1, ids), top)
+    exps.scatter_(1, ids, top)
     return terms.sum(1), label_logits, log_norm

@@ -14,6 +14,12 @@ computed over these k + 1 buckets (for k = V there is no tail bucket and this is
 divergence). Grouping can only lose information, so for k < V each kind is a lower bound of the
 full-vocabulary one, and the student is still pushed to put exactly `tail` outside the top-k.
 
+Unused slots. For k < V a row may list ids with log-prob -inf (the cross-tokenizer projection pads
+rows with fewer than k distinct ids). Such an id is a zero-probability token the teacher did not
+really rank: it is no bucket of its own but part of the rest of the vocabulary, so the student's
+mass on it goes to the tail bucket. (For k = V there is no tail: a -inf entry is then an ordinary
+token of probability zero, its own bucket.)
+
 Temperature. For `divergence` it divides both models' logits, as TRL. Sparse targets are already
 a distribution, so `reference_distill_loss`/`distill_loss` divide only the student's logits: build
 the targets at the same temperature (`targets.targets_from_logits(..., temperature=T)`). The
@@ -106,15 +112,21 @@ def reference_distill_loss(
     logits = _as_float(student_logits[:, :vocab])
     scaled = logits / temperature
     lq = torch.log_softmax(scaled, dim=-1).gather(1, targets.ids)
-    lp = floor_log_probs(targets.logprobs.to(lq.dtype))
+    counted = targets.mask[:, None]
+    logprobs = torch.where(counted, targets.logprobs.to(lq.dtype), 0.0)
+    lp = floor_log_probs(logprobs)
+    in_tail = torch.zeros_like(counted)
     if targets.k < vocab:
-        outside = scaled.scatter(1, targets.ids, float("-inf"))
+        in_tail = logprobs == float("-inf")  # unused slots: part of the tail bucket
+        listed = torch.where(in_tail, scaled.gather(1, targets.ids), float("-inf"))
+        outside = scaled.scatter(1, targets.ids, listed)
         lq_tail = (outside.logsumexp(-1) - scaled.logsumexp(-1)).clamp_min(LOG_PROB_FLOOR)
         lp_tail = floor_log_probs(targets.tail.to(lq.dtype).log())
         lq = torch.cat([lq, lq_tail[:, None]], dim=1)
         lp = torch.cat([lp, lp_tail[:, None]], dim=1)
-    counted = targets.mask[:, None]
-    per_position = bucket_terms(kind, lq, torch.where(counted, lp, 0.0), beta, alpha).sum(-1)
+        in_tail = torch.cat([in_tail, torch.zeros_like(counted)], dim=1)
+    terms = torch.where(in_tail, 0.0, bucket_terms(kind, lq, lp, beta, alpha))
+    per_position = terms.sum(-1)
     per_position = torch.where(targets.mask, per_position, 0.0)
     cross_entropy = F.cross_entropy(logits, weights.labels, reduction="none")
     divergence_part = (per_position.double() * weights.divergence).sum()
