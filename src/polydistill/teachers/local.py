@@ -138,27 +138,25 @@ class LocalTeacher:
         ).logits.float()
         check_finite_logits(logits, self.who)
         logits = logits[..., : len(self.tokenizer)]  # embedding rows past the tokenizer: padding
-        k = min(top_k, logits.shape[-1])
+        batch_size, width, vocab = logits.shape
+        plain = accurate_log_softmax(logits.reshape(-1, vocab)).view(batch_size, width, vocab)
+        observed = plain[:, :-1].gather(2, input_ids[:, 1:, None].to(logits.device))[..., 0]
+        scaled = plain
+        if temperature != 1.0:
+            scaled = accurate_log_softmax(logits.reshape(-1, vocab), temperature).view_as(plain)
+        top = scaled.topk(min(top_k, vocab), dim=-1)
+        top_ids, top_logprobs = top.indices.cpu().numpy(), top.values.float().cpu().numpy()
+        observed = observed.float().cpu().numpy()
         rows = []
         for row, (ids, start) in enumerate(batch):
-            length = len(ids)
-            observed = torch.tensor(ids[1:], device=logits.device)
-            plain = accurate_log_softmax(logits[row, : length - 1])
-            token_logprobs = plain.gather(1, observed[:, None])[:, 0]
-            answer = logits[row, start - 1 : length - 1]
-            scaled = (
-                plain[start - 1 :]
-                if temperature == 1.0
-                else accurate_log_softmax(answer, temperature)
-            )
-            top = scaled.topk(k, dim=-1)
+            answer = slice(start - 1, len(ids) - 1)
             rows.append(
                 TeacherRows(
                     ids=np.asarray(ids, dtype=np.int64),
                     start=start,
-                    top_ids=top.indices.cpu().numpy().astype(np.int64),
-                    top_logprobs=top.values.float().cpu().numpy(),
-                    token_logprobs=token_logprobs.float().cpu().numpy(),
+                    top_ids=top_ids[row, answer].astype(np.int64),
+                    top_logprobs=top_logprobs[row, answer],
+                    token_logprobs=observed[row, : len(ids) - 1],
                 )
             )
         return rows

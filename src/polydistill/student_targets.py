@@ -1,0 +1,252 @@
+"""From the teachers' readings to the student's training rows: choose, project, fuse, account.
+
+    data, contributions = student_targets(readings, teachers, student_tokenizer, prompts,
+                                          domains, weights=w, combine="mix", top_k=32,
+                                          completions_per_prompt=1)
+
+1. Weights: the fusion strategy gives each teacher a weight per example (`fusion`), from numbers
+   the readings already hold, e.g. each teacher's bits per byte on the prompt and its own answer.
+2. Choice: the candidate answers of a prompt are ranked by their bits per byte under the
+   weighted teachers (sum_t w_t bpb_t(answer)); the best `completions_per_prompt` are kept. With
+   evidence weights that is the answer of the teacher at home on the prompt; with uniform
+   weights the answer the teachers agree on most.
+3. Projection: every teacher's reading of a chosen answer is aligned byte for byte with the
+   student's rendering and projected into the student's vocabulary (`align`).
+4. Fusion: per student position, the teachers' projected targets are combined with the weights
+   (`fusion.mix` or `fusion.product`), or per-position confidence weights.
+5. Accounting: per domain, the share of target mass each teacher supplied and who wrote the
+   chosen answers; per teacher, the mass its projection left in the tail.
+
+Only prompts and the teachers' own answers come in (gold answers only for the marked `mince` /
+`avgce` baselines, through their weights), so a gold answer never reaches the student.
+"""
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from polydistill import fusion
+from polydistill.align import project, render, vocabmap
+from polydistill.targets import SparseTargets
+from polydistill.teachers.protocol import Teacher, TeacherRows
+from polydistill.teachers.readings import Readings
+
+
+@dataclass(frozen=True)
+class DistillationData:
+    """Training rows: prompt and answer ids in the student's rendering (the answer ends with
+    the end-of-turn token) and the targets of every answer position; row r's targets are
+    `targets[offsets[r]:offsets[r + 1]]`, one per answer token (the position before each token
+    predicts it). `targets.mask` says which count in the loss."""
+
+    prompts: list[list[int]]
+    completions: list[list[int]]
+    targets: SparseTargets
+    offsets: list[int]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def answer_bytes(text: str) -> int:
+    """Bytes of an answer plus one for its end-of-turn: an empty answer still costs a token."""
+    return len(text.encode("utf-8")) + 1
+
+
+def own_answer_bits_per_byte(readings: Readings, prompts: Sequence[str]) -> torch.Tensor:
+    """`[teachers, prompts]`: each teacher's bits per byte on the prompt and its own greedy
+    answer, the evidence of how at home it is there (markup tokens cost a trained model ~0)."""
+    names = list(readings.rows)
+    out = torch.zeros((len(names), len(prompts)), dtype=torch.float64)
+    for i, prompt in enumerate(prompts):
+        for c in readings.candidates_of[i]:
+            candidate = readings.candidates[c]
+            for author, sample in candidate.authors:
+                if sample == 0:
+                    size = len(prompt.encode("utf-8")) + answer_bytes(candidate.text)
+                    out[names.index(author), i] = readings.rows[author][c].bits() / size
+    return out
+
+
+def answer_bits_per_byte(readings: Readings) -> torch.Tensor:
+    """`[teachers, candidates]`: each teacher's bits per byte on each candidate answer."""
+    sizes = [answer_bytes(c.text) for c in readings.candidates]
+    return torch.tensor(
+        [
+            [r.bits(completion_only=True) / s for r, s in zip(rows, sizes, strict=True)]
+            for rows in readings.rows.values()
+        ],
+        dtype=torch.float64,
+    )
+
+
+def choose_answers(
+    readings: Readings, weights: torch.Tensor, per_prompt: int
+) -> list[tuple[int, int]]:
+    """(prompt, candidate) pairs: per prompt the `per_prompt` candidates with the lowest
+    weighted bits per byte; ties go to the earlier candidate."""
+    scores = (
+        weights[:, [c.prompt for c in readings.candidates]] * answer_bits_per_byte(readings)
+    ).sum(0)
+    chosen = []
+    for i, candidates in enumerate(readings.candidates_of):
+        ranked = sorted(candidates, key=lambda c: (float(scores[c]), c))
+        chosen += [(i, c) for c in ranked[:per_prompt]]
+    return chosen
+
+
+def _answer_rows(targets: SparseTargets, start: int) -> SparseTargets:
+    """The projected rows that predict the answer tokens and the end-of-turn."""
+    rows = slice(start - 1, len(targets) - 1)
+    return SparseTargets(
+        targets.ids[rows], targets.logprobs[rows], targets.tail[rows], targets.mask[rows]
+    )
+
+
+def _concat(pieces: list[SparseTargets]) -> SparseTargets:
+    return SparseTargets(
+        torch.cat([p.ids for p in pieces]),
+        torch.cat([p.logprobs for p in pieces]),
+        torch.cat([p.tail for p in pieces]),
+        torch.cat([p.mask for p in pieces]),
+    )
+
+
+def project_answers(
+    readings: Readings,
+    teachers: Sequence[Teacher],
+    student_tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    chosen: Sequence[tuple[int, int]],
+    top_k: int,
+) -> tuple[list[list[int]], list[list[int]], list[SparseTargets], list[int]]:
+    """Student prompt ids, answer ids, one target per teacher over all answer positions, offsets."""
+    prompt_ids, answer_ids, offsets = [], [], [0]
+    per_teacher: dict[str, list[SparseTargets]] = defaultdict(list)
+    maps = {t.name: vocabmap.vocab_map(t.tokenizer, student_tokenizer, t.name) for t in teachers}
+    for i, c in chosen:
+        text = readings.candidates[c].text
+        for t in teachers:
+            seq = render.render_aligned(t.tokenizer, student_tokenizer, prompts[i], text, t.name)
+            rows: TeacherRows = readings.rows[t.name][c]
+            ids, logprobs = rows.full_rows()
+            projected = project.project(seq, ids, logprobs, maps[t.name], k=top_k)
+            per_teacher[t.name].append(_answer_rows(projected, seq.student_start))
+        prompt_ids.append(seq.student_ids[: seq.student_start].tolist())
+        answer_ids.append(seq.student_ids[seq.student_start :].tolist())
+        offsets.append(offsets[-1] + len(answer_ids[-1]))
+    return prompt_ids, answer_ids, [_concat(per_teacher[t.name]) for t in teachers], offsets
+
+
+def contributions(
+    names: Sequence[str],
+    readings: Readings,
+    chosen: Sequence[tuple[int, int]],
+    domains: Sequence[str],
+    supplied: torch.Tensor,
+    per_teacher: Sequence[SparseTargets],
+    example_weights: torch.Tensor,
+    offsets: Sequence[int],
+) -> dict:
+    """What `contributions.json` holds: see the module docstring, step 5."""
+    mass: dict[str, dict[str, float]] = {}
+    written: dict[str, dict[str, int]] = {}
+    examples = []
+    for i, c in chosen:
+        authors = [a for a, _ in readings.candidates[c].authors]
+        by = max(authors, key=lambda a: float(example_weights[names.index(a), i]))
+        domain = domains[i]
+        written.setdefault(domain, dict.fromkeys(names, 0))[by] += 1
+        examples.append(
+            {
+                "prompt": i,
+                "domain": domain,
+                "completion_by": by,
+                "weights": {n: round(float(example_weights[t, i]), 6) for t, n in enumerate(names)},
+            }
+        )
+    lengths = np.diff(np.asarray(offsets))
+    row_domain = np.repeat([domains[i] for i, _ in chosen], lengths)
+    for domain in sorted(set(domains)):
+        here = torch.from_numpy(row_domain == domain) & (supplied.sum(0) > 0)
+        if bool(here.any()):
+            share = supplied[:, here].mean(dim=1)
+            mass[domain] = {n: round(float(share[t]), 6) for t, n in enumerate(names)}
+    tail = {n: round(project.tail_share(t), 6) for n, t in zip(names, per_teacher, strict=True)}
+    return {
+        "teachers": list(names),
+        "mass": mass,
+        "completions": written,
+        "tail": tail,
+        "examples": examples,
+    }
+
+
+def example_weights(
+    strategy: str,
+    names: Sequence[str],
+    readings: Readings,
+    prompts: Sequence[str],
+    domains: Sequence[str],
+    *,
+    temperature: float,
+    fixed: dict[str, float] | None = None,
+    routes: dict[str, str] | None = None,
+    gold_bits_per_byte: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`[teachers, prompts]` weights of a strategy (`fusion.STRATEGIES`); per-position
+    strategies (confidence) rank answers with uniform weights."""
+    n, m = len(names), len(prompts)
+    if strategy in ("uniform", "product", "confidence"):
+        return fusion.uniform_weights(n, m)
+    if strategy == "fixed":
+        return fusion.fixed_weights(names, fixed or {}, m)
+    if strategy == "evidence":
+        return fusion.evidence_weights(own_answer_bits_per_byte(readings, prompts), temperature)
+    if strategy == "route":
+        return fusion.route_weights(names, domains, routes or {})
+    if strategy in fusion.USES_GOLD:
+        if gold_bits_per_byte is None:
+            raise ValueError(f"strategy {strategy!r} needs the teachers' bits on the gold answers")
+        return fusion.gold_weights(gold_bits_per_byte, strategy)
+    raise ValueError(f"unknown fusion strategy {strategy!r}")
+
+
+def student_targets(
+    readings: Readings,
+    teachers: Sequence[Teacher],
+    student_tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    domains: Sequence[str],
+    *,
+    strategy: str,
+    weights: torch.Tensor,
+    temperature: float,
+    top_k: int,
+    completions_per_prompt: int,
+) -> tuple[DistillationData, dict]:
+    """The student's training rows and `contributions.json`; see the module."""
+    names = [t.name for t in teachers]
+    chosen = choose_answers(readings, weights, completions_per_prompt)
+    prompt_ids, answer_ids, per_teacher, offsets = project_answers(
+        readings, teachers, student_tokenizer, prompts, chosen, top_k
+    )
+    if strategy == "confidence":
+        position_weights = fusion.confidence_weights(per_teacher, temperature)
+    else:
+        position_weights = fusion.per_position(weights[:, [i for i, _ in chosen]], offsets)
+    vocab = len(student_tokenizer)
+    if strategy == "product":
+        fused = fusion.product(per_teacher, position_weights, top_k, vocab)
+    else:
+        fused = fusion.mix(per_teacher, position_weights, top_k)
+    supplied = fusion.supplied_mass(per_teacher, position_weights)
+    accounts = contributions(
+        names, readings, chosen, domains, supplied, per_teacher, weights, offsets
+    )
+    accounts["strategy"] = strategy
+    return DistillationData(prompt_ids, answer_ids, fused, offsets), accounts
