@@ -2,6 +2,7 @@
 
     polydistill run examples/specialists.yaml --out runs/demo [key=value ...]
     polydistill world build examples/specialists.yaml --out runs/world [key=value ...]
+    polydistill report runs/demo                          (report.html and plots/ again)
     polydistill serve MODEL_DIR [--port P] [--db URL]     (and: keys, usage; see --help)
 
 Overrides set any config field: `teachers[0].train.steps=500`, `eval.heldout_limit=50`.
@@ -19,6 +20,7 @@ import typer
 
 from polydistill.errors import UserError
 from polydistill.serve.commands import register as register_serve
+from polydistill.store.command import register as register_capture
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -32,6 +34,7 @@ app = typer.Typer(
 world_app = typer.Typer(help="The offline specialists world.", no_args_is_help=True)
 app.add_typer(world_app, name="world")
 register_serve(app)  # serve, usage, keys
+register_capture(app)  # capture
 
 ConfigArg = Annotated[Path, typer.Argument(help="Run configuration (YAML).")]
 OutOption = Annotated[Path, typer.Option("--out", help="Output folder.")]
@@ -61,6 +64,16 @@ def run(
     from polydistill.pipeline import run as run_pipeline
 
     run_pipeline(cfg, out, force)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Output folder of `polydistill run`.")],
+) -> None:
+    """Write (again) RUN_DIR/report.html and RUN_DIR/plots/ from the run's files."""
+    from polydistill.report import write_report
+
+    typer.echo(str(write_report(run_dir)))
 
 
 @world_app.command("build")
