@@ -244,10 +244,11 @@ def test_report_writes_every_plot_and_table(tmp_path):
 
 
 def test_report_without_logs_or_contributions_says_what_is_absent(tmp_path):
-    run = write_synthetic_run(tmp_path / "run", logs=False, contributions=False)
+    run = write_synthetic_run(tmp_path / ".tmp-run-staging", logs=False, contributions=False)
     (run / "plots").mkdir()
     (run / "plots" / "tail.png").write_bytes(b"stale")  # from an earlier report
-    html = write_report(run).read_text(encoding="utf-8")
+    html = write_report(run, run_name="demo").read_text(encoding="utf-8")
+    assert "Run folder <code>demo</code>" in html
     assert [p.name for p in (run / "plots").iterdir()] == ["accuracy.png"]
     assert html.count("data:image/png;base64,") == 1
     assert "No training logs in this run folder" in html

@@ -44,13 +44,13 @@ def show(value: float | None, kind: str) -> str:
     raise ValueError(f"unknown format {kind!r}")
 
 
-def render_html(inputs: RunInputs, pngs: dict[str, bytes]) -> str:
+def render_html(inputs: RunInputs, pngs: dict[str, bytes], run_name: str) -> str:
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     environment.filters["show"] = show
     metrics, contributions = inputs.metrics, inputs.contributions
     domains = metrics.domains
     return environment.from_string(TEMPLATE).render(
-        run_name=inputs.run_dir.resolve().name,
+        run_name=run_name,
         domains=domains,
         models=list(metrics.models),
         notes=inputs.notes,
@@ -64,8 +64,11 @@ def render_html(inputs: RunInputs, pngs: dict[str, bytes]) -> str:
     )
 
 
-def write_report(run_dir: Path) -> Path:
+def write_report(run_dir: Path, run_name: str | None = None) -> Path:
     """Write `run_dir/report.html` and `run_dir/plots/`; returns the report's path.
+
+    `run_name` (default: the folder's name) heads the page; a caller writing into a staging
+    folder passes the name the folder will have.
 
     Raises `UserError` when `metrics.json` is missing or malformed, or `contributions.json` is
     present but malformed; absent training logs or contributions are said in the report.
@@ -79,6 +82,8 @@ def write_report(run_dir: Path) -> Path:
             (plots / f"{name}.png").write_bytes(png)
     report = run_dir / REPORT_FILE
     partial = run_dir / f".{REPORT_FILE}.partial"
-    partial.write_text(render_html(inputs, pngs), encoding="utf-8")
+    partial.write_text(
+        render_html(inputs, pngs, run_name or run_dir.resolve().name), encoding="utf-8"
+    )
     os.replace(partial, report)
     return report

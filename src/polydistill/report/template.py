@@ -37,7 +37,7 @@ TEMPLATE = """<!DOCTYPE html>
   {%- if contributions %} &middot; fusion strategy: <b>{{ contributions.strategy }}</b>
   {%- endif %}</p>
 {% if notes %}
-<div class="notes" id="notes"><b>Not in this run folder:</b>
+<div class="notes" id="notes"><b>Absent or partly unreadable inputs:</b>
 <ul>{% for note in notes %}<li>{{ note }}</li>{% endfor %}</ul></div>
 {% endif %}
 
