@@ -122,10 +122,11 @@ def supervised_batches(
     batch_size: int,
     seed: int,
     who: str,
-    model_prompts: bool = False,
+    prompt_weight: float = 0.0,
 ) -> Callable[[int], dict[str, torch.Tensor]]:
-    """`batch_at(i)`: the i-th batch of prompt + completion, labels on the completion (and on
-    the prompt after its first token when `model_prompts`: plain language modelling).
+    """`batch_at(i)`: the i-th batch of prompt + completion, labels on the completion; with a
+    `prompt_weight` > 0 also on the prompt after its first token, each prompt token's loss
+    weighted so (`label_weights`), as a language model of the whole text.
 
     Batches are consecutive slices of `shuffled_stream`, so batch i depends on (seed, i) alone
     and a resumed training run sees the batches an uninterrupted one would.
@@ -147,11 +148,14 @@ def supervised_batches(
         sequences = [rows[i][0] + rows[i][1] for i in chosen]
         input_ids, attention_mask = pad_right(sequences, tokenizer.pad_token_id)
         labels = torch.full_like(input_ids, -100)
+        weights = torch.ones(input_ids.shape)
         for row, i in enumerate(chosen):
-            start = 1 if model_prompts else len(rows[i][0])
-            labels[row, start : len(rows[i][0])] = torch.tensor(rows[i][0][start:])
-            start = len(rows[i][0])
-            labels[row, start : start + len(rows[i][1])] = torch.tensor(rows[i][1])
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+            prompt, answer = rows[i]
+            if prompt_weight > 0:
+                labels[row, 1 : len(prompt)] = torch.tensor(prompt[1:])
+                weights[row, : len(prompt)] = prompt_weight
+            labels[row, len(prompt) : len(prompt) + len(answer)] = torch.tensor(answer)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return {**batch, "label_weights": weights} if prompt_weight > 0 else batch
 
     return batch_at

@@ -162,8 +162,9 @@ class WorldConfig(Strict):
     eval_every: Positive = 100
     target_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.97
     # Real teachers are language models of all their text, prompts included; world teachers
-    # learn their prompts too, so how well a teacher models a prompt says where it is at home.
-    teachers_model_prompts: bool = True
+    # learn their prompts too (this weight relative to the answer tokens; 0: answers only), so
+    # how well a teacher models a prompt says where it is at home.
+    prompt_loss_weight: Annotated[float, Field(ge=0, le=1)] = 0.1
 
 
 class EvalConfig(Strict):
@@ -172,21 +173,46 @@ class EvalConfig(Strict):
     max_new_tokens: Positive = 24
 
 
-class StudentConfig(Strict):
-    """The student distilled from one teacher on that teacher's completions of domain prompts.
+FusionStrategy = Literal[
+    "evidence", "uniform", "product", "fixed", "confidence", "route", "mince", "avgce"
+]
 
-    `domains`: whose training prompts the student sees (default: the teacher's). The teacher
-    completes each prompt `completions_per_prompt` times (greedily, then sampled), and its `top_k`
-    log-probabilities plus the tail at every completion position, at `temperature`, are the
-    targets of the `loss`; `ce_weight` mixes in cross-entropy on the teacher's completion tokens.
+
+class FusionConfig(Strict):
+    """How the teachers' targets become one (`polydistill.fusion`).
+
+    `evidence`: per example, softmax over teachers of -(bits per byte on the prompt and the
+    teacher's own answer) / `temperature`; `uniform` / `product`: equal weights, mixed in
+    probability space / as a product of experts; `fixed`: `weights` per teacher (sum 1);
+    `confidence`: per position, softmax of log top-1 probability / `temperature`; `route`: each
+    example to the teacher `routes` names for its domain; `mince` / `avgce`: FuseLLM's baselines,
+    which read the gold answers.
     """
 
-    teacher: str
+    strategy: FusionStrategy = "evidence"
+    temperature: Annotated[float, Field(gt=0)] = 0.05
+    weights: dict[str, float] | None = None
+    routes: dict[str, str] | None = None
+
+
+class StudentConfig(Strict):
+    """The student distilled from `teachers` on their answers to the domains' prompts.
+
+    `domains`: whose training prompts the student sees (default: all its teachers' domains),
+    at most `prompts_per_domain` of each. Every teacher answers every prompt
+    `completions_per_prompt` times (greedily, then sampled); the best-ranked answers are the
+    student's, and the fused `top_k` + tail of all teachers at `temperature` are the targets of
+    the `loss`; `ce_weight` mixes in cross-entropy on the answer tokens.
+    """
+
+    teachers: Annotated[list[str], Field(min_length=1)]
+    fusion: FusionConfig = FusionConfig()
     family: Family = "qwen"
     tokenizer: TokenizerStyle = "student"
     model: ModelSize = ModelSize()
     train: TrainConfig = TrainConfig()
     domains: list[Domain] | None = None
+    prompts_per_domain: Positive | None = None
     loss: LossKind = "forward_kl"
     beta: Fraction = 0.5
     temperature: Annotated[float, Field(gt=0)] = 1.0
@@ -194,6 +220,29 @@ class StudentConfig(Strict):
     ce_weight: Fraction = 0.0
     completions_per_prompt: Positive = 1
     checkpoint_every: NonNegative = 100
+
+
+Baseline = Literal[
+    "single",
+    "uniform",
+    "seqkd",
+    "oracle",
+    "evidence",
+    "product",
+    "fixed",
+    "confidence",
+    "route",
+    "mince",
+    "avgce",
+]
+
+
+class BenchmarkConfig(Strict):
+    """Baselines trained beside the student on the same prompts and token budget:
+    `single` (each teacher alone), `seqkd` (fine-tuning on the chosen answers, no logits),
+    `oracle` (fine-tuning on the gold answers), or any other fusion strategy by name."""
+
+    baselines: list[Baseline] = []
 
 
 def _error_at(location: tuple[str, ...], message: str) -> ValidationError:
@@ -213,37 +262,47 @@ class RunConfig(Strict):
     threads: Positive | None = None
     student: StudentConfig | None = None
 
+    benchmark: BenchmarkConfig | None = None
+
     @field_validator("student")
     @classmethod
-    def _student_has_its_teacher(
+    def _student_has_its_teachers(
         cls, student: StudentConfig | None, info: ValidationInfo
     ) -> StudentConfig | None:
-        """The named teacher exists and shares the student's tokenizer; domains default to its."""
+        """The named teachers exist; fusion settings name them; domains default to theirs."""
         if student is None or "teachers" not in info.data:
             return student
         teachers = {t.name: t for t in info.data["teachers"]}
-        teacher = teachers.get(student.teacher)
-        if teacher is None:
-            known = ", ".join(teachers)
-            message = f"no teacher named {student.teacher!r} (teachers: {known})"
-            raise _error_at(("teacher",), message)
-        style = teacher.tokenizer_style
-        if style is not None and style != student.tokenizer:
-            raise _error_at(
-                ("teacher",),
-                f"teacher {teacher.name!r} uses the {style} tokenizer and the student the "
-                f"{student.tokenizer} one; cross-tokenizer distillation needs the alignment path "
-                "(polydistill.align), which `polydistill run` does not wire yet",
-            )
+        for i, name in enumerate(student.teachers):
+            if name not in teachers:
+                known = ", ".join(teachers)
+                raise _error_at(("teachers", i), f"no teacher named {name!r} (teachers: {known})")
+        if len(set(student.teachers)) != len(student.teachers):
+            raise _error_at(("teachers",), f"a teacher is listed twice: {student.teachers}")
         if student.domains is None:
-            if not teacher.domains:
+            domains = sorted({d for n in student.teachers for d in teachers[n].domains})
+            if not domains:
                 raise _error_at(
                     ("domains",),
-                    f"teacher {teacher.name!r} has no domains; list the domains whose prompts "
+                    "the student's teachers have no domains; list the domains whose prompts "
                     "the student sees",
                 )
-            return student.model_copy(update={"domains": list(teacher.domains)})
+            student = student.model_copy(update={"domains": domains})
+        _check_fusion(student)
         return student
+
+    @model_validator(mode="after")
+    def _benchmark_has_what_it_needs(self) -> "RunConfig":
+        if self.benchmark is None or not self.benchmark.baselines:
+            return self
+        if self.student is None:
+            raise ValueError("benchmark: baselines are trained beside a student; add student:")
+        fusion = self.student.fusion
+        if "route" in self.benchmark.baselines and fusion.routes is None:
+            raise ValueError("benchmark.baselines: route needs student.fusion.routes")
+        if "fixed" in self.benchmark.baselines and fusion.weights is None:
+            raise ValueError("benchmark.baselines: fixed needs student.fusion.weights")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> "RunConfig":
@@ -252,6 +311,30 @@ class RunConfig(Strict):
         if duplicates:
             raise ValueError(f"teacher names must be unique; repeated: {', '.join(duplicates)}")
         return self
+
+
+def _check_fusion(student: StudentConfig) -> None:
+    fusion, names = student.fusion, student.teachers
+    if fusion.strategy == "fixed" and fusion.weights is None:
+        raise _error_at(("fusion", "weights"), "strategy fixed needs a weight per teacher")
+    if fusion.weights is not None:
+        unknown = sorted(set(fusion.weights) - set(names))
+        if unknown:
+            raise _error_at(("fusion", "weights"), f"unknown teacher(s) {unknown}")
+        total = sum(fusion.weights.values())
+        if min(fusion.weights.values()) < 0 or abs(total - 1.0) > 1e-6:
+            raise _error_at(
+                ("fusion", "weights"), f"must be non-negative and sum to 1, got {total}"
+            )
+    if fusion.strategy == "route" and fusion.routes is None:
+        raise _error_at(("fusion", "routes"), "strategy route needs a teacher per domain")
+    if fusion.routes is not None:
+        unknown = sorted(set(fusion.routes.values()) - set(names))
+        if unknown:
+            raise _error_at(("fusion", "routes"), f"unknown teacher(s) {unknown}")
+        missing = sorted(set(student.domains or []) - set(fusion.routes))
+        if missing:
+            raise _error_at(("fusion", "routes"), f"no teacher for domain(s) {missing}")
 
 
 def _key_path(location: tuple) -> str:

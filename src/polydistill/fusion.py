@@ -112,24 +112,27 @@ def _check_same_rows(targets: Sequence[SparseTargets], weights: torch.Tensor) ->
 
 
 def _merge_ids(ids: torch.Tensor, mass: torch.Tensor):
-    """Per row, sum `mass` over equal ids: `(ids, mass)` sorted by id, duplicates zeroed."""
+    """Per row, sum `mass` over equal ids: `(ids, mass)` sorted by id, repeats marked -1 so
+    that they rank below every distinct id (each teacher lists k distinct ids, so a union
+    always has k)."""
     ids, order = ids.sort(dim=1)
     mass = mass.gather(1, order)
     first = torch.ones_like(ids, dtype=torch.bool)
     first[:, 1:] = ids[:, 1:] != ids[:, :-1]
     group = first.long().cumsum(dim=1) - 1
     summed = torch.zeros_like(mass).scatter_add_(1, group, mass)
-    return ids, torch.where(first, summed.gather(1, group), 0.0)
+    return ids, torch.where(first, summed.gather(1, group), -1.0)
 
 
 def _keep_top(ids, mass, rest, k: int, live: torch.Tensor) -> SparseTargets:
     """The k largest merged entries as log-probs of the row total; the rest joins the tail."""
-    total = mass.sum(dim=1) + rest
+    total = mass.clamp_min(0.0).sum(dim=1) + rest
     top = mass.topk(min(k, mass.shape[1]), dim=1)
     kept_ids = ids.gather(1, top.indices)
+    kept = top.values.clamp_min(0.0)
     norm = total.clamp_min(1e-300)[:, None]
-    logprobs = torch.log(top.values / norm)
-    tail = ((total - top.values.sum(dim=1)) / norm[:, 0]).clamp(0.0, 1.0)
+    logprobs = torch.log(kept / norm)
+    tail = ((total - kept.sum(dim=1)) / norm[:, 0]).clamp(0.0, 1.0)
     logprobs = torch.where(live[:, None], logprobs, float("-inf"))
     return SparseTargets(kept_ids, logprobs.float(), torch.where(live, tail, 0.0).float(), live)
 
@@ -164,7 +167,7 @@ def product(
         log_rest += w[i] * spread
     others = (vocab_size - distinct.sum(dim=1)).clamp_min(0).double()
     peak = torch.maximum(log_q.masked_fill(~distinct, -torch.inf).amax(dim=1), log_rest)
-    mass = torch.where(distinct, (log_q - peak[:, None]).exp(), 0.0)
+    mass = torch.where(distinct, (log_q - peak[:, None]).exp(), -1.0)
     rest = others * (log_rest - peak).exp()
     return _keep_top(union, mass, rest, k, w.sum(dim=0) > 0)
 

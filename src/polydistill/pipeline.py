@@ -3,9 +3,13 @@
 0. Check every real checkpoint's tokenizer, so that a bad path fails at once.
 1. Build (or reuse) the world: domain data, tokenizers, world teachers.
 2. Evaluate every teacher (world-trained or a real local checkpoint) on every held-out domain.
-3. With a `student:` section, distil the student from its teacher (`student`), save it to
-   `student/` with `train_log.jsonl` beside it, and evaluate it like the teachers.
-4. Write `metrics.json`, the resolved config and the world's location into the output folder.
+3. With a `student:` section: every teacher answers and scores the student's prompts once
+   (`student.teacher_readings`); then the student and each baseline of `benchmark:` are trained
+   on their fused targets (`student`), evaluated like the teachers, and their training logs kept
+   in `train_logs/`. The student is saved to `student/` as a standard checkpoint, and who
+   supplied its targets to `contributions.json`.
+4. Write `metrics.json`, the resolved config and the world's location into the output folder,
+   and the report (`report.html`).
 
 The output folder is assembled in a temporary sibling and renamed into place at the end, so a
 failed or interrupted run leaves no half-written folder and never touches an earlier result
@@ -23,13 +27,15 @@ import yaml
 from rich.progress import Progress
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from polydistill import student
 from polydistill.config import EvalConfig, RunConfig
 from polydistill.errors import UserError
 from polydistill.evaluate import evaluate_model
 from polydistill.progress import console, progress_bars
+from polydistill.report import write_report
 from polydistill.staging import staged_folder
-from polydistill.student import distil_student, student_work_dir
 from polydistill.teachers import load_checkpoint, load_tokenizer
+from polydistill.train.checkpoint import save_final
 from polydistill.train.log import LOG_FILE, TENSORBOARD_DIR
 from polydistill.world.build import World, build_world
 from polydistill.world.domains import DOMAINS
@@ -88,20 +94,48 @@ def evaluate_teachers(cfg: RunConfig, world: World) -> dict[str, dict]:
     return results
 
 
-def distil_and_evaluate(cfg: RunConfig, world: World, work: Path, staging: Path) -> dict:
-    """Distil the student into `staging/student`, move its training log next to it (as
-    `staging/train_log.jsonl`), and score it like the teachers."""
-    model, tokenizer = distil_student(cfg, world, work, staging / "student")
-    for name in (LOG_FILE, TENSORBOARD_DIR):
-        if (work / name).is_file():
-            shutil.copy2(work / name, staging / name)
-        elif (work / name).is_dir():
-            shutil.copytree(work / name, staging / name)
+def keep_train_log(work: Path, staging: Path, name: str) -> None:
+    """The model's `train_log.jsonl` (and TensorBoard folder) into `staging/train_logs/`."""
+    logs = staging / "train_logs"
+    logs.mkdir(exist_ok=True)
+    label = name.replace(":", "__")
+    if (work / LOG_FILE).is_file():
+        shutil.copy2(work / LOG_FILE, logs / f"{label}.jsonl")
+    if (work / TENSORBOARD_DIR).is_dir():
+        shutil.copytree(work / TENSORBOARD_DIR, logs / f"{label}.tensorboard")
+
+
+def distil_and_evaluate(
+    cfg: RunConfig, world: World, out: Path, staging: Path
+) -> tuple[dict, list[Path]]:
+    """Train and score the student and the baselines; returns their metrics and work folders."""
+    tokenizer = student.student_tokenizer(cfg, world)
+    prompts = student.student_prompts(cfg, world)
+    teachers = student.student_teachers(cfg, world)
+    readings = student.teacher_readings(cfg, teachers, prompts)
     heldout = heldout_sets(world, cfg.eval.heldout_limit)
-    with progress_bars() as bars:
-        return evaluate_with_progress(
-            bars, "student", model, tokenizer, heldout, cfg.eval, "student"
-        )
+    results, works, fused = {}, [], {}
+    for plan in student.model_plans(cfg):
+        data = None
+        if plan.sft != "gold":
+            key = (plan.strategy, json.dumps(plan.fixed, sort_keys=True))
+            if key not in fused:
+                fused[key] = student.plan_data(cfg, plan, teachers, tokenizer, prompts, readings)
+            data, accounts = fused[key]
+        batches, loss_fn = student.plan_batches(cfg, plan, tokenizer, prompts, data)
+        work = student.model_work_dir(out, cfg, world, plan)
+        model = student.train_model(cfg, world, plan, batches, loss_fn, tokenizer, work)
+        keep_train_log(work, staging, plan.name)
+        if plan.name == "student":
+            save_final(model, tokenizer, staging / "student")
+            (staging / "contributions.json").write_text(json.dumps(accounts, indent=1))
+        with progress_bars() as bars:
+            results[plan.name] = evaluate_with_progress(
+                bars, plan.name, model, tokenizer, heldout, cfg.eval, plan.name
+            )
+        console.log(f"{plan.name}: accuracy {results[plan.name]['accuracy']}")
+        works.append(work)
+    return results, works
 
 
 def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
@@ -109,13 +143,13 @@ def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     for teacher in cfg.teachers:
         if teacher.path is not None:  # fail fast, before minutes of world building
             load_tokenizer(teacher.path, f"teacher {teacher.name!r}")
-    work: Path | None = None
+    works: list[Path] = []
     with staged_output(out, force) as staging:
         world = build_world(cfg)
         metrics = {"domains": list(DOMAINS), "models": evaluate_teachers(cfg, world)}
         if cfg.student is not None:
-            work = student_work_dir(out, cfg, world)
-            metrics["models"]["student"] = distil_and_evaluate(cfg, world, work, staging)
+            trained, works = distil_and_evaluate(cfg, world, out, staging)
+            metrics["models"].update(trained)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (staging / "config.yaml").write_text(
             yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
@@ -123,7 +157,8 @@ def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
         (staging / "world.json").write_text(
             json.dumps({"root": str(world.root.resolve())}, indent=2)
         )
-    if work is not None:  # the student is in `out` now; its training checkpoints are spent
+        write_report(staging, run_name=out.name)
+    for work in works:  # the models are in `out` now; their training checkpoints are spent
         shutil.rmtree(work, ignore_errors=True)
     console.log(f"wrote {out / 'metrics.json'}")
     return metrics

@@ -1,142 +1,264 @@
-"""The student stage of `polydistill run`: distil the configured student from its teacher.
+"""The student stage of `polydistill run`: distil the student (and the benchmark's baselines)
+from its teachers.
 
-    work = student_work_dir(out, cfg, world)
-    model, tokenizer = distil_student(cfg, world, work, out / "student")
+    prompts = student_prompts(cfg, world)
+    readings = teacher_readings(cfg, world, prompts)          # every teacher, once
+    for plan in model_plans(cfg):
+        model, tokenizer, accounts = train_model(cfg, world, plan, prompts, readings, work, out)
 
-The teacher (a world teacher or a checkpoint) and the student's world tokenizer must be the same
-tokenizer. The training prompts of the student's domains (never their answers) are encoded
-through the chat template; the teacher completes them and gives its targets (`distill`); a fresh
-student of `student.family` is trained on them with the chunked distillation loss and saved to
-the final folder as a standard checkpoint with its tokenizer and chat template.
+1. Prompts: the training prompts of the student's domains (never their answers), at most
+   `prompts_per_domain` of each.
+2. Readings (`teachers.readings`): every teacher answers every prompt, and every teacher scores
+   every distinct answer in its own tokenizer and chat template.
+3. Per model to train (the student, then each baseline of `benchmark.baselines`): the fusion
+   strategy weighs the teachers, picks each prompt's answer, and the teachers' readings of it are
+   projected into the student's vocabulary and fused (`student_targets`); or, for `seqkd` and
+   `oracle`, plain fine-tuning on the chosen or the gold answers.
+4. A fresh student of `student.family` is trained on that (`train`), resuming from the model's
+   work folder when it holds this config's checkpoints, and returned with its accounts
+   (`contributions.json`).
 
-Training checkpoints and `train_log.jsonl` go to the work folder, a hidden sibling of the output
-folder named after a hash of everything that shapes the student, so a killed run started again
-with the same config resumes from its last checkpoint (and a changed config starts afresh).
+Every model sees the same prompts, steps and batch size: the same token budget.
 """
 
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from rich.progress import Progress as Bars
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from polydistill.chat import encode_prompts
+from polydistill.chat import supervised_batches
 from polydistill.config import RunConfig
-from polydistill.distill import (
-    DistillationData,
-    Progress,
-    check_same_tokenizer,
-    distillation_batches,
-    distillation_data,
-    distillation_loss,
-)
+from polydistill.distill import distillation_batches, distillation_loss
 from polydistill.progress import console, progress_bars
-from polydistill.teachers import load_checkpoint
-from polydistill.train import train
-from polydistill.train.checkpoint import list_checkpoints, save_final
+from polydistill.student_targets import (
+    DistillationData,
+    answer_bytes,
+    example_weights,
+    student_targets,
+)
+from polydistill.teachers.local import local_teacher
+from polydistill.teachers.protocol import Progress, Teacher
+from polydistill.teachers.readings import Readings, gather_readings
+from polydistill.train import BatchFn, LossFn, sft_loss, train
+from polydistill.train.checkpoint import list_checkpoints
 from polydistill.train.loop import CHECKPOINTS_DIR
 from polydistill.world.architectures import build_model
 from polydistill.world.build import World
-from polydistill.world.domains import Example
 
 
-def student_prompts(train_split: dict[str, list[Example]], domains: Sequence[str]) -> list[str]:
-    """The prompts the student learns from: the training prompts of its domains, in order."""
-    return [e.prompt for d in domains for e in train_split[d]]
+@dataclass(frozen=True)
+class Prompts:
+    texts: list[str]
+    domains: list[str]
+    gold: list[str]  # read only by the oracle and the gold-reading fusion baselines
 
 
-def student_fingerprint(cfg: RunConfig, world: World) -> dict:
-    """Everything that shapes the student: compared on resume, hashed into the work folder."""
-    student = cfg.student
-    teacher = next(t for t in cfg.teachers if t.name == student.teacher)
+@dataclass(frozen=True)
+class ModelPlan:
+    """One model to train: `student` or `baseline:<what>`, by a fusion strategy (with fixed
+    weights for a single teacher) or by fine-tuning (`sft`: "chosen" or "gold" answers)."""
+
+    name: str
+    strategy: str | None = None
+    fixed: dict[str, float] | None = None
+    sft: str | None = None
+
+
+def student_prompts(cfg: RunConfig, world: World) -> Prompts:
+    s = cfg.student
+    examples = [(d, e) for d in s.domains for e in world.train[d][: s.prompts_per_domain]]
+    return Prompts(
+        [e.prompt for _, e in examples], [d for d, _ in examples], [e.answer for _, e in examples]
+    )
+
+
+def model_plans(cfg: RunConfig) -> list[ModelPlan]:
+    """The student, then the benchmark's baselines in the order configured."""
+    s = cfg.student
+    plans = [ModelPlan("student", s.fusion.strategy)]
+    for baseline in cfg.benchmark.baselines if cfg.benchmark else []:
+        if baseline == "single":
+            plans += [ModelPlan(f"baseline:single:{t}", "fixed", {t: 1.0}) for t in s.teachers]
+        elif baseline == "seqkd":
+            plans.append(ModelPlan("baseline:seqkd", s.fusion.strategy, sft="chosen"))
+        elif baseline == "oracle":
+            plans.append(ModelPlan("baseline:oracle", sft="gold"))
+        elif baseline != s.fusion.strategy:
+            plans.append(ModelPlan(f"baseline:{baseline}", baseline, s.fusion.weights))
+    return plans
+
+
+def student_teachers(cfg: RunConfig, world: World) -> list[Teacher]:
+    paths = {t.name: t.path or world.teachers[t.name] for t in cfg.teachers}
+    return [local_teacher(n, paths[n], cfg.eval.batch_size) for n in cfg.student.teachers]
+
+
+def _rate_task(bars: Bars) -> Callable[[str, int], Progress]:
+    """A factory of bars counting rows and showing tokens per second."""
+
+    def make(description: str, total: int) -> Progress:
+        task = bars.add_task(description, total=total, rate="")
+        started, tokens = time.perf_counter(), 0
+
+        def advance(rows: int, new_tokens: int) -> None:
+            nonlocal tokens
+            tokens += new_tokens
+            rate = tokens / max(time.perf_counter() - started, 1e-9)
+            bars.update(task, advance=rows, rate=f"{rate:,.0f} tok/s")
+
+        return advance
+
+    return make
+
+
+def teacher_readings(cfg: RunConfig, teachers: list[Teacher], prompts: Prompts) -> Readings:
+    s = cfg.student
+    with progress_bars() as bars:
+        readings = gather_readings(
+            teachers,
+            prompts.texts,
+            samples=s.completions_per_prompt,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            seed=s.train.seed,
+            top_k=s.top_k,
+            temperature=s.temperature,
+            progress=_rate_task(bars),
+        )
+    console.log(
+        f"student: {len(prompts.texts)} prompts, {len(readings.candidates)} distinct answers "
+        f"from {', '.join(t.name for t in teachers)}"
+    )
+    return readings
+
+
+def gold_bits_per_byte(teachers: list[Teacher], prompts: Prompts, top_k: int) -> torch.Tensor:
+    """`[teachers, prompts]` bits per byte of each teacher on the gold answers (baselines only)."""
+    rows = [t.score(prompts.texts, prompts.gold, top_k=1, temperature=1.0) for t in teachers]
+    sizes = [answer_bytes(a) for a in prompts.gold]
+    return torch.tensor(
+        [[r.bits(completion_only=True) / n for r, n in zip(rs, sizes, strict=True)] for rs in rows],
+        dtype=torch.float64,
+    )
+
+
+def plan_data(
+    cfg: RunConfig,
+    plan: ModelPlan,
+    teachers: list[Teacher],
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Prompts,
+    readings: Readings,
+) -> tuple[DistillationData, dict]:
+    """The plan's fused rows and accounts (for `sft` plans: the rows of its chosen answers)."""
+    s = cfg.student
+    names = [t.name for t in teachers]
+    gold = None
+    if plan.strategy in ("mince", "avgce"):
+        gold = gold_bits_per_byte(teachers, prompts, s.top_k)
+    weights = example_weights(
+        plan.strategy,
+        names,
+        readings,
+        prompts.texts,
+        prompts.domains,
+        temperature=s.fusion.temperature,
+        fixed=plan.fixed,
+        routes=s.fusion.routes,
+        gold_bits_per_byte=gold,
+    )
+    return student_targets(
+        readings,
+        teachers,
+        tokenizer,
+        prompts.texts,
+        prompts.domains,
+        strategy=plan.strategy,
+        weights=weights,
+        temperature=s.fusion.temperature,
+        top_k=s.top_k,
+        completions_per_prompt=s.completions_per_prompt,
+    )
+
+
+def plan_batches(
+    cfg: RunConfig,
+    plan: ModelPlan,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Prompts,
+    data: DistillationData | None,
+) -> tuple[BatchFn, LossFn]:
+    s, t = cfg.student, cfg.student.train
+    if plan.sft == "gold":
+        batches = supervised_batches(
+            tokenizer, prompts.texts, prompts.gold, t.batch_size, t.seed, "oracle"
+        )
+        return batches, sft_loss
+    batches = distillation_batches(data, tokenizer.pad_token_id, t.batch_size, t.seed)
+    if plan.sft == "chosen":
+        return batches, sft_loss
+    return batches, distillation_loss(s.loss, s.beta, s.temperature, s.ce_weight, len(tokenizer))
+
+
+def student_fingerprint(cfg: RunConfig, world: World, plan: ModelPlan) -> dict:
+    """Everything that shapes one trained model: compared on resume, hashed into its folder."""
     return {
         "world": world.root.name,
-        "teacher": teacher.model_dump(mode="json"),
-        "student": student.model_dump(mode="json"),
+        "teachers": [
+            t.model_dump(mode="json") for t in cfg.teachers if t.name in cfg.student.teachers
+        ],
+        "student": cfg.student.model_dump(mode="json"),
+        "plan": plan.__dict__,
         "generation": {"max_new_tokens": cfg.eval.max_new_tokens, "batch": cfg.eval.batch_size},
     }
 
 
-def student_work_dir(out: Path, cfg: RunConfig, world: World) -> Path:
-    text = json.dumps(student_fingerprint(cfg, world), sort_keys=True)
-    return out.parent / f".{out.name}.student-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+def model_work_dir(out: Path, cfg: RunConfig, world: World, plan: ModelPlan) -> Path:
+    text = json.dumps(student_fingerprint(cfg, world, plan), sort_keys=True)
+    label = plan.name.replace(":", "-")
+    return out.parent / f".{out.name}.{label}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def _rate_task(bars: Bars, description: str, total: int) -> Progress:
-    """A bar counting rows, showing tokens per second."""
-    task = bars.add_task(description, total=total, rate="")
-    started, tokens = time.perf_counter(), 0
-
-    def advance(rows: int, new_tokens: int) -> None:
-        nonlocal tokens
-        tokens += new_tokens
-        rate = tokens / max(time.perf_counter() - started, 1e-9)
-        bars.update(task, advance=rows, rate=f"{rate:,.0f} tok/s")
-
-    return advance
-
-
-def student_data(cfg: RunConfig, world: World) -> tuple[DistillationData, PreTrainedTokenizerBase]:
-    """The student's training rows and targets from its teacher, and the student's tokenizer."""
-    s = cfg.student
-    teacher_path = next(t.path for t in cfg.teachers if t.name == s.teacher)
-    who = f"teacher {s.teacher!r}"
-    teacher, teacher_tokenizer = load_checkpoint(teacher_path or world.teachers[s.teacher], who)
-    tokenizer = AutoTokenizer.from_pretrained(world.tokenizer_dir(s.tokenizer))
-    check_same_tokenizer(teacher_tokenizer, tokenizer, who)
-    prompt_ids = encode_prompts(tokenizer, student_prompts(world.train, s.domains), "student")
-    rows = len(prompt_ids) * s.completions_per_prompt
-    with progress_bars() as bars:
-        data = distillation_data(
-            teacher,
-            tokenizer,
-            prompt_ids,
-            top_k=s.top_k,
-            temperature=s.temperature,
-            max_new_tokens=cfg.eval.max_new_tokens,
-            batch_size=cfg.eval.batch_size,
-            samples=s.completions_per_prompt,
-            seed=s.train.seed,
-            on_completions=_rate_task(bars, f"completions {s.teacher}", rows),
-            on_targets=_rate_task(bars, f"targets {s.teacher} top-{s.top_k}", rows),
-        )
-    console.log(
-        f"student: {len(data)} rows, {len(data.targets)} target positions from {who} "
-        f"on {', '.join(s.domains)}"
-    )
-    return data, tokenizer
-
-
-def distil_student(
-    cfg: RunConfig, world: World, work_dir: Path, final_dir: Path
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Distil, train (resuming from `work_dir` when it holds this config's checkpoints) and save
-    the student to `final_dir`; returns it, in evaluation mode, with its tokenizer."""
+def train_model(
+    cfg: RunConfig,
+    world: World,
+    plan: ModelPlan,
+    batches: BatchFn,
+    loss_fn: LossFn,
+    tokenizer: PreTrainedTokenizerBase,
+    work_dir: Path,
+) -> PreTrainedModel:
+    """A fresh student trained by `loss_fn` on `batches`, resuming from `work_dir`."""
     s, t = cfg.student, cfg.student.train
-    data, tokenizer = student_data(cfg, world)
     model = build_model(s.family, s.model, tokenizer, t.seed)
     found = list_checkpoints(work_dir / CHECKPOINTS_DIR)
     if found:
-        console.log(f"student: resuming from {found[-1]}")
+        console.log(f"{plan.name}: resuming from {found[-1]}")
     with progress_bars() as bars:
-        task = bars.add_task(f"distil student ({s.family})", total=t.steps, rate="")
+        task = bars.add_task(f"train {plan.name} ({s.family})", total=t.steps, rate="")
 
         def on_step(step: int, record: dict) -> None:
             bars.update(task, completed=step, rate=f"{record['tokens_per_s']:,.0f} tok/s")
 
         train(
             model,
-            distillation_batches(data, tokenizer.pad_token_id, t.batch_size, t.seed),
-            distillation_loss(s.loss, s.beta, s.temperature, s.ce_weight, len(tokenizer)),
+            batches,
+            loss_fn,
             **t.loop_arguments(),
             run_dir=work_dir,
             checkpoint_every=s.checkpoint_every,
             resume=s.checkpoint_every > 0,
-            fingerprint=student_fingerprint(cfg, world),
+            fingerprint=student_fingerprint(cfg, world, plan),
             on_step=on_step,
         )
-    save_final(model, tokenizer, final_dir)
-    return model, tokenizer
+    model.eval()
+    return model
+
+
+def student_tokenizer(cfg: RunConfig, world: World) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(world.tokenizer_dir(cfg.student.tokenizer))

@@ -18,6 +18,7 @@ misalignment.
 """
 
 import hashlib
+import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,7 +106,9 @@ def _piece_bytes(piece: str, spelling: str, byte_fallback: bool) -> bytes:
 
 def _build_vocab_bytes(backend: Tokenizer, who: str) -> VocabBytes:
     spelling = _spelling(backend, who)
-    byte_fallback = bool(getattr(backend.model, "byte_fallback", False))
+    # BPE exposes its byte_fallback flag; Unigram keeps it only in the serialised model.
+    model = json.loads(backend.to_str())["model"]
+    byte_fallback = bool(model.get("byte_fallback")) or "ByteFallback" in repr(backend.decoder)
     added = backend.get_added_tokens_decoder()
     vocab = backend.get_vocab(with_added_tokens=False)
     size = max([*vocab.values(), *added.keys()], default=-1) + 1

@@ -60,7 +60,7 @@ class LossOutput(NamedTuple):
     """What a loss function returns for one micro-batch."""
 
     loss_sum: torch.Tensor  # differentiable sum of the per-token losses
-    tokens: int  # how many tokens that sum counts
+    tokens: float  # how many tokens that sum counts (their total weight when weighted)
     parts: dict[str, float]  # named sums for the log (e.g. the addends of loss_sum)
 
 
@@ -87,7 +87,8 @@ def cosine_lr(step: int, steps: int, lr: float, warmup_steps: int, min_lr_ratio:
 
 
 def sft_loss(model: PreTrainedModel, batch: Batch) -> LossOutput:
-    """Summed cross-entropy on the label positions (-100 elsewhere), next-token shifted."""
+    """Summed cross-entropy on the label positions (-100 elsewhere), next-token shifted; each
+    position weighted by `label_weights` when the batch has them (tokens: the weight sum)."""
     logits = model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
     ).logits
@@ -95,10 +96,18 @@ def sft_loss(model: PreTrainedModel, batch: Batch) -> LossOutput:
     shifted = logits[:, :-1].flatten(0, 1)
     if shifted.dtype not in (torch.float32, torch.float64):
         shifted = shifted.float()  # a softmax in half precision loses the small probabilities
-    loss_sum = torch.nn.functional.cross_entropy(
-        shifted, labels, ignore_index=-100, reduction="sum"
+    if "label_weights" not in batch:
+        loss_sum = torch.nn.functional.cross_entropy(
+            shifted, labels, ignore_index=-100, reduction="sum"
+        )
+        return LossOutput(loss_sum, int((labels != -100).sum()), {"ce": loss_sum.item()})
+    counted = labels != -100
+    weights = batch["label_weights"][:, 1:].flatten()[counted].to(shifted.dtype)
+    per_token = torch.nn.functional.cross_entropy(
+        shifted[counted], labels[counted], reduction="none"
     )
-    return LossOutput(loss_sum, int((labels != -100).sum()), {"ce": loss_sum.item()})
+    loss_sum = (per_token * weights).sum()
+    return LossOutput(loss_sum, float(weights.sum()), {"ce": loss_sum.item()})
 
 
 def accumulate_gradients(

@@ -117,7 +117,7 @@ def _train_teacher(spec: dict, world_root: str, threads: int, events) -> dict:
         teacher.train.batch_size,
         teacher.train.seed,
         f"teacher {teacher.name!r}",
-        model_prompts=cfg.world.teachers_model_prompts,
+        prompt_weight=cfg.world.prompt_loss_weight,
     )
     model = build_model(teacher.family, teacher.model, tokenizer, teacher.train.seed)
     reached: dict = {}
