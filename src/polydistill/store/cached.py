@@ -1,0 +1,221 @@
+"""A captured store as teachers: the `Teacher` protocol served from disk, no model in memory.
+
+    store = open_store(Path("store"))
+    teachers = store_teachers(store, {"qwen": local_fingerprint(path, "teacher 'qwen'")})
+    readings = gather_readings(teachers, prompts, samples=1, max_new_tokens=16, seed=0,
+                               top_k=64, temperature=1.0)        # as with the live teachers
+
+`complete` hands back the stored answers and `score` the stored readings of (prompt, answer)
+pairs, so the same code trains from live teachers or from a store. Whatever the store cannot
+answer exactly is refused with a `UserError` naming the difference: another prompt set or
+generation settings, a pair that was never captured, more than the stored top-k, another
+temperature, or a configured teacher whose fingerprint differs from the captured one.
+Shards are checked against their checksums before their first use.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from polydistill.errors import UserError
+from polydistill.store.capture import SHARDS_DIR, TOKENIZERS_DIR
+from polydistill.store.manifest import (
+    MANIFEST_FILE,
+    PLAN_FILE,
+    check_fingerprint,
+    prompts_hash,
+    read_json,
+    short,
+)
+from polydistill.store.shards import check_shard, read_shard
+from polydistill.store.table import TeacherBlock, block_candidates, teacher_block, teacher_columns
+from polydistill.teachers.checkpoint import load_tokenizer
+from polydistill.teachers.local import weights_hash
+from polydistill.teachers.protocol import Progress, TeacherRows, tokenizer_fingerprint
+from polydistill.teachers.readings import Candidate
+
+INDEX_COLUMNS = ["prompt", "prompt_text", "text", "authors"]
+
+
+@dataclass
+class Store:
+    """A complete store: its manifest, candidates in capture order and where each one lives."""
+
+    root: Path
+    manifest: dict
+    candidates: list[Candidate]
+    locations: list[tuple[int, int]]  # (shard, row) of each candidate
+    index: dict[tuple[str, str], int]  # (prompt text, answer) -> candidate
+    verified: set[int] = field(default_factory=set)
+
+    @property
+    def teachers(self) -> list[str]:
+        return list(self.manifest["teachers"])
+
+    def shard_path(self, shard: int) -> Path:
+        return self.root / SHARDS_DIR / self.manifest["shards"][shard]["file"]
+
+    def read(self, shard: int, columns: list[str]) -> pa.Table:
+        """Some columns of a shard, its checksum verified once per store."""
+        path = self.shard_path(shard)
+        if shard not in self.verified:
+            if check_shard(path) != self.manifest["shards"][shard]["sha256"]:
+                raise UserError(f"store shard {path}: not the shard the manifest lists")
+            self.verified.add(shard)
+        return read_shard(path, columns, verify=False)[0]
+
+
+def open_store(root: Path) -> Store:
+    """Open a complete store (one with `manifest.json`) and index its candidates."""
+    if not (root / MANIFEST_FILE).exists():
+        if (root / PLAN_FILE).exists():
+            raise UserError(
+                f"store {root}: incomplete (no {MANIFEST_FILE}); finish the capture, or run "
+                f"`polydistill capture --merge --out {root}` once every shard is done"
+            )
+        raise UserError(f"store {root}: not a store (no {MANIFEST_FILE})")
+    store = Store(root, read_json(root / MANIFEST_FILE, f"store {root}"), [], [], {})
+    for shard in range(len(store.manifest["shards"])):
+        table = store.read(shard, INDEX_COLUMNS)
+        prompt_texts = table.column("prompt_text").to_pylist()
+        for row, candidate in enumerate(block_candidates(table)):
+            key = (prompt_texts[row], candidate.text)
+            store.index.setdefault(key, len(store.candidates))
+            store.candidates.append(candidate)
+            store.locations.append((shard, row))
+    return store
+
+
+def _check_setting(store: Store, what: str, asked: object) -> None:
+    held = store.manifest[what]
+    if asked != held:
+        raise UserError(
+            f"store {store.root}: asked for {what} {asked}, but the store was captured with "
+            f"{held}; capture again with these settings"
+        )
+
+
+def check_prompts(store: Store, prompts: Sequence[str]) -> None:
+    held = store.manifest["prompts"]
+    asked = {"count": len(prompts), "sha256": prompts_hash(prompts)}
+    if asked != held:
+        raise UserError(
+            f"store {store.root}: the prompts differ from the captured ones (store "
+            f"{held['count']} prompts, sha256 {short(held['sha256'])}; asked {asked['count']}, "
+            f"{short(asked['sha256'])})"
+        )
+
+
+class StoreTeacher:
+    """One captured teacher of a store (see `protocol.Teacher`)."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        self.store, self.name = store, name
+        self.entry = store.manifest["teachers"][name]
+        self.tokenizer = _stored_tokenizer(store, name, self.entry["fingerprint"])
+
+    def fingerprint(self) -> dict[str, str]:
+        return dict(self.entry["fingerprint"])
+
+    def complete(
+        self,
+        prompts: Sequence[str],
+        *,
+        samples: int,
+        max_new_tokens: int,
+        seed: int,
+        on_batch: Progress | None = None,
+    ) -> list[list[str]]:
+        check_prompts(self.store, prompts)
+        asked = {"samples": samples, "max_new_tokens": max_new_tokens, "seed": seed}
+        for what, value in asked.items():
+            _check_setting(self.store, what, value)
+        answers: list[list[str | None]] = [[None] * len(prompts) for _ in range(samples)]
+        for candidate in self.store.candidates:
+            for author, sample in candidate.authors:
+                if author == self.name:
+                    answers[sample][candidate.prompt] = candidate.text
+        if on_batch:
+            on_batch(len(prompts) * samples, 0)
+        return answers  # type: ignore[return-value]  # every slot is filled by the capture
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        *,
+        top_k: int,
+        temperature: float,
+        on_batch: Progress | None = None,
+    ) -> list[TeacherRows]:
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        _check_setting(self.store, "temperature", float(temperature))
+        if top_k > self.store.manifest["top_k"]:
+            raise UserError(
+                f"store {self.store.root}: asked for top_k {top_k}, but the store holds the top "
+                f"{self.store.manifest['top_k']}; capture again with a larger top_k"
+            )
+        wanted: dict[int, list[tuple[int, int]]] = {}  # shard -> [(output slot, row)]
+        for slot, pair in enumerate(zip(prompts, completions, strict=True)):
+            candidate = self.store.index.get(pair)
+            if candidate is None:
+                raise UserError(
+                    f"store teacher {self.name!r}: no reading of prompt {short(pair[0])!r} with "
+                    f"answer {short(pair[1])!r}; the store holds the teachers' own answers only"
+                )
+            shard, row = self.store.locations[candidate]
+            wanted.setdefault(shard, []).append((slot, row))
+        out: list[TeacherRows | None] = [None] * len(prompts)
+        k = min(top_k, self.entry["k"])
+        for shard, slots in sorted(wanted.items()):
+            block = self.block(shard)
+            for slot, row in slots:
+                out[slot] = block.rows(row, k)
+            if on_batch:
+                on_batch(len(slots), sum(len(out[s].ids) for s, _ in slots))
+        return out  # type: ignore[return-value]
+
+    def block(self, shard: int) -> TeacherBlock:
+        """This teacher's decoded rows of one shard."""
+        columns = teacher_columns(self.name, self.entry["vocab_size"])
+        table = self.store.read(shard, columns)
+        return teacher_block(table, self.name, self.entry["k"], self.entry["vocab_size"])
+
+
+def _stored_tokenizer(store: Store, name: str, fingerprint: dict) -> PreTrainedTokenizerBase:
+    path = store.root / TOKENIZERS_DIR / name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        message = f"store {store.root}: cannot load teacher {name!r}'s tokenizer: {error}"
+        raise UserError(message) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    saved = tokenizer_fingerprint(tokenizer)
+    for what in ("tokenizer", "chat_template"):
+        if saved[what] != fingerprint.get(what):
+            raise UserError(f"store {store.root}: teacher {name!r}'s saved {what} was altered")
+    return tokenizer
+
+
+def local_fingerprint(path: Path, who: str) -> dict[str, str]:
+    """What a local checkpoint's `LocalTeacher.fingerprint()` says, without loading the model."""
+    tokenizer = load_tokenizer(path, who)
+    return {"source": "local", "weights": weights_hash(path), **tokenizer_fingerprint(tokenizer)}
+
+
+def store_teachers(store: Store, expected: dict[str, dict]) -> list[StoreTeacher]:
+    """The store's teachers named in `expected` (in its order), each checked against the
+    configured teacher's fingerprint."""
+    out = []
+    for name, fingerprint in expected.items():
+        if name not in store.manifest["teachers"]:
+            held = ", ".join(store.teachers)
+            raise UserError(f"store {store.root}: no teacher named {name!r} (it holds: {held})")
+        check_fingerprint(name, store.manifest["teachers"][name]["fingerprint"], fingerprint)
+        out.append(StoreTeacher(store, name))
+    return out

@@ -1,0 +1,92 @@
+"""`polydistill capture`: capture the run's teachers into a store, or merge a sharded capture.
+
+    polydistill capture examples/specialists.yaml --out store [key=value ...]
+    polydistill capture CONFIG --out store --shard 0/4     # four workers, one folder
+    polydistill capture --merge --out store                # after they all finish
+
+The prompts and teachers are the student's (`student.student_prompts`, `student_teachers`: the
+training prompts of its domains, its teachers in their order, world teachers from the built or
+cached world), and top_k, temperature, answers per prompt, sampling seed
+and `eval.max_new_tokens` come from the config's `student:` and `eval:` sections.
+"""
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from polydistill.errors import UserError
+
+if TYPE_CHECKING:
+    from polydistill.config import RunConfig
+
+
+def capture_from_config(
+    cfg: "RunConfig", out: Path, shard: tuple[int, int], block_size: int
+) -> bool:
+    """Capture the config's teachers on the student's prompts; True when the store is complete."""
+    from polydistill.store.capture import capture_store
+    from polydistill.student import student_prompts, student_teachers
+    from polydistill.world.build import build_world
+
+    student = cfg.student
+    if student is None:
+        raise UserError(
+            "capture: the config has no student: section (it names the teachers, and whose "
+            "prompts, top_k, temperature and answers per prompt to capture)"
+        )
+    world = build_world(cfg)
+    return capture_store(
+        student_teachers(cfg, world),
+        student_prompts(cfg, world).texts,
+        out,
+        top_k=student.top_k,
+        temperature=student.temperature,
+        samples=student.completions_per_prompt,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        seed=student.train.seed,
+        block_size=block_size,
+        shard=shard,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `capture` command to the CLI."""
+
+    @app.command()
+    def capture(
+        config: Annotated[Path | None, typer.Argument(help="Run configuration (YAML).")] = None,
+        overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides.")] = None,
+        out: Annotated[Path, typer.Option("--out", help="Store folder.")] = Path("store"),
+        shard: Annotated[str, typer.Option(help="Capture only blocks b % n == i.")] = "0/1",
+        merge: Annotated[
+            bool, typer.Option(help="Check completeness, write the manifest.")
+        ] = False,
+        block_size: Annotated[int, typer.Option(help="Prompts per shard file.")] = 256,
+    ) -> None:
+        """Capture every teacher's answers and top-k readings into a compressed store."""
+        from polydistill.store.capture import SHARDS_DIR, merge_store, parse_shard
+        from polydistill.store.shards import shard_files
+
+        if merge:
+            manifest = merge_store(out)
+            typer.echo(f"{out}: complete, {len(manifest['shards'])} shards")
+            return
+        if config is None:
+            raise UserError("capture: give a CONFIG (or --merge to finish a sharded capture)")
+        from polydistill.config import load_config
+
+        which = parse_shard(shard)
+        cfg = load_config(config, overrides)
+        if cfg.threads:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
+        if capture_from_config(cfg, out, which, block_size):
+            typer.echo(f"{out}: complete")
+        else:
+            present = len(shard_files(out / SHARDS_DIR))
+            typer.echo(
+                f"{out}: shard {shard} done ({present} blocks present); when every shard is "
+                f"done, run: polydistill capture --merge --out {out}"
+            )
