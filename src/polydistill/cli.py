@@ -21,7 +21,6 @@ import typer
 from polydistill.errors import UserError
 from polydistill.serve.commands import register as register_serve
 from polydistill.store.command import register as register_capture
-from polydistill.store.command import register as register_capture
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -35,7 +34,6 @@ app = typer.Typer(
 world_app = typer.Typer(help="The offline specialists world.", no_args_is_help=True)
 app.add_typer(world_app, name="world")
 register_serve(app)  # serve, usage, keys
-register_capture(app)  # capture
 register_capture(app)  # capture
 
 ConfigArg = Annotated[Path, typer.Argument(help="Run configuration (YAML).")]
