@@ -7,6 +7,7 @@ lives on the separate admin app (`metrics.admin_app`).
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -23,11 +24,11 @@ from polydistill.serve.checkpoint import ServedModel
 from polydistill.serve.completions import completion_request
 from polydistill.serve.engine import Engine
 from polydistill.serve.errors import ApiError, ErrorResponseDoc, install_error_handlers
-from polydistill.serve.limits import caps_for, check_token_ids
+from polydistill.serve.fast_path import generation_response, try_fast_path
+from polydistill.serve.limits import check_token_ids
 from polydistill.serve.metering import Meter
 from polydistill.serve.metrics import GatewayMetrics
 from polydistill.serve.middleware import ASGIApp, gateway_middleware
-from polydistill.serve.pipeline import idempotent_request_id, run_generation
 from polydistill.serve.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -143,25 +144,16 @@ def _register_tokenizer_routes(app: FastAPI) -> None:
 
 
 def _register_generation_routes(app: FastAPI) -> None:
-    def request_id_for(request: Request, key: KeyRecord, idempotency_key: str | None) -> str:
-        if idempotency_key is not None:
-            request.state.request_id = idempotent_request_id(key.id, idempotency_key)
-        return request.state.request_id
-
+    # Well-formed requests to these routes are usually answered by `fast_path`, which calls
+    # the same `generation_response`; these routes answer the rest and document the API.
     @app.post("/v1/completions", response_model=CompletionResponse, responses=_errors)
     async def completions(
         request: Request, body: CompletionRequest, key: Key, idempotency_key: IdempotencyKey = None
     ) -> Response:
         gateway = _gateway(request)
-        caps = caps_for(key, gateway.settings.caps)
-        generation, shape = completion_request(body, key, gateway.served, caps, idempotency_key)
-        return await run_generation(
-            gateway.engine,
-            gateway.meter,
-            generation,
-            shape,
-            request_id_for(request, key, idempotency_key),
-            gateway.settings.request_timeout_s,
+        state = request.scope["state"]
+        return await generation_response(
+            gateway, completion_request, body, key, state, idempotency_key
         )
 
     @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=_errors)
@@ -172,16 +164,8 @@ def _register_generation_routes(app: FastAPI) -> None:
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
         gateway = _gateway(request)
-        caps = caps_for(key, gateway.settings.caps)
-        generation, shape = chat_request(body, key, gateway.served, caps, idempotency_key)
-        return await run_generation(
-            gateway.engine,
-            gateway.meter,
-            generation,
-            shape,
-            request_id_for(request, key, idempotency_key),
-            gateway.settings.request_timeout_s,
-        )
+        state = request.scope["state"]
+        return await generation_response(gateway, chat_request, body, key, state, idempotency_key)
 
 
 async def _sweep_forever(gateway: Gateway) -> None:
@@ -193,7 +177,8 @@ async def _sweep_forever(gateway: Gateway) -> None:
 
 
 def create_app(gateway: Gateway) -> ASGIApp:
-    """The API app for `gateway`, wrapped in request-id, body-limit and metrics middleware."""
+    """The API app for `gateway`, wrapped in request-id, body-limit and metrics middleware
+    and the direct path for well-formed generation requests."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -220,4 +205,5 @@ def create_app(gateway: Gateway) -> ASGIApp:
     _register_model_routes(app)
     _register_tokenizer_routes(app)
     _register_generation_routes(app)
-    return gateway_middleware(app, gateway.settings.max_body_bytes, gateway.metrics)
+    fast = functools.partial(try_fast_path, gateway)
+    return gateway_middleware(app, gateway.settings.max_body_bytes, gateway.metrics, fast)

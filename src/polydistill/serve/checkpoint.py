@@ -26,6 +26,11 @@ class ServedModel:
     created: int
 
     def encode(self, text: str) -> list[int]:
+        # The Rust tokenizer directly: transformers' __call__ goes through `encode_batch`,
+        # whose thread pool cost ~0.9 ms per request under load against ~15 µs here.
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            return backend.encode(text, add_special_tokens=False).ids
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, token_ids: list[int]) -> str:

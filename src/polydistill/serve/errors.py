@@ -90,9 +90,14 @@ def _http_error(_: Request, error: Exception) -> JSONResponse:
     return ApiError(status, str(error.detail), type=kind, code=code).response()
 
 
-def _unexpected(_: Request, error: Exception) -> JSONResponse:
+def unexpected_error_response(error: Exception) -> JSONResponse:
+    """A 500 in the OpenAI shape for an error nobody expected; the traceback goes to the log."""
     log.exception("unhandled error", exc_info=error)
     return ApiError(500, "internal error", type="server_error", code="internal_error").response()
+
+
+def _unexpected(_: Request, error: Exception) -> JSONResponse:
+    return unexpected_error_response(error)
 
 
 def install_error_handlers(app: FastAPI) -> None:

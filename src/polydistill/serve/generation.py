@@ -68,6 +68,9 @@ async def _collect_one(engine: Engine, job: Job) -> ChoiceOutput:
 
 async def collect(engine: Engine, jobs: list[Job], timeout_s: float) -> list[ChoiceOutput]:
     """Run every job to its end; outputs in job order. Raises TimeoutError or EngineError."""
+    if len(jobs) == 1:  # the common case, without a task per job
+        async with asyncio.timeout(timeout_s):
+            return [await _collect_one(engine, jobs[0])]
     try:
         async with asyncio.timeout(timeout_s), asyncio.TaskGroup() as group:
             tasks = [group.create_task(_collect_one(engine, job)) for job in jobs]

@@ -5,21 +5,26 @@ Every admission is one conditional `UPDATE` of the key's row, which checks revoc
 and both rate-limit windows and adds the reservation in the same statement, so that concurrent
 requests, on one gateway or several sharing a PostgreSQL database, can never together pass a
 limit that each passes alone. Settling inserts the ledger row first: its primary key, the
-request id, makes a second settlement of the same request fail and roll back whole.
+request id, makes a second settlement of the same request a no-op that only releases.
+
+Each operation exists twice: `reserve_in(run, ...)` inside a transaction the caller holds
+(the gateway batches many requests' operations into one), and `reserve(db, ...)` in a
+transaction of its own.
 """
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import sqlalchemy as sa
 
 from polydistill.serve.storage import (
-    api_keys,
+    Run,
+    Statement,
     idempotent_responses,
+    raw_write_transaction,
     read_transaction,
     reservations,
     usage_ledger,
-    write_transaction,
 )
 
 Refusal = Literal["revoked", "budget", "requests", "tokens", "too_large", "duplicate"]
@@ -37,9 +42,16 @@ class Admission:
     reset_ms: int
 
 
-# The hot statements are plain SQL that SQLite and PostgreSQL both accept, prepared once:
-# building SQLAlchemy expressions per request cost more than running them.
-_ADMIT = sa.text(
+# The hot statements are plain SQL that SQLite and PostgreSQL both accept, run through the raw
+# driver cursor (see `storage.Statement`). None of them raises on a repeated request id
+# (`ON CONFLICT DO NOTHING` and row counts instead), so that many requests can share one
+# transaction (`batching.WriteBatcher`) without one's failure undoing the others'.
+_HOLD = Statement(
+    "INSERT INTO reservations (request_id, key_id, amount_micros, tokens, window_start, owner,"
+    " created_ms) VALUES (:request_id, :key_id, :cost, :tokens, :window, :owner, :now)"
+    " ON CONFLICT (request_id) DO NOTHING"
+)
+_ADMIT = Statement(
     """
     UPDATE api_keys SET
       reserved_micros = reserved_micros + :cost,
@@ -55,15 +67,16 @@ _ADMIT = sa.text(
     RETURNING rpm, tpm, window_requests, window_tokens
     """
 )
-_HOLD = sa.text(
-    "INSERT INTO reservations (request_id, key_id, amount_micros, tokens, window_start, owner,"
-    " created_ms) VALUES (:request_id, :key_id, :cost, :tokens, :window, :owner, :now)"
+_DROP_HOLD = Statement("DELETE FROM reservations WHERE request_id = :request_id")
+_ACCOUNT = Statement(
+    "SELECT revoked_ms, budget_micros, spent_micros, reserved_micros, rpm, tpm, window_start,"
+    " window_requests, window_tokens FROM api_keys WHERE id = :key_id"
 )
-_UNHOLD = sa.text(
+_UNHOLD = Statement(
     "DELETE FROM reservations WHERE request_id = :request_id"
     " RETURNING key_id, amount_micros, tokens, window_start"
 )
-_SPEND = sa.text(
+_SPEND = Statement(
     """
     UPDATE api_keys SET
       reserved_micros = reserved_micros - :amount,
@@ -73,24 +86,63 @@ _SPEND = sa.text(
     WHERE id = :key_id
     """
 )
-_SPEND_UNRESERVED = sa.text(
+_SPEND_UNRESERVED = Statement(
     "UPDATE api_keys SET spent_micros = spent_micros + :spent WHERE id = :key_id"
 )
-_RECORD = sa.text(
+_RECORD = Statement(
     "INSERT INTO usage_ledger (request_id, key_id, key_name, model, endpoint, prompt_tokens,"
     " completion_tokens, cost_micros, streamed, finish, created_ms) VALUES (:request_id,"
     " :key_id, :key_name, :model, :endpoint, :prompt_tokens, :completion_tokens, :cost_micros,"
-    " :streamed, :finish, :created_ms)"
+    " :streamed, :finish, :created_ms) ON CONFLICT (request_id) DO NOTHING"
 )
-_KEEP_BODY = sa.text(
+_KEEP_BODY = Statement(
     "INSERT INTO idempotent_responses (request_id, body) VALUES (:request_id, :body)"
+    " ON CONFLICT (request_id) DO NOTHING"
 )
+
+
+class _Account(NamedTuple):
+    revoked_ms: int | None
+    budget_micros: int | None
+    spent_micros: int
+    reserved_micros: int
+    rpm: int | None
+    tpm: int | None
+    window_start: int
+    window_requests: int
+    window_tokens: int
 
 
 def _window(now_ms: int, window_s: int) -> tuple[int, int]:
     """The current window's index and the milliseconds until it ends."""
     length = window_s * 1000
     return now_ms // length, length - now_ms % length
+
+
+def reserve_in(
+    run: Run,
+    key_id: int,
+    request_id: str,
+    cost_micros: int,
+    tokens: int,
+    now_ms: int,
+    window_s: int,
+    owner: str,
+) -> Admission:
+    """Hold `cost_micros` and `tokens` for `request_id` if the key's limits allow it, within
+    the caller's transaction."""
+    window, reset_ms = _window(now_ms, window_s)
+    values = {"cost": cost_micros, "tokens": tokens, "window": window, "key_id": key_id}
+    hold = {**values, "request_id": request_id, "owner": owner, "now": now_ms}
+    if run(_HOLD, hold).rowcount == 0:
+        return Admission("duplicate", None, None, 0, 0, reset_ms)
+    admitted = run(_ADMIT, values).fetchone()
+    if admitted is not None:
+        rpm, tpm, window_requests, window_tokens = admitted
+        return Admission(None, rpm, tpm, window_requests, window_tokens, reset_ms)
+    run(_DROP_HOLD, {"request_id": request_id})
+    account = _Account(*run(_ACCOUNT, {"key_id": key_id}).fetchone())
+    return _refusal(account, window, cost_micros, tokens, reset_ms)
 
 
 def reserve(
@@ -103,25 +155,12 @@ def reserve(
     window_s: int,
     owner: str,
 ) -> Admission:
-    """Hold `cost_micros` and `tokens` for `request_id` if the key's limits allow it."""
-    window, reset_ms = _window(now_ms, window_s)
-    values = {"cost": cost_micros, "tokens": tokens, "window": window, "key_id": key_id}
-    try:
-        with write_transaction(db) as conn:
-            row = conn.execute(_ADMIT, values).first()
-            if row is not None:
-                hold = {**values, "request_id": request_id, "owner": owner, "now": now_ms}
-                conn.execute(_HOLD, hold)
-                return Admission(
-                    None, row.rpm, row.tpm, row.window_requests, row.window_tokens, reset_ms
-                )
-            current = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
-    except sa.exc.IntegrityError:
-        return Admission("duplicate", None, None, 0, 0, reset_ms)
-    return _refusal(current, window, cost_micros, tokens, reset_ms)
+    """`reserve_in` in a transaction of its own."""
+    with raw_write_transaction(db) as run:
+        return reserve_in(run, key_id, request_id, cost_micros, tokens, now_ms, window_s, owner)
 
 
-def _refusal(row: Any, window: int, cost: int, tokens: int, reset_ms: int) -> Admission:
+def _refusal(row: _Account, window: int, cost: int, tokens: int, reset_ms: int) -> Admission:
     used_requests = row.window_requests if row.window_start == window else 0
     used_tokens = row.window_tokens if row.window_start == window else 0
     refusal: Refusal
@@ -142,21 +181,62 @@ def _refusal(row: Any, window: int, cost: int, tokens: int, reset_ms: int) -> Ad
     return Admission(refusal, row.rpm, row.tpm, used_requests, used_tokens, reset_ms)
 
 
-def _unhold(conn: sa.Connection, request_id: str, actual_tokens: int, spent: int) -> bool:
+def _unhold(run: Run, request_id: str, actual_tokens: int, spent: int) -> bool:
     """Drop the reservation of `request_id` and move `spent` into the key's spend."""
-    held = conn.execute(_UNHOLD, {"request_id": request_id}).first()
+    held = run(_UNHOLD, {"request_id": request_id}).fetchone()
     if held is None:
         return False
-    conn.execute(
-        _SPEND,
-        {
-            "amount": held.amount_micros,
-            "spent": spent,
-            "window": held.window_start,
-            "unused": max(held.tokens - actual_tokens, 0),
-            "key_id": held.key_id,
-        },
-    )
+    key_id, amount, tokens, window = held
+    unused = max(tokens - actual_tokens, 0)
+    spend = {"amount": amount, "spent": spent, "window": window, "unused": unused, "key_id": key_id}
+    run(_SPEND, spend)
+    return True
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one settled request is billed for: its ledger row."""
+
+    request_id: str
+    key_id: int
+    key_name: str
+    model: str
+    endpoint: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+    streamed: bool
+    finish: str
+    created_ms: int
+
+
+def settle_in(run: Run, usage: Usage, response_body: str | None = None) -> bool:
+    """Write the ledger row of `usage.request_id` and turn its reservation into spend, within
+    the caller's transaction. False (and the reservation released) if the request was
+    already settled."""
+    request_id = usage.request_id
+    row = {
+        "request_id": request_id,
+        "key_id": usage.key_id,
+        "key_name": usage.key_name,
+        "model": usage.model,
+        "endpoint": usage.endpoint,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cost_micros": usage.cost_micros,
+        "streamed": usage.streamed,
+        "finish": usage.finish,
+        "created_ms": usage.created_ms,
+    }  # fmt: skip  (dataclasses.asdict deep-copies: 90 µs a row)
+    if run(_RECORD, row).rowcount == 0:
+        _unhold(run, request_id, 0, 0)
+        return False
+    tokens = usage.prompt_tokens + usage.completion_tokens
+    if not _unhold(run, request_id, tokens, usage.cost_micros):
+        # The reservation was swept as stale: the tokens were still produced.
+        run(_SPEND_UNRESERVED, {"spent": usage.cost_micros, "key_id": usage.key_id})
+    if response_body is not None:
+        run(_KEEP_BODY, {"request_id": request_id, "body": response_body})
     return True
 
 
@@ -175,32 +255,24 @@ def settle(
     now_ms: int,
     response_body: str | None = None,
 ) -> bool:
-    """Write the ledger row of `request_id` and turn its reservation into spend. False (and
-    the reservation released) if the request was already settled."""
-    row = {
-        "request_id": request_id, "key_id": key_id, "key_name": key_name, "model": model,
-        "endpoint": endpoint, "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens, "cost_micros": cost_micros,
-        "streamed": streamed, "finish": finish, "created_ms": now_ms,
-    }  # fmt: skip
-    try:
-        with write_transaction(db) as conn:
-            conn.execute(_RECORD, row)
-            if not _unhold(conn, request_id, prompt_tokens + completion_tokens, cost_micros):
-                # The reservation was swept as stale: the tokens were still produced.
-                conn.execute(_SPEND_UNRESERVED, {"spent": cost_micros, "key_id": key_id})
-            if response_body is not None:
-                conn.execute(_KEEP_BODY, {"request_id": request_id, "body": response_body})
-    except sa.exc.IntegrityError:
-        release(db, request_id)
-        return False
-    return True
+    """`settle_in` in a transaction of its own."""
+    usage = Usage(
+        request_id, key_id, key_name, model, endpoint, prompt_tokens, completion_tokens,
+        cost_micros, streamed, finish, now_ms,
+    )  # fmt: skip
+    with raw_write_transaction(db) as run:
+        return settle_in(run, usage, response_body)
+
+
+def release_in(run: Run, request_id: str) -> bool:
+    """Give back the whole reservation of `request_id` (nothing billed). False if none."""
+    return _unhold(run, request_id, 0, 0)
 
 
 def release(db: sa.Engine, request_id: str) -> bool:
-    """Give back the whole reservation of `request_id` (nothing billed). False if none."""
-    with write_transaction(db) as conn:
-        return _unhold(conn, request_id, 0, 0)
+    """`release_in` in a transaction of its own."""
+    with raw_write_transaction(db) as run:
+        return release_in(run, request_id)
 
 
 def _release_where(db: sa.Engine, condition: sa.ColumnElement[bool]) -> int:

@@ -5,9 +5,17 @@
 produced: one ledger row) and `release` (nothing billed: errors, 5xx, refusals after
 admission) must follow, which `Ticket.closed` enforces. Both run shielded from cancellation,
 so a client that disconnects mid-stream still gets its produced tokens billed and the rest of
-its reservation freed. The database calls run in worker threads, off the event loop.
+its reservation freed.
+
+The three hot writes go through a `WriteBatcher` (group commit on one thread, off the event
+loop); a request's settlement, and so its ledger row, is committed before its response is
+sent. "Committed" is as durable as the database makes it: on SQLite (WAL,
+synchronous=NORMAL) it survives a crash of the gateway but the last commits may be lost to a
+power failure; PostgreSQL follows its `synchronous_commit`.
 """
 
+import asyncio
+import functools
 import math
 import os
 import socket
@@ -21,8 +29,9 @@ from anyio.to_thread import run_sync
 
 from polydistill.serve import ledger
 from polydistill.serve.accounts import KeyRecord
+from polydistill.serve.batching import WriteBatcher
 from polydistill.serve.errors import ApiError
-from polydistill.serve.ledger import Admission
+from polydistill.serve.ledger import Admission, Usage
 from polydistill.serve.money import Price, request_cost
 from polydistill.serve.timeutil import now_ms
 
@@ -117,6 +126,7 @@ class Meter:
         self.price = price
         self.window_s = window_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.writer = WriteBatcher(db)
 
     async def admit(
         self,
@@ -130,20 +140,32 @@ class Meter:
         """Reserve the worst case of a request, or raise its refusal as an `ApiError`."""
         cost = request_cost(self.price, prompt_tokens, max_completion_tokens)
         tokens = prompt_tokens + max_completion_tokens
-        admission = await run_sync(
-            ledger.reserve,
-            self.db,
-            key.id,
-            request_id,
-            cost,
-            tokens,
-            now_ms(),
-            self.window_s,
-            self.owner,
+        reserve = functools.partial(
+            ledger.reserve_in,
+            key_id=key.id,
+            request_id=request_id,
+            cost_micros=cost,
+            tokens=tokens,
+            now_ms=now_ms(),
+            window_s=self.window_s,
+            owner=self.owner,
         )
+        pending = self.writer.submit(reserve, key.id)
+        try:
+            admission = await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            # The reservation is made regardless; nobody will settle it: give it back.
+            pending.add_done_callback(functools.partial(self._release_orphan, key, request_id))
+            raise
         if admission.refusal is not None:
             raise refusal_error(admission, tokens)
         return Ticket(request_id, key, endpoint, streamed, rate_limit_headers(admission))
+
+    def _release_orphan(self, key: KeyRecord, request_id: str, admitted: asyncio.Future) -> None:
+        failed = admitted.cancelled() or admitted.exception() is not None
+        if not failed and admitted.result().refusal is None:
+            release = functools.partial(ledger.release_in, request_id=request_id)
+            self.writer.submit(release, key.id)
 
     async def settle(
         self,
@@ -158,23 +180,14 @@ class Meter:
             return False
         ticket.closed = True
         cost = request_cost(self.price, prompt_tokens, completion_tokens)
+        key = ticket.key
+        usage = Usage(
+            ticket.request_id, key.id, key.name, self.model_id, ticket.endpoint, prompt_tokens,
+            completion_tokens, cost, ticket.streamed, finish, now_ms(),
+        )  # fmt: skip
+        settle = functools.partial(ledger.settle_in, usage=usage, response_body=response_body)
         with anyio.CancelScope(shield=True):
-            billed = await run_sync(
-                ledger.settle,
-                self.db,
-                ticket.request_id,
-                ticket.key.id,
-                ticket.key.name,
-                self.model_id,
-                ticket.endpoint,
-                prompt_tokens,
-                completion_tokens,
-                cost,
-                ticket.streamed,
-                finish,
-                now_ms(),
-                response_body,
-            )
+            billed = await asyncio.shield(self.writer.submit(settle, key.id))
         if billed and self.on_settle is not None:
             self.on_settle(prompt_tokens, completion_tokens, cost)
         return billed
@@ -184,14 +197,17 @@ class Meter:
         if ticket.closed:
             return
         ticket.closed = True
+        release = functools.partial(ledger.release_in, request_id=ticket.request_id)
         with anyio.CancelScope(shield=True):
-            await run_sync(ledger.release, self.db, ticket.request_id)
+            await asyncio.shield(self.writer.submit(release, ticket.key.id))
 
     async def sweep(self, ttl_s: int) -> int:
         """Release reservations older than `ttl_s`, left by gateways that died."""
         return await run_sync(ledger.sweep_stale, self.db, now_ms() - ttl_s * 1000)
 
     async def release_all(self) -> int:
-        """Release what this process still holds (at shutdown)."""
+        """Finish the queued writes, then release what this process still holds (at
+        shutdown)."""
         with anyio.CancelScope(shield=True):
+            await run_sync(self.writer.close)
             return await run_sync(ledger.release_owned, self.db, self.owner)

@@ -5,6 +5,7 @@ the business and stay on the operator's network.
 """
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -49,13 +50,22 @@ class GatewayMetrics:
             "polydistill_billed_micros", "Billed money in micro-dollars", registry=self.registry
         )
 
+        # Labelled children, looked up once: `labels()` costs more than the update itself.
+        self._prompt_tokens = self.tokens.labels("prompt")
+        self._completion_tokens = self.tokens.labels("completion")
+        self._by_route: dict[tuple[str, int], tuple[Any, Any]] = {}
+
     def observe(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        children = self._by_route.get((route, status))
+        if children is None:
+            children = (self.requests.labels(route, str(status)), self.latency.labels(route))
+            self._by_route[(route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def record_usage(self, prompt_tokens: int, completion_tokens: int, cost_micros: int) -> None:
-        self.tokens.labels("prompt").inc(prompt_tokens)
-        self.tokens.labels("completion").inc(completion_tokens)
+        self._prompt_tokens.inc(prompt_tokens)
+        self._completion_tokens.inc(completion_tokens)
         self.spend.inc(cost_micros)
 
 

@@ -48,8 +48,14 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def gateway_middleware(app: ASGIApp, max_body_bytes: int, metrics: GatewayMetrics) -> ASGIApp:
-    """Wrap `app` with request ids, the body limit and metrics."""
+FastPath = Callable[[Scope, bytes], Awaitable[ASGIApp | None]]
+
+
+def gateway_middleware(
+    app: ASGIApp, max_body_bytes: int, metrics: GatewayMetrics, fast_path: FastPath | None = None
+) -> ASGIApp:
+    """Wrap `app` with request ids, the body limit and metrics. `fast_path`, given the scope
+    and the body, may answer a request itself (returning its response) instead of `app`."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,6 +65,7 @@ def gateway_middleware(app: ASGIApp, max_body_bytes: int, metrics: GatewayMetric
         state["request_id"] = new_request_id()
         started = time.perf_counter()
         status = 500
+        route_path = None
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -83,12 +90,15 @@ def gateway_middleware(app: ASGIApp, max_body_bytes: int, metrics: GatewayMetric
                 replayed = True
                 return {"type": "http.request", "body": body, "more_body": False}
 
-            await app(scope, replay, send_with_id)
+            response = await fast_path(scope, body) if fast_path is not None else None
+            if response is not None:
+                route_path = scope["path"]
+                await response(scope, replay, send_with_id)
+            else:
+                await app(scope, replay, send_with_id)
         finally:
             metrics.in_flight.dec()
-            route = scope.get("route")
-            metrics.observe(
-                getattr(route, "path", "unmatched"), status, time.perf_counter() - started
-            )
+            route_path = route_path or getattr(scope.get("route"), "path", "unmatched")
+            metrics.observe(route_path, status, time.perf_counter() - started)
 
     return middleware

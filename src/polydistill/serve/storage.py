@@ -12,10 +12,14 @@ that reads and then writes cannot be overtaken; PostgreSQL relies on conditional
 which lock the row they change.
 """
 
+import contextlib
+import re
+import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -153,16 +157,18 @@ def open_database(url: str) -> sa.Engine:
     return engine
 
 
+def _sqlite_write_lock(engine: sa.Engine) -> "threading.Lock | None":
+    if engine.dialect.name != "sqlite":
+        return None
+    with _sqlite_locks_guard:
+        return _sqlite_write_locks.setdefault(str(engine.url), threading.Lock())
+
+
 @contextmanager
 def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
     """A read-write transaction, committed on success; serialised per SQLite file."""
-    if engine.dialect.name != "sqlite":
-        with engine.begin() as connection:
-            yield connection
-        return
-    with _sqlite_locks_guard:
-        lock = _sqlite_write_locks.setdefault(str(engine.url), threading.Lock())
-    with lock, engine.begin() as connection:
+    lock = _sqlite_write_lock(engine)
+    with lock or contextlib.nullcontext(), engine.begin() as connection:
         yield connection
 
 
@@ -173,3 +179,80 @@ def read_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
         connection.execution_options(read_only=True)
         with connection.begin():
             yield connection
+
+
+class Statement:
+    """One SQL statement with `:name` parameters, in the parameter style of each driver:
+    sqlite3 takes `:name`, psycopg `%(name)s`. Run through a raw driver cursor, a statement
+    costs about a tenth of the same statement through SQLAlchemy (9 µs against 100 µs for
+    the admission UPDATE on SQLite), and both drivers cache its prepared form."""
+
+    def __init__(self, sql: str) -> None:
+        self.named = sql
+        self.pyformat = re.sub(r"(?<!:):(\w+)", r"%(\1)s", sql)
+
+
+Run = Callable[[Statement, Mapping[str, Any]], Any]
+"""Executes a statement in the current transaction and returns the driver's cursor."""
+
+
+class DatabaseBusy(Exception):
+    """Another writer holds the SQLite file and the caller chose not to wait."""
+
+
+@contextmanager
+def _sqlite_begin(cursor: Any, wait: bool) -> Iterator[None]:
+    if wait:
+        cursor.execute("BEGIN IMMEDIATE")
+        yield
+        return
+    (timeout_ms,) = cursor.execute("PRAGMA busy_timeout").fetchone()
+    cursor.execute("PRAGMA busy_timeout = 0")
+    try:
+        cursor.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as error:
+        raise DatabaseBusy(str(error)) from error
+    finally:
+        cursor.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
+    yield
+
+
+@contextmanager
+def raw_write_transaction(engine: sa.Engine, wait: bool = True) -> Iterator[Run]:
+    """A read-write transaction on a pooled driver connection, bypassing SQLAlchemy's
+    statement layer; committed on success, rolled back on error; serialised per SQLite file.
+    With `wait=False` (SQLite only) it raises `DatabaseBusy` at once instead of waiting for
+    another writer of the file, in this process or another."""
+    lock = _sqlite_write_lock(engine)
+    if lock is not None and not lock.acquire(blocking=wait):
+        raise DatabaseBusy("another thread of this process is writing")
+    try:
+        pooled = engine.raw_connection()
+        try:
+            yield from _raw_transaction(pooled.driver_connection, lock is not None, wait)
+        finally:
+            pooled.close()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _raw_transaction(connection: Any, sqlite: bool, wait: bool) -> Iterator[Run]:
+    cursor = connection.cursor()
+
+    def run(statement: Statement, parameters: Mapping[str, Any]) -> Any:
+        return cursor.execute(statement.named if sqlite else statement.pyformat, parameters)
+
+    with _sqlite_begin(cursor, wait) if sqlite else contextlib.nullcontext():
+        try:
+            yield run
+        except BaseException:
+            if sqlite:  # autocommit mode: the transaction is the explicit BEGIN's
+                cursor.execute("ROLLBACK")
+            else:
+                connection.rollback()
+            raise
+        if sqlite:
+            cursor.execute("COMMIT")
+        else:
+            connection.commit()
