@@ -13,7 +13,8 @@ target in the engine's format:
   goes to the fused tail. A teacher's weight is exactly the share of target mass it supplied.
 - `product`: the weighted product of experts, p ∝ prod_t p_t^w_t (a mean of log-probabilities).
   An id a teacher does not list gets that teacher's tail spread evenly over the ids it does not
-  list, the only assumption that the sparse format allows.
+  list, the only assumption that the sparse format allows; the fused row lists only ids that a
+  voting teacher lists, and the rest of the product is its tail.
 
 A teacher whose projected target is masked out at a position (nothing it said fits the student's
 context there) does not vote there; the others' weights are renormalised, and a position where no
@@ -160,14 +161,22 @@ def product(
     distinct[:, 1:] = union[:, 1:] != union[:, :-1]
     log_q = torch.zeros(union.shape, dtype=torch.float64)
     log_rest = torch.zeros(len(union), dtype=torch.float64)
+    # An id only padding slots (-inf) or silent teachers list is one of the `rest`: listing it
+    # with the spread share would train the student towards arbitrary ids.
+    said = torch.zeros_like(union, dtype=torch.bool)
     for i, t in enumerate(targets):
-        spread = (t.tail.double() / max(1, vocab_size - t.k)).clamp_min(1e-30).log()
-        log_p = torch.where(_is_listed_at(union, t), _listed_logprobs(union, t), spread[:, None])
+        unlisted = vocab_size - torch.isfinite(t.logprobs).sum(dim=1)
+        spread = (t.tail.double() / unlisted.clamp_min(1)).clamp_min(1e-30).log()
+        listed = _is_listed_at(union, t)
+        log_p = torch.where(listed, _listed_logprobs(union, t), spread[:, None])
         log_q += w[i][:, None] * log_p.clamp_min(-1e4)
         log_rest += w[i] * spread
-    others = (vocab_size - distinct.sum(dim=1)).clamp_min(0).double()
-    peak = torch.maximum(log_q.masked_fill(~distinct, -torch.inf).amax(dim=1), log_rest)
-    mass = torch.where(distinct, (log_q - peak[:, None]).exp(), -1.0)
+        said |= listed & (w[i][:, None] > 0)
+    candidate = distinct & said
+    others = (vocab_size - candidate.sum(dim=1)).clamp_min(0).double()
+    peak = torch.maximum(log_q.masked_fill(~candidate, -torch.inf).amax(dim=1), log_rest)
+    # ids in no one's row rank below the candidates, repeats below them (k stay distinct)
+    mass = torch.where(candidate, (log_q - peak[:, None]).exp(), torch.where(distinct, -0.5, -1.0))
     rest = others * (log_rest - peak).exp()
     return _keep_top(union, mass, rest, k, w.sum(dim=0) > 0)
 
