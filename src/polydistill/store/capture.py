@@ -53,7 +53,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(index), int(count)
 
 
-def _start(out: Path, teachers: Sequence[Teacher], plan: dict) -> None:
+def start_store(out: Path, teachers: Sequence[Teacher], plan: dict) -> None:
     """Write the plan (or check a resumed capture's) and save the teachers' tokenizers."""
     out.mkdir(parents=True, exist_ok=True)
     if (out / PLAN_FILE).exists():
@@ -118,6 +118,18 @@ def _check_rows(readings: Readings, plan: dict) -> None:
             raise ValueError(f"teacher {name!r} gave top-{rows[0].top_ids.shape[1]} rows, not {k}")
 
 
+def write_block(
+    out: Path, plan: dict, block: int, readings: Readings, prompts: Sequence[str]
+) -> Path:
+    """Write one block's shard: `readings` of the block's `prompts` (indices local to it)."""
+    _check_rows(readings, plan)
+    vocab = {name: t["vocab_size"] for name, t in plan["teachers"].items()}
+    first = block * plan["block_size"]
+    table, positions = block_table(readings.candidates, readings.rows, vocab, prompts, first)
+    metadata = {"block": block, "candidates": table.num_rows, "positions": positions}
+    return write_shard(out / SHARDS_DIR, block, table, metadata)
+
+
 def capture_store(
     teachers: Sequence[Teacher],
     prompts: Sequence[str],
@@ -148,10 +160,9 @@ def capture_store(
         seed=seed,
         block_size=block_size,
     )
-    _start(out, teachers, plan)
+    start_store(out, teachers, plan)
     index, count = shard
     todo = _blocks_to_capture(out / SHARDS_DIR, list(range(index, plan["blocks"], count)))
-    vocab = {name: t["vocab_size"] for name, t in plan["teachers"].items()}
     with progress_bars() if show_progress else nullcontext() as bars:
         blocks_task = bars.add_task("capture blocks", total=len(todo), rate="") if bars else None
         passes = _rate_bars(bars) if bars else None
@@ -166,10 +177,7 @@ def capture_store(
                 seed=block_seed(seed, block),
                 progress=passes,
             )
-            _check_rows(readings, plan)
-            table, positions = block_table(readings.candidates, readings.rows, vocab, chunk, first)
-            metadata = {"block": block, "candidates": table.num_rows, "positions": positions}
-            write_shard(out / SHARDS_DIR, block, table, metadata)
+            write_block(out, plan, block, readings, chunk)
             if bars:
                 bars.update(blocks_task, advance=1)
             if on_block:

@@ -3,15 +3,17 @@
     packed = encode_topk(top_ids, top_logprobs)            # rows [P, k], log-probs descending
     ids, logprobs = decode_topk(packed, k)                 # ids exact, log-probs within LEVELS
 
-Log-probs. Each row keeps its log-sum-exp (`lse`, the log of the kept mass, float16) and, per
-entry, `d = top log-prob - log-prob >= 0` rounded to the nearest of 256 `LEVELS`. An entry's error
+Log-probs. Per entry, `d = top log-prob - log-prob >= 0` is rounded to the nearest of 256
+`LEVELS` (one byte); per row, `shift` (float32) is what the top log-prob must be for the decoded
+row to keep exactly the original mass, `log(sum(exp(top)))`. An entry's error
 `eps` in log space costs about `p * eps**2 / 24` nats of KL, so the levels are spaced as
 `exp(d / 2)` (uniform in `sqrt(p / p_top)`): every level costs the same, and 200 levels cover the
 first 8 nats with steps from 0.01 nats. The last 56 step 0.5 nats down to 36 nats below the top;
-mass further down is under `e^-36` of the top's and is pinned there. Decoding renormalises each
-row to its stored `lse`, so the tail mass `1 - sum(exp(top))` survives quantisation (a plain
-rounding would let the kept mass pass 1 and the tail vanish). Codes never decrease along a row,
-so their differences (mostly 0-3) are stored, which the page compressor squeezes to a few bits.
+mass further down is under `e^-36` of the top's and is pinned there. So the tail mass
+`1 - sum(exp(top))` survives quantisation (rounding the top log-prob alone would let the kept
+mass pass 1 and the tail vanish), and decoding is one table lookup and one subtraction. Codes never decrease along a row;
+storing their differences would save 2-3 bytes per position after compression, but undoing them
+is a sequential scan that would halve the read speed, so the codes are stored as they are.
 
 Ids. Kept in rank order, exact, split into byte planes (`byte_planes`): plane 0 the low bytes of
 every id, plane 1 the next ones, as many planes as the vocabulary needs (2 up to 65,536 ids, 3 up
@@ -38,7 +40,6 @@ def _levels() -> np.ndarray:
 LEVELS = _levels()
 """`LEVELS[c]`: nats below the row's top log-prob that code c stands for (`LEVELS[0] == 0`)."""
 _BOUNDS = (LEVELS[1:] + LEVELS[:-1]) / 2.0
-_EXP_LEVELS = np.exp(-LEVELS)
 _LEVELS32 = LEVELS.astype(np.float32)
 
 
@@ -52,12 +53,12 @@ def level_error_bound(d: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PackedRows:
-    """Top-k rows of P positions: `id_planes` (planes of `P * k` bytes), `code_steps` (`P * k`
-    uint8, row-wise differences of the level codes) and `lse` (`P` float16)."""
+    """Top-k rows of P positions: `id_planes` (planes of `P * k` bytes), `codes` (`P * k` uint8
+    level codes) and `shift` (`P` float32: each decoded row's top log-prob)."""
 
     id_planes: list[np.ndarray]
-    code_steps: np.ndarray
-    lse: np.ndarray
+    codes: np.ndarray
+    shift: np.ndarray
 
 
 def planes_for(vocab_size: int) -> int:
@@ -73,10 +74,10 @@ def byte_planes(values: np.ndarray, planes: int) -> list[np.ndarray]:
 
 def join_planes(planes: list[np.ndarray]) -> np.ndarray:
     """Values (int64) from their byte planes."""
-    out = planes[0].astype(np.int64)
-    for shift, plane in enumerate(planes[1:], start=1):
-        out |= plane.astype(np.int64) << (8 * shift)
-    return out
+    joined = np.zeros((len(planes[0]), 8), dtype=np.uint8)
+    for p, plane in enumerate(planes):
+        joined[:, p] = plane
+    return joined.view("<i8").reshape(-1)
 
 
 def encode_topk(top_ids: np.ndarray, top_logprobs: np.ndarray, vocab_size: int) -> PackedRows:
@@ -87,21 +88,19 @@ def encode_topk(top_ids: np.ndarray, top_logprobs: np.ndarray, vocab_size: int) 
     top = logprobs[:, :1]
     below = np.where(np.isfinite(logprobs), top - logprobs, np.inf)
     codes = np.searchsorted(_BOUNDS, below).astype(np.uint8)
-    steps = np.diff(codes, axis=1, prepend=np.uint8(0)).astype(np.uint8)
     with np.errstate(divide="ignore"):
-        lse = top[:, 0] + np.log(np.exp(logprobs - top).sum(axis=1)) if len(top) else top[:, 0]
+        kept = np.log(np.exp(-below).sum(axis=1))
+        decoded_kept = np.log(np.exp(-LEVELS[codes]).sum(axis=1))
     return PackedRows(
         id_planes=byte_planes(top_ids, planes_for(vocab_size)),
-        code_steps=steps.reshape(-1),
-        lse=lse.astype(np.float16),
+        codes=codes.reshape(-1),
+        shift=(top[:, 0] + kept - decoded_kept).astype(np.float32),
     )
 
 
 def decode_topk(packed: PackedRows, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ids (int64) and log-probs (float32) `[P, k]`, each row renormalised to its stored lse."""
+    """Ids (int64) and log-probs (float32) `[P, k]`."""
     ids = join_planes(packed.id_planes).reshape(-1, k)
-    codes = np.cumsum(packed.code_steps.reshape(-1, k), axis=1, dtype=np.uint8)
-    kept = np.log(_EXP_LEVELS[codes].sum(axis=1))
-    shift = (packed.lse.astype(np.float64) - kept).astype(np.float32)
-    logprobs = shift[:, None] - _LEVELS32[codes]
+    logprobs = np.take(_LEVELS32, packed.codes.reshape(-1, k))
+    np.subtract(packed.shift[:, None], logprobs, out=logprobs)
     return ids, logprobs

@@ -77,7 +77,7 @@ def capture_plan(
         "codec": {
             "logprobs": f"uint8 codes over {len(codec.LEVELS)} levels (sqrt-probability "
             f"spaced over {codec.FINE_SPAN} nats, then {codec.COARSE_STEP}-nat steps), "
-            "row log-sum-exp float16",
+            "row shift float32",
             "ids": "byte planes, zstd",
         },
     }

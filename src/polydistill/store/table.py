@@ -7,7 +7,7 @@
 One Parquet row per candidate: `prompt` (index into the captured prompt list), `prompt_text`,
 `text`, `authors` (JSON list of [teacher, sample]). Per teacher `t`, columns `t/...` hold one
 binary value per candidate: the rendering's ids as byte planes (`t/ids/0`, ...), `t/start`, the
-packed top-k rows (`t/top_ids/0`, ..., `t/codes`, `t/lse`; see `codec`) and `t/token_logprobs`
+packed top-k rows (`t/top_ids/0`, ..., `t/codes`, `t/shift`; see `codec`) and `t/token_logprobs`
 (float32, exact). Binary values over one contiguous buffer encode and decode a whole block with a
 few numpy passes, and Parquet's per-column zstd compresses each plane on its own.
 """
@@ -57,7 +57,7 @@ def teacher_columns(name: str, vocab_size: int) -> list[str]:
         f"{name}/start",
         *(f"{name}/top_ids/{p}" for p in range(planes)),
         f"{name}/codes",
-        f"{name}/lse",
+        f"{name}/shift",
         f"{name}/token_logprobs",
     ]
 
@@ -81,8 +81,8 @@ def _teacher_arrays(rows: Sequence[TeacherRows], vocab_size: int) -> dict[str, p
     out["start"] = pa.array([r.start for r in rows], pa.int32())
     for p in range(planes):
         out[f"top_ids/{p}"] = _binary(packed.id_planes[p], positions * k)
-    out["codes"] = _binary(packed.code_steps, positions * k)
-    out["lse"] = _binary(packed.lse, positions)
+    out["codes"] = _binary(packed.codes, positions * k)
+    out["shift"] = _binary(packed.shift, positions)
     token_logprobs = np.concatenate([r.token_logprobs for r in rows]).astype(np.float32)
     out["token_logprobs"] = _binary(token_logprobs, lengths - 1)
     return out
@@ -160,8 +160,8 @@ def teacher_block(table: pa.Table, name: str, k: int, vocab_size: int) -> Teache
     position_offsets = np.concatenate([[0], np.cumsum(id_counts - starts)])
     packed = PackedRows(
         id_planes=[_flat(table.column(f"{name}/top_ids/{p}"), np.uint8) for p in range(planes)],
-        code_steps=_flat(table.column(f"{name}/codes"), np.uint8),
-        lse=_flat(table.column(f"{name}/lse"), np.float16),
+        codes=_flat(table.column(f"{name}/codes"), np.uint8),
+        shift=_flat(table.column(f"{name}/shift"), np.float32),
     )
     top_ids, top_logprobs = decode_topk(packed, k)
     return TeacherBlock(
