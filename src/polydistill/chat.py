@@ -65,11 +65,28 @@ def render_answer(
     """A model's own rendering of a prompt and its answer: the user turn and generation prompt,
     the completion tokenized on its own, and the end-of-turn token; with the index of the first
     completion token. Every teacher scores, and the alignment aligns, exactly this sequence."""
-    prefix = encode_prompts(tokenizer, [prompt], who)[0]
-    if not prefix:
-        raise UserError(f"{who}: chat template renders nothing before the answer")
-    body = encode_text(tokenizer, completion)
-    return [*prefix, *body, end_of_turn(tokenizer, who)], len(prefix)
+    return render_answers(tokenizer, [prompt], [completion], who)[0]
+
+
+def render_answers(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    who: str,
+) -> list[tuple[list[int], int]]:
+    """`render_answer` of each (prompt, completion); each distinct prompt is templated once."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    distinct = list(dict.fromkeys(prompts))
+    prefixes = dict(zip(distinct, encode_prompts(tokenizer, distinct, who), strict=True))
+    end = end_of_turn(tokenizer, who)
+    out = []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        prefix = prefixes[prompt]
+        if not prefix:
+            raise UserError(f"{who}: chat template renders nothing before the answer")
+        out.append(([*prefix, *encode_text(tokenizer, completion), end], len(prefix)))
+    return out
 
 
 def pad_right(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,6 +5,9 @@
 - `protocol`: the `Teacher` protocol (complete prompts, score answers) and `TeacherRows`, one
   teacher's reading of one rendered answer in its own vocabulary.
 - `local`: a checkpoint in this process (`transformers`, batched, no gradients).
+- `served`: any OpenAI-compatible server with per-token log-probs (vLLM), token ids both
+  ways, the tokenizer probed against the server's (`server_client`: retries, backoff,
+  bounded concurrency; `prompt_logprobs`: the server's per-position maps as `TeacherRows`).
 - `readings`: every teacher answers the prompts, and every teacher scores every distinct answer.
 
 Every source hands back teacher-vocabulary rows; `polydistill.align` projects them into the

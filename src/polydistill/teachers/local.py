@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from polydistill.chat import encode_prompts, pad_left, pad_right, render_answer
+from polydistill.chat import encode_prompts, pad_left, pad_right, render_answers
 from polydistill.targets import accurate_log_softmax, check_finite_logits
 from polydistill.teachers.checkpoint import load_checkpoint
 from polydistill.teachers.protocol import Progress, TeacherRows, tokenizer_fingerprint
@@ -112,12 +112,7 @@ class LocalTeacher:
         temperature: float,
         on_batch: Progress | None = None,
     ) -> list[TeacherRows]:
-        if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        rendered = [
-            render_answer(self.tokenizer, p, c, self.who)
-            for p, c in zip(prompts, completions, strict=True)
-        ]
+        rendered = render_answers(self.tokenizer, prompts, completions, self.who)
         self.model.eval()
         out: list[TeacherRows] = []
         for start in range(0, len(rendered), self.batch_size):

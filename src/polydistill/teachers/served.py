@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 from transformers import PreTrainedTokenizerBase
 
-from polydistill.chat import encode_prompts, end_of_turn, render_answer, render_prompts
+from polydistill.chat import encode_prompts, end_of_turn, render_answers, render_prompts
 from polydistill.errors import UserError
 from polydistill.teachers.checkpoint import load_tokenizer
 from polydistill.teachers.prompt_logprobs import MalformedAnswer, rows_from_prompt_logprobs
@@ -174,14 +174,9 @@ class ServedTeacher:
         temperature: float,
         on_batch: Progress | None = None,
     ) -> list[TeacherRows]:
-        if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         if temperature <= 0:
             raise UserError(f"{self.who}: scoring temperature must be > 0, got {temperature}")
-        rendered = [
-            render_answer(self.tokenizer, p, c, self.who)
-            for p, c in zip(prompts, completions, strict=True)
-        ]
+        rendered = render_answers(self.tokenizer, prompts, completions, self.who)
         batches = [
             rendered[i : i + self.batch_size] for i in range(0, len(rendered), self.batch_size)
         ]

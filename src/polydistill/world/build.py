@@ -209,21 +209,39 @@ def _train_teachers(cfg: RunConfig, root: Path) -> list[dict]:
             )
             for t in specs
         ]
-        while not all(f.done() for f in futures) or not events.empty():
-            while not events.empty():
-                kind, name, step, value = events.get()
-                if kind == "step":
-                    bars.update(tasks[name], completed=step, rate=f"{value:,.0f} tok/s")
-                else:
-                    scores = ", ".join(f"{d} {a:.1%}" for d, a in value.items())
-                    bars.console.log(f"teacher {name} step {step}: held-out {scores}")
-            time.sleep(0.2)
+        try:
+            _follow(futures, events, bars, tasks)
+        except BaseException:
+            _stop_workers(pool)  # else they would train on, orphaned, after an interrupt
+            manager.shutdown()
+            raise
         for future in futures:
             summary = future.result()
             bars.update(tasks[summary["name"]], completed=summary["steps"], total=summary["steps"])
             summaries.append(summary)
     manager.shutdown()
     return summaries
+
+
+def _follow(futures, events, bars, tasks) -> None:
+    """Show the workers' steps and evaluations until every teacher is done."""
+    while not all(f.done() for f in futures) or not events.empty():
+        while not events.empty():
+            kind, name, step, value = events.get()
+            if kind == "step":
+                bars.update(tasks[name], completed=step, rate=f"{value:,.0f} tok/s")
+            else:
+                scores = ", ".join(f"{d} {a:.1%}" for d, a in value.items())
+                bars.console.log(f"teacher {name} step {step}: held-out {scores}")
+        time.sleep(0.2)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    # The executor has no public way to stop running tasks; its worker processes are the
+    # only handle on them.
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def build_world(cfg: RunConfig) -> World:
