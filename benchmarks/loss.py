@@ -27,12 +27,15 @@ dense reference's; `grad_rel_err_vs_dense` the gradients (hidden, and every 64th
 """
 
 import argparse
+import contextlib
+import ctypes
 import datetime
 import gc
 import json
 import math
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -42,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from polydistill.losses import DEFAULT_MEMORY_BUDGET_MB
+from polydistill.losses import default_memory_budget_mb
 
 VOCABS = (151936, 201088, 262144)
 TOKENS = (512, 2048)
@@ -64,12 +67,11 @@ GRAD_ROW_STRIDE = 64
 MAX_REPEATS = 3
 REPEAT_WITHIN_S = 20.0
 REROUND_UNDER_MS = 60_000
-DEFAULT_BUDGET = DEFAULT_MEMORY_BUDGET_MB
 RESULTS = Path(__file__).parent / "RESULTS.md"
 SECTION = "## Loss step (benchmarks/loss.py)"
 
 
-def make_inputs(impl: str, vocab: int, tokens: int, budget_mb: float = DEFAULT_BUDGET) -> dict:
+def make_inputs(impl: str, vocab: int, tokens: int, budget_mb: float | None = None) -> dict:
     """Seeded inputs, identical in every process; only those the implementation needs."""
     gen = torch.Generator().manual_seed(1234)
     scale = 3.0 / math.sqrt(HIDDEN)  # logits with a standard deviation of about 3
@@ -149,8 +151,22 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+def _release_free_memory() -> None:
+    """Hand the allocator's free pages back to the system, so that the RSS before a step is the
+    live data only: freed pages the allocator kept (from the warm-up or an earlier repeat) would
+    otherwise be reused unseen and hide part of the step's peak, by a different amount per run."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def run_case(
-    impl: str, vocab: int, tokens: int, grads_out: str, memory_limit_gb: float, budget_mb: float
+    impl: str,
+    vocab: int,
+    tokens: int,
+    grads_out: str,
+    memory_limit_gb: float,
+    budget_mb: float | None,
 ) -> dict:
     """The child process: limit memory, build inputs, warm up, measure one step."""
     limit = _status_kb("VmSize") * 1024 + int(memory_limit_gb * 2**30)
@@ -165,7 +181,7 @@ def run_case(
         times, peaks = [], []
         while not times or (len(times) < MAX_REPEATS and sum(times) < REPEAT_WITHIN_S):
             inputs["hidden"].grad = inputs["weight"].grad = None
-            gc.collect()
+            _release_free_memory()
             before_kb = _status_kb("VmRSS")
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
             start = time.perf_counter()
@@ -179,6 +195,9 @@ def run_case(
     record |= {"status": "ok", "peak_mb": round(max(peaks) / 1024, 1)}
     record |= {"ms": round(min(times) * 1000, 1), "repeats": len(times)}
     record["grads_mb"] = round((vocab + tokens) * HIDDEN * 4 / 2**20, 1)
+    if impl.startswith("polydistill"):
+        budget = default_memory_budget_mb(vocab, HIDDEN) if budget_mb is None else budget_mb
+        record["budget_mb"] = round(budget, 1)
     record["loss"] = None if loss is None else float(loss)
     if loss is not None:
         sampled_weight = inputs["weight"].grad[::GRAD_ROW_STRIDE].clone()
@@ -231,7 +250,22 @@ def _errors(record: dict, reference: dict | None) -> tuple[float, float] | None:
     return float(f"{loss_error:.3g}"), float(f"{grad_error:.3g}")
 
 
-def markdown(records: list[dict], command: str) -> str:
+CASE_COLUMNS = (
+    "vocab | tokens | impl | status | peak MB | of which gradients | ms | runs | "
+    "loss err vs dense | grad err vs dense | loss err vs f64 | grad err vs f64"
+)
+RATIO_COLUMNS = (
+    "vocab | tokens | mem / dense | mem / trl_chunked | time / floor | time / dense | "
+    "time / trl_gkd | time / trl_chunked"
+)
+EARLIER = (
+    "Earlier measurements kept (cases not re-run since, each with the date of its run; "
+    "polydistill's rows ran its code of that date):"
+)
+
+
+def markdown(records: list[dict], command: str, kept: tuple[list, list] = ([], [])) -> str:
+    """The section for this run's records, then `kept` earlier rows (see `kept_rows`)."""
     lines = [
         SECTION,
         "",
@@ -242,16 +276,19 @@ def markdown(records: list[dict], command: str) -> str:
         "",
         "Generalized JSD (β = 0.5), hidden 512, float32, forward + backward from hidden states "
         "and lm_head to their gradients. peak_mb = peak RSS of the case's process during the "
-        "step minus its RSS before; it includes the gradients the step returns (lm_head and "
-        "hidden, the same for every implementation). ms = best of `runs` (quick cases are "
-        "repeated in their process and in later rounds). Errors are relative, of the loss and "
+        "step minus its RSS before (live data only: the allocator's free pages are handed back "
+        "first); it includes the gradients the step returns (lm_head and hidden, the same for "
+        "every implementation). polydistill's chunk budget is its default "
+        "`default_memory_budget_mb` (a share of the lm_head gradient) unless the command sets "
+        "`--memory-budget-mb`. The 2 cores were shared with other jobs, so times are noisy: "
+        "compare within a run. ms = best of `runs` (quick cases are repeated in their process "
+        "and in later rounds). Errors are relative, of the loss and "
         "(norm-wise, worst of hidden and every "
         f"{GRAD_ROW_STRIDE}th lm_head row) of the gradients, against `dense_reference` (float32) "
         "and `float64_reference` (polydistill's loss in float64 on the same float32 inputs; the "
         "tests hold it to the dense reference within 1e-10). Ratios are within this run.",
         "",
-        "| vocab | tokens | impl | status | peak MB | of which gradients | ms | runs | "
-        "loss err vs dense | grad err vs dense | loss err vs f64 | grad err vs f64 |",
+        f"| {CASE_COLUMNS} |",
         "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     errors = [f"{kind}_vs_{name}" for name in REFERENCES for kind in ("rel_err", "grad_rel_err")]
@@ -261,7 +298,47 @@ def markdown(records: list[dict], command: str) -> str:
         cells += [_cell(r.get(key)) for key in errors]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", *ratio_lines(records), ""]
+    cases, ratios = kept
+    if cases or ratios:
+        lines += [EARLIER, "", f"| {CASE_COLUMNS} | measured |"]
+        lines.append("|---:|---:|---|---|" + "---:|" * 8 + "---|")
+        lines += ["| " + " | ".join(cells) + " |" for cells in cases]
+        lines += ["", f"| {RATIO_COLUMNS} | measured |", "|---:|---:|" + "---:|" * 6 + "---|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in ratios]
+        lines.append("")
     return "\n".join(lines)
+
+
+def current_section(results: Path | None = None) -> str:
+    """This benchmark's section of RESULTS.md as it stands ("" if none)."""
+    results = RESULTS if results is None else results
+    text = results.read_text() if results.exists() else ""
+    if SECTION not in text:
+        return ""
+    rest = text.split(SECTION, 1)[1]
+    return rest[: rest.index("\n## ")] if "\n## " in rest else rest
+
+
+def kept_rows(section: str, records: list[dict]) -> tuple[list[list[str]], list[list[str]]]:
+    """The rows of `section`'s tables that this run does not replace, each ending with the
+    date of the run that measured it: cases this run did not measure, and the ratio rows of
+    sizes where `polydistill_chunked` was not re-run (ratios describe it)."""
+    found = re.search(r"^Date: (.+?)\s*$", section, re.MULTILINE)
+    date = found.group(1) if found else "date unknown"
+    fresh = {(str(r["vocab"]), str(r["tokens"]), r["impl"]) for r in records}
+    rerun = {(vocab, tokens) for vocab, tokens, impl in fresh if impl == "polydistill_chunked"}
+    cases, ratios = [], []
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not line.startswith("| ") or not cells[0].isdigit():
+            continue
+        if len(cells) in (12, 8):  # a row of that run's own tables
+            cells.append(date)
+        if len(cells) == 13 and tuple(cells[:3]) not in fresh:
+            cases.append(cells)
+        elif len(cells) == 9 and tuple(cells[:2]) not in rerun:
+            ratios.append(cells)
+    return cases, ratios
 
 
 def _cell(value) -> str:
@@ -271,11 +348,7 @@ def _cell(value) -> str:
 def ratio_lines(records: list[dict]) -> list[str]:
     """Memory and time of polydistill_chunked relative to the others, per size."""
     by = {(r["impl"], r["vocab"], r["tokens"]): r for r in records}
-    lines = [
-        "| vocab | tokens | mem / dense | mem / trl_chunked | time / floor | time / dense | "
-        "time / trl_gkd | time / trl_chunked |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    lines = [f"| {RATIO_COLUMNS} |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     sizes = sorted({(r["vocab"], r["tokens"]) for r in records})
     for vocab, tokens in sizes:
         ours = by.get(("polydistill_chunked", vocab, tokens), {})
@@ -289,7 +362,7 @@ def ratio_lines(records: list[dict]) -> list[str]:
 
 
 def _ratio(a, b) -> str:
-    return "–" if a is None or b is None else f"{a / b:.2f}"
+    return "–" if a is None or b is None else f"{a / b:.3f}"
 
 
 def write_results(section: str) -> None:
@@ -311,7 +384,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     parser.add_argument("--timeout", type=int, default=600, help="seconds per case")
     parser.add_argument("--memory-limit-gb", type=float, default=16.0, help="per case")
-    parser.add_argument("--memory-budget-mb", type=float, default=DEFAULT_BUDGET)
+    parser.add_argument(
+        "--memory-budget-mb", type=float, help="polydistill's chunk budget (default: its own)"
+    )
     parser.add_argument(
         "--rounds", type=int, default=1, help="run the grid again, cases under a minute only"
     )
@@ -354,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_case(impl, vocab, tokens, args.grads_out, *limits)))
         return
     child_flags = ["--memory-limit-gb", str(args.memory_limit_gb)]
-    child_flags += ["--memory-budget-mb", str(args.memory_budget_mb)]
+    if args.memory_budget_mb is not None:
+        child_flags += ["--memory-budget-mb", str(args.memory_budget_mb)]
     records = {}
     with tempfile.TemporaryDirectory() as workdir:
         for round_ in range(args.rounds):
@@ -372,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
     if not args.no_results_md:
         command = "python -m benchmarks.loss " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_results(markdown(records, command))
+        write_results(markdown(records, command, kept_rows(current_section(), records)))
 
 
 if __name__ == "__main__":

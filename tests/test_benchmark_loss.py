@@ -1,6 +1,7 @@
 """benchmarks/loss.py end to end at a tiny size, and its RESULTS.md section handling."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,37 @@ def test_results_section_replaces_only_its_own(tmp_path, monkeypatch):
     text = results.read_text()
     assert text.count(loss.SECTION) == 1 and "keep me" in text
     assert "| 10 | 2 | floor | ok | 1 | 0.1 | 7 | 1 |" in text
+
+
+def test_rows_not_re_run_are_kept_with_the_date_of_their_run(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import loss
+
+    results = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(loss, "RESULTS", results)
+    record = {"impl": "floor", "vocab": 10, "tokens": 2, "status": "ok", "peak_mb": 1.0}
+    record |= {"ms": 5.0, "repeats": 1, "grads_mb": 0.1}
+    first = [record, record | {"impl": "polydistill_chunked", "ms": 8.0}, record | {"tokens": 4}]
+    loss.write_results(loss.markdown(first, "first"))
+    first_date = re.search(r"^Date: (.+?)\s*$", results.read_text(), re.MULTILINE).group(1)
+    second = [record | {"ms": 6.0}]  # re-runs only the floor at 10 x 2
+    kept = loss.kept_rows(loss.current_section(), second)
+    loss.write_results(loss.markdown(second, "second", kept))
+    text = results.read_text()
+    assert "| 10 | 2 | floor | ok | 1 | 0.1 | 6 | 1 |" in text
+    assert "| 10 | 2 | floor | ok | 1 | 0.1 | 5 |" not in text  # replaced
+    assert (
+        f"| 10 | 2 | polydistill_chunked | ok | 1 | 0.1 | 8 | 1 | – | – | – | – | {first_date} |"
+        in text
+    )
+    assert f"| 10 | 4 | floor | ok | 1 | 0.1 | 5 | 1 | – | – | – | – | {first_date} |" in text
+    assert f"| 10 | 2 | – | – | 1.600 | – | – | – | {first_date} |" in text  # chunked not re-run
+    # A third run keeps the first run's rows with the first run's date.
+    third = [record | {"tokens": 4, "ms": 4.0}]
+    loss.write_results(loss.markdown(third, "third", loss.kept_rows(loss.current_section(), third)))
+    text = results.read_text()
+    assert text.count(first_date) >= 2 and "| 10 | 4 | floor | ok | 1 | 0.1 | 4 | 1 |" in text
+    assert (
+        f"| 10 | 2 | polydistill_chunked | ok | 1 | 0.1 | 8 | 1 | – | – | – | – | {first_date} |"
+        in text
+    )

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from polydistill.errors import UserError
 from polydistill.losses import (
+    default_memory_budget_mb,
     distill_loss,
     distill_loss_parts,
     divergence,
@@ -331,6 +332,20 @@ def test_chunk_sizes_follow_the_memory_budget():
     assert chunk >= 0.7 * budget / row_bytes  # the chunk buffer gets most of it
     assert chunk_sizes(vocab, 8, 0.001, 10) == (1, 1)  # never below one row
     assert chunk_sizes(100, 0, 256, 7) == (7, 7)  # never above the rows there are
+
+
+def test_default_budget_is_a_share_of_the_lm_head_gradient():
+    """The same chunk rows at every vocabulary, more with a wider model, within the bounds."""
+    rows_at = {}
+    for vocab in (151936, 201088, 262144):
+        budget = default_memory_budget_mb(vocab, 512)
+        assert budget == pytest.approx(0.2 * vocab * 512 * 4 / 2**20)
+        rows_at[vocab] = chunk_sizes(vocab, 2, budget, 10_000)[0]
+    assert max(rows_at.values()) - min(rows_at.values()) <= 1
+    assert 64 <= rows_at[262144] <= 128
+    assert default_memory_budget_mb(262144, 4096) > default_memory_budget_mb(262144, 512)
+    assert default_memory_budget_mb(500, 32) == 16.0
+    assert default_memory_budget_mb(262144, 16384) == 1024.0
 
 
 @given(rows=st.integers(0, 5000), most=st.integers(1, 600))

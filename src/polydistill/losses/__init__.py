@@ -11,8 +11,8 @@
 """
 
 from polydistill.losses.chunked import (
-    DEFAULT_MEMORY_BUDGET_MB,
     LossParts,
+    default_memory_budget_mb,
     distill_loss,
     distill_loss_parts,
 )
@@ -20,9 +20,9 @@ from polydistill.losses.divergences import KINDS
 from polydistill.losses.reference import divergence, reference_distill_loss
 
 __all__ = [
-    "DEFAULT_MEMORY_BUDGET_MB",
     "KINDS",
     "LossParts",
+    "default_memory_budget_mb",
     "distill_loss",
     "distill_loss_parts",
     "divergence",

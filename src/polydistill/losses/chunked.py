@@ -1,14 +1,17 @@
 """The training-path distillation loss: fused with the student's lm_head, chunked over positions.
 
-`distill_loss(hidden [N, H], lm_head_weight [V', H], targets, kind, ...)` returns the same scalar as
-`reference.reference_distill_loss(hidden @ lm_head_weight.T, targets, ...)` without ever holding the
-`[N × V]` student logits. Positions are processed in chunks whose size comes from
-`memory_budget_mb` (the logits chunk plus the elementwise temporaries). Each chunk is projected
-once; its softmax statistics, loss and gradient with respect to its logits are computed in the same
-pass, in place in the chunk buffer, and only the two gradient matrix products remain
-(grad_hidden = G W, grad_W += Gᵀ h). So the whole step costs the three lm_head products of an
-ordinary forward + backward, and the gradients are ready when the forward returns; `backward` only
-scales them. They are not computed under `torch.no_grad()` or when neither input needs a gradient.
+`distill_loss(hidden [N, H], lm_head_weight [V', H], targets, kind, ...)` returns the same scalar
+as `reference.reference_distill_loss(hidden @ lm_head_weight.T, targets, ...)` without ever holding
+the `[N × V]` student logits. Positions are processed in chunks whose size comes from
+`memory_budget_mb` (the logits chunk plus the elementwise temporaries); by default the budget is a
+share of the lm_head gradient the step returns anyway (`default_memory_budget_mb`), so the loss
+adds a fixed fraction to the memory of an ordinary backward at every vocabulary and width. Each
+chunk is projected once; its softmax statistics, loss and gradient with respect to its logits are
+computed in the same pass, in place in the chunk buffer, and only the two gradient matrix products
+remain (grad_hidden = G W, grad_W += Gᵀ h). So the whole step costs the three lm_head products of
+an ordinary forward + backward, and the gradients are ready when the forward returns; `backward`
+only scales them. They are not computed under `torch.no_grad()` or when neither input needs a
+gradient.
 
 Positions that count in neither part of the loss are skipped. Padding lm_head rows (past
 `vocab_size`) are never projected and get zero gradient. Logits and the loss are computed in
@@ -34,9 +37,13 @@ from polydistill.losses.full_vocab import COMPILE_MIN_ELEMENTS, run_full_vocab_s
 from polydistill.losses.positions import PositionWeights, position_weights
 from polydistill.targets import SparseTargets, real_vocab_size
 
-# The chunk buffer then holds ~110 rows of a 262k vocabulary: fewer rows make the lm_head products
-# markedly slower on CPU (benchmarks/loss.py), more only cost memory.
-DEFAULT_MEMORY_BUDGET_MB = 128
+# The default budget, as a share of the float32 lm_head gradient [V, H]. The chunk then holds
+# about 0.17·H rows (~90 at H = 512) at every vocabulary size: below ~64 rows the lm_head products
+# get markedly slower on CPU, above ~100 they gain little (benchmarks/loss.py), and the step's
+# memory stays within 1.2x the gradient it must return.
+BUDGET_SHARE_OF_LM_HEAD_GRAD = 0.2
+MIN_MEMORY_BUDGET_MB = 16.0
+MAX_MEMORY_BUDGET_MB = 1024.0
 
 # Elementwise temporaries of a full-vocabulary (k = V) sub-chunk, in logits-sized rows: eager,
 # the floored teacher log-probs, the term, the gradient and the JSD/skew mixture with its
@@ -87,7 +94,7 @@ def distill_loss(
     alpha: float = 0.1,
     vocab_size: int | None = None,
     reduction: str = "mean",
-    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    memory_budget_mb: float | None = None,
     compile: bool | None = None,
 ) -> torch.Tensor:
     """Scalar loss of the student's hidden states `[N, H]` against sparse teacher targets."""
@@ -110,13 +117,15 @@ def distill_loss_parts(
     alpha: float = 0.1,
     vocab_size: int | None = None,
     reduction: str = "mean",
-    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    memory_budget_mb: float | None = None,
     compile: bool | None = None,
 ) -> LossParts:
     """`distill_loss` with its divergence and cross-entropy parts.
 
-    `compile`: run the full-vocabulary kernel through torch.compile; None decides by size
-    (`full_vocab.COMPILE_MIN_ELEMENTS`). Sparse (k < V) targets never need it.
+    `memory_budget_mb`: memory for the logits chunk and its temporaries; None is
+    `default_memory_budget_mb(V, H)`. `compile`: run the full-vocabulary kernel through
+    torch.compile; None decides by size (`full_vocab.COMPILE_MIN_ELEMENTS`). Sparse (k < V)
+    targets never need it.
     """
     check_divergence_args(kind, beta, alpha, temperature)
     if hidden.ndim != 2 or lm_head_weight.ndim != 2 or hidden.shape[1] != lm_head_weight.shape[1]:
@@ -126,10 +135,12 @@ def distill_loss_parts(
         )
     if hidden.shape[0] != len(targets):
         raise UserError(f"{hidden.shape[0]} hidden states but {len(targets)} target positions")
-    if not memory_budget_mb > 0:
-        raise UserError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
     rows = lm_head_weight.shape[0]
     vocab = real_vocab_size(rows, rows, vocab_size, "student lm_head")
+    if memory_budget_mb is None:
+        memory_budget_mb = default_memory_budget_mb(vocab, hidden.shape[1])
+    if not memory_budget_mb > 0:
+        raise UserError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
     weights = position_weights(targets, vocab, ce_weight, labels, ignore_index, reduction)
     step = _plan(
         targets, weights, kind, beta, alpha, temperature, ce_weight, vocab, memory_budget_mb,
@@ -158,6 +169,13 @@ def _plan(
         targets, weights, kind, beta, alpha, temperature, ce_weight, vocab, active,
         chunk_rows, sub_rows, compile,
     )  # fmt: skip
+
+
+def default_memory_budget_mb(vocab: int, hidden_size: int) -> float:
+    """`BUDGET_SHARE_OF_LM_HEAD_GRAD` of the float32 lm_head gradient, within the bounds."""
+    gradient_mb = vocab * hidden_size * 4 / 2**20
+    share = BUDGET_SHARE_OF_LM_HEAD_GRAD * gradient_mb
+    return min(MAX_MEMORY_BUDGET_MB, max(MIN_MEMORY_BUDGET_MB, share))
 
 
 def chunk_sizes(
