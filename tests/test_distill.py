@@ -1,9 +1,13 @@
-"""Distillation from one same-tokenizer world teacher: targets, rows, loss, and `polydistill run`.
+"""The multi-teacher student path: teacher readings, projected and fused rows, loss, and `run`.
 
-The world is the tiny one's settings with a single teacher, `tutor`, that speaks the student's
-tokenizer (its own cache key: building it takes seconds).
+The world is the tiny one's settings with two teachers of its own (its own cache key):
+`tutor` speaks the student's tokenizer, so its rows can be checked against dense float64
+recomputations directly; `counter` speaks the gpt-oss-style tokenizer (digits in groups of up to
+three, where the student has single digits), so its rows reach the student through the
+cross-tokenizer projection, checked against the chain rule on its dense distribution.
 """
 
+import copy
 import dataclasses
 import json
 import math
@@ -14,22 +18,22 @@ import torch
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from polydistill.chat import encode_prompts, pad_right
+from polydistill import student
+from polydistill.chat import encode_prompts, pad_right, render_answer
 from polydistill.config import load_config
 from polydistill.distill import (
     IGNORE,
-    check_same_tokenizer,
     distillation_batches,
-    distillation_data,
     distillation_loss,
     final_hidden_states,
     fused_head_weight,
 )
 from polydistill.errors import UserError
 from polydistill.losses import divergence, reference_distill_loss
-from polydistill.student import student_data
+from polydistill.student_targets import student_targets
 from polydistill.targets import SparseTargets
-from polydistill.teachers import load_checkpoint
+from polydistill.teachers.local import LocalTeacher, local_teacher
+from polydistill.teachers.readings import Candidate, Readings
 from polydistill.train import train
 from polydistill.world.architectures import build_model
 from polydistill.world.build import build_world
@@ -37,18 +41,26 @@ from polydistill.world.domains import Example
 
 TINY = Path(__file__).parent / "tiny.yaml"
 SMALL = {"hidden_size": 64, "layers": 1, "heads": 1, "kv_heads": 1, "head_dim": 64}
-TUTOR = {
-    "name": "tutor",
-    "family": "qwen",
-    "tokenizer": "student",
-    "domains": ["facts"],
-    "model": {**SMALL, "intermediate_size": 128},
-    "train": {"steps": 20, "batch_size": 8, "lr": 5.0e-3, "warmup_steps": 2},
-}
+
+
+def world_teacher(name: str, tokenizer: str, domain: str) -> dict:
+    return {
+        "name": name,
+        "family": "qwen",
+        "tokenizer": tokenizer,
+        "domains": [domain],
+        "model": {**SMALL, "intermediate_size": 128},
+        "train": {"steps": 20, "batch_size": 8, "lr": 5.0e-3, "warmup_steps": 2},
+    }
+
+
+TUTOR = world_teacher("tutor", "student", "facts")
+COUNTER = world_teacher("counter", "gpt-oss", "arithmetic")
 STUDENT = {
-    "teacher": "tutor",
+    "teachers": ["tutor", "counter"],
     "model": {**SMALL, "intermediate_size": 64},
     "train": {"steps": 4, "batch_size": 8, "lr": 3.0e-3, "warmup_steps": 1},
+    "prompts_per_domain": 16,
     "top_k": 8,
     "checkpoint_every": 2,
 }
@@ -67,10 +79,10 @@ def one_thread():
 def config_file(tmp_path_factory, tiny_cache) -> Path:
     raw = yaml.safe_load(TINY.read_text())
     raw["world"]["cache_dir"] = str(tiny_cache)
-    raw["threads"] = 1  # the world's one teacher trains on one thread, like these tests
-    raw["teachers"] = [TUTOR]
+    raw["threads"] = 1  # the world's teachers train on one thread each, like these tests
+    raw["teachers"] = [TUTOR, COUNTER]
     raw["student"] = STUDENT
-    path = tmp_path_factory.mktemp("distill") / "tutor.yaml"
+    path = tmp_path_factory.mktemp("distill") / "two.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -86,63 +98,108 @@ def world(cfg):
 
 
 @pytest.fixture(scope="module")
-def tutor(world):
-    return load_checkpoint(world.teachers["tutor"], "tutor")
+def teachers(cfg, world) -> list[LocalTeacher]:
+    return student.student_teachers(cfg, world)
 
 
 @pytest.fixture(scope="module")
-def data(cfg, world):
-    return student_data(cfg, world)
+def tutor(world) -> LocalTeacher:
+    return local_teacher("tutor", world.teachers["tutor"], batch_size=2)
 
 
-def test_targets_equal_a_dense_float64_recomputation(tutor):
-    teacher, tokenizer = tutor
-    prompts = encode_prompts(tokenizer, ["Where does Mo Ka live?", "1+2", "What is it?"], "t")
-    temperature, k = 1.7, 5
-    data = distillation_data(
-        teacher, tokenizer, prompts, top_k=k, temperature=temperature, max_new_tokens=6,
-        batch_size=2, samples=2, seed=3,
-    )  # fmt: skip
-    assert len(data) == 6 and data.offsets[-1] == len(data.targets)
-    dense_teacher = teacher.to(torch.float64)
-    try:
-        for r in range(len(data)):
-            prompt, completion = data.prompts[r], data.completions[r]
-            assert prompt == prompts[r % 3]
-            assert completion[-1] == tokenizer.eos_token_id or len(completion) == 6
-            ids = torch.tensor([prompt + completion])
-            with torch.no_grad():
-                logits = dense_teacher(input_ids=ids).logits[0]
-            rows = logits[len(prompt) - 1 : len(prompt) - 1 + len(completion)]
-            if r < 3:  # the greedy completion is the argmax at every step
-                assert rows.argmax(-1).tolist() == completion
-            dense = torch.log_softmax(rows / temperature, dim=-1)
-            span = slice(data.offsets[r], data.offsets[r + 1])
-            got_ids, got = data.targets.ids[span], data.targets.logprobs[span].double()
-            top, top_ids = dense.topk(k, dim=-1)
-            assert torch.equal(got_ids, top_ids)
-            torch.testing.assert_close(got, top, rtol=0, atol=2e-5)
-            torch.testing.assert_close(dense.gather(1, got_ids), got, rtol=0, atol=2e-5)
-            tail = data.targets.tail[span].double()
-            torch.testing.assert_close(tail, 1 - top.exp().sum(-1), rtol=0, atol=1e-5)
-            torch.testing.assert_close(
-                got.exp().sum(-1) + tail, torch.ones(len(completion), dtype=torch.float64)
-            )
-    finally:
-        teacher.to(torch.float32)
+@pytest.fixture(scope="module")
+def tokenizer(cfg, world):
+    return student.student_tokenizer(cfg, world)
 
 
-def test_sampled_completions_differ_from_greedy_and_are_seeded(tutor):
-    teacher, tokenizer = tutor
-    prompts = encode_prompts(tokenizer, [f"Where does Mo Ka{i} live?" for i in range(8)], "t")
-    args = dict(top_k=4, temperature=1.0, max_new_tokens=6, batch_size=8, samples=2)
-    first = distillation_data(teacher, tokenizer, prompts, seed=5, **args)
-    again = distillation_data(teacher, tokenizer, prompts, seed=5, **args)
-    assert first.completions == again.completions
-    assert first.completions[:8] != first.completions[8:]
+@pytest.fixture(scope="module")
+def prompts(cfg, world) -> student.Prompts:
+    return student.student_prompts(cfg, world)
 
 
-def test_student_rows_never_see_gold_answers(cfg, world, data):
+@pytest.fixture(scope="module")
+def readings(cfg, teachers, prompts):
+    return student.teacher_readings(cfg, teachers, prompts)
+
+
+@pytest.fixture(scope="module")
+def data(cfg, teachers, tokenizer, prompts, readings):
+    """The student's rows (the configured evidence fusion of both teachers) and accounts."""
+    plan = student.model_plans(cfg)[0]
+    return student.plan_data(cfg, plan, teachers, tokenizer, prompts, readings)
+
+
+def dense_float64(teacher: LocalTeacher):
+    return copy.deepcopy(teacher.model).to(torch.float64).eval()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 1.7])
+def test_local_teacher_scores_equal_a_dense_float64_recomputation(tutor, temperature):
+    """Top-k ids and log-probs at the scoring temperature, and the observed tokens' log-probs
+    at temperature 1, of answers of different lengths batched with padding (the empty one too)."""
+    prompts = ["Where does Mo Ka live?", "1+2", "What is it?", "reverse: ab"]
+    answers = ["Quenbrook", "3", "", "ba ba ba"]
+    k = 5
+    rows = tutor.score(prompts, answers, top_k=k, temperature=temperature)
+    model = dense_float64(tutor)
+    for prompt, answer, got in zip(prompts, answers, rows, strict=True):
+        ids, start = render_answer(tutor.tokenizer, prompt, answer, "t")
+        assert got.ids.tolist() == ids and got.start == start
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0]
+        plain = torch.log_softmax(logits, dim=-1)
+        observed = plain[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+        torch.testing.assert_close(
+            torch.from_numpy(got.token_logprobs).double(), observed, rtol=0, atol=2e-5
+        )
+        dense = torch.log_softmax(logits[start - 1 : -1] / temperature, dim=-1)
+        top, top_ids = dense.topk(k, dim=-1)
+        assert torch.equal(torch.from_numpy(got.top_ids), top_ids)
+        torch.testing.assert_close(
+            torch.from_numpy(got.top_logprobs).double(), top, rtol=0, atol=2e-5
+        )
+        bits = -observed.sum() / math.log(2)
+        assert got.bits() == pytest.approx(float(bits), rel=1e-5)
+
+
+def greedy_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """The argmax path from the prompt, one float64 forward pass per token."""
+    ids = encode_prompts(tokenizer, [prompt], "t")[0]
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids + out])).logits[0, -1]
+        token = int(logits.argmax())
+        if token == tokenizer.eos_token_id:
+            break
+        out.append(token)
+    return tokenizer.decode(out)
+
+
+def test_greedy_answers_follow_the_argmax_path(teachers, prompts):
+    texts = prompts.texts[:3] + prompts.texts[-3:]
+    for teacher in teachers:
+        (greedy,) = teacher.complete(texts, samples=1, max_new_tokens=6, seed=0)
+        model = dense_float64(teacher)
+        assert greedy == [greedy_text(model, teacher.tokenizer, p, 6) for p in texts]
+
+
+def test_sampled_answers_differ_from_greedy_are_seeded_and_leave_the_rng_alone(tutor):
+    prompts = [f"Where does Mo Ka{i} live?" for i in range(8)]
+    args = dict(samples=2, max_new_tokens=6)
+    state = torch.get_rng_state()
+    first = tutor.complete(prompts, seed=5, **args)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert tutor.complete(prompts, seed=5, **args) == first
+    assert first[0] != first[1]
+    assert tutor.complete(prompts, seed=6, **args)[1] != first[1]
+    assert tutor.complete(prompts, seed=6, **args)[0] == first[0]
+
+
+def test_student_rows_never_see_gold_answers(cfg, world, teachers, tokenizer, prompts, data):
+    """Garbled gold answers: the same prompts, readings, rows and accounts (only the oracle's
+    gold differs)."""
+
     def garbled(split: dict[str, list[Example]]) -> dict[str, list[Example]]:
         return {
             d: [Example(e.domain, e.prompt, f"#{i}?") for i, e in enumerate(examples)]
@@ -150,29 +207,44 @@ def test_student_rows_never_see_gold_answers(cfg, world, data):
         }
 
     fake = dataclasses.replace(world, train=garbled(world.train), heldout=garbled(world.heldout))
-    rows, tokenizer = data
-    again, _ = student_data(cfg, fake)
+    fake_prompts = student.student_prompts(cfg, fake)
+    assert fake_prompts.texts == prompts.texts and fake_prompts.domains == prompts.domains
+    assert fake_prompts.gold != prompts.gold
+    fake_readings = student.teacher_readings(cfg, teachers, fake_prompts)
+    plan = student.model_plans(cfg)[0]
+    rows, accounts = data
+    again, again_accounts = student.plan_data(
+        cfg, plan, teachers, tokenizer, fake_prompts, fake_readings
+    )
     assert again.prompts == rows.prompts and again.completions == rows.completions
     assert again.offsets == rows.offsets
     for name in ("ids", "logprobs", "tail", "mask"):
         assert torch.equal(getattr(again.targets, name), getattr(rows.targets, name))
-    facts = world.train["facts"]
-    assert len(rows) == len(facts)
-    assert rows.prompts == encode_prompts(tokenizer, [e.prompt for e in facts], "t")
+    assert again_accounts == accounts
+    expected = [(d, e.prompt) for d in ("arithmetic", "facts") for e in world.train[d][:16]]
+    assert list(zip(prompts.domains, prompts.texts, strict=True)) == expected
+    assert rows.prompts == encode_prompts(tokenizer, prompts.texts, "t")
 
 
-def test_loss_fn_equals_the_dense_reference_on_a_batch(data):
-    rows, tokenizer = data
+def test_loss_fn_equals_the_dense_reference_on_a_batch(data, tokenizer):
+    """Positions whose target is masked out count in the cross-entropy part only."""
+    rows, _ = data
     batch = distillation_batches(rows, tokenizer.pad_token_id, 5, seed=1)(3)
-    student = build_model("qwen", load_config(TINY).teachers[2].model, tokenizer, 0).double()
+    mask = batch["target_mask"]
+    assert mask.dtype == torch.bool and len(mask) == len(batch["target_ids"])
+    mask[::3] = False
+    student_model = build_model("qwen", load_config(TINY).teachers[2].model, tokenizer, 0)
+    student_model = student_model.double()
     loss_fn = distillation_loss("jsd", 0.3, 1.5, 0.25, len(tokenizer))
-    out = loss_fn(student, batch)
+    out = loss_fn(student_model, batch)
     labels = batch["labels"][:, 1:]
     counted = labels != IGNORE
-    logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = student_model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).logits
     targets = SparseTargets(
         batch["target_ids"], batch["target_logprobs"].double(), batch["target_tail"].double(),
-        torch.ones(int(counted.sum()), dtype=torch.bool),
+        mask,
     )  # fmt: skip
     expected = reference_distill_loss(
         logits[:, :-1][counted], targets, "jsd", beta=0.3, temperature=1.5, ce_weight=0.25,
@@ -183,8 +255,8 @@ def test_loss_fn_equals_the_dense_reference_on_a_batch(data):
     assert set(out.parts) == {"divergence", "cross_entropy"}
 
 
-def full_vocabulary_kl(student, teacher, rows, pad_id: int) -> float:
-    """Token-mean KL(teacher ‖ student) over every completion position, on full logits."""
+def full_vocabulary_kl(student_model, teacher_model, rows, pad_id: int) -> float:
+    """Token-mean KL(teacher ‖ student) over every answer position, on full logits."""
     input_ids, attention_mask = pad_right(
         [p + c for p, c in zip(rows.prompts, rows.completions, strict=True)], pad_id
     )
@@ -192,31 +264,95 @@ def full_vocabulary_kl(student, teacher, rows, pad_id: int) -> float:
     for r, (p, c) in enumerate(zip(rows.prompts, rows.completions, strict=True)):
         mask[r, len(p) - 1 : len(p) - 1 + len(c)] = True
     with torch.no_grad():
-        s = student(input_ids=input_ids, attention_mask=attention_mask).logits
-        t = teacher(input_ids=input_ids, attention_mask=attention_mask).logits
+        s = student_model(input_ids=input_ids, attention_mask=attention_mask).logits
+        t = teacher_model(input_ids=input_ids, attention_mask=attention_mask).logits
     return float(divergence(s, t, "forward_kl", mask=mask))
 
 
-def test_distillation_reduces_the_divergence_to_the_teacher(cfg, tutor, data):
-    rows, tokenizer = data
-    student = build_model("qwen", cfg.student.model, tokenizer, 0)
-    before = full_vocabulary_kl(student, tutor[0], rows, tokenizer.pad_token_id)
+def test_distillation_reduces_the_divergence_to_a_same_tokenizer_teacher(
+    cfg, teachers, tokenizer, prompts, readings, tutor
+):
+    plan = student.ModelPlan("baseline:single:tutor", "fixed", {"tutor": 1.0})
+    rows, accounts = student.plan_data(cfg, plan, teachers, tokenizer, prompts, readings)
+    assert set(accounts["mass"]) == {"arithmetic", "facts"}
+    assert all(m == {"tutor": 1.0, "counter": 0.0} for m in accounts["mass"].values())
+    model = build_model("qwen", cfg.student.model, tokenizer, 0)
+    before = full_vocabulary_kl(model, tutor.model, rows, tokenizer.pad_token_id)
     records = train(
-        student,
+        model,
         distillation_batches(rows, tokenizer.pad_token_id, 16, seed=0),
         distillation_loss("forward_kl", 0.5, 1.0, 0.0, len(tokenizer)),
         steps=40,
         lr=3e-3,
         warmup_steps=4,
     )
-    after = full_vocabulary_kl(student, tutor[0], rows, tokenizer.pad_token_id)
+    after = full_vocabulary_kl(model, tutor.model, rows, tokenizer.pad_token_id)
     assert after < 0.5 * before
     assert records[-1]["divergence"] < 0.5 * records[0]["divergence"]
 
 
+def chain_rule(probs: torch.Tensor, texts: list[str], seen: str, digit: str) -> float:
+    """P(next byte is `digit` | the teacher token began with `seen`), from a dense row."""
+    consistent = [i for i, text in enumerate(texts) if text.startswith(seen)]
+    hits = [i for i in consistent if texts[i].startswith(seen + digit)]
+    return float(probs[hits].sum() / probs[consistent].sum())
+
+
+def test_a_teacher_of_another_tokenizer_is_projected_by_the_chain_rule(teachers, tokenizer):
+    """`counter` reads "405" as one token where the student has "4", "0", "5": the student's
+    target for each digit is the teacher's probability of the digit given the digits the
+    student has already seen inside the teacher's token (full teacher rows, so no tail)."""
+    counter = teachers[1]
+    vocab = len(counter.tokenizer)
+    texts = [counter.tokenizer.decode([i]) for i in range(vocab)]
+    student_texts = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    assert all(len(t) == 1 for t in student_texts if t[:1].isdigit())  # single-digit student
+    prompts, answers = ["7+70", "600+5", "12+1000", "3+4"], ["77", "605", "1013", "7"]
+    rows = counter.score(prompts, answers, top_k=vocab, temperature=1.0)
+    readings = Readings(
+        [Candidate(i, a, (("counter", 0),)) for i, a in enumerate(answers)],
+        [[i] for i in range(len(answers))],
+        {"counter": rows},
+    )
+    data, accounts = student_targets(
+        readings, [counter], tokenizer, prompts, ["arithmetic"] * 4, strategy="uniform",
+        weights=torch.ones((1, 4), dtype=torch.float64), temperature=1.0,
+        top_k=len(tokenizer), completions_per_prompt=1,
+    )  # fmt: skip
+    model = dense_float64(counter)
+    digit_ids = {d: tokenizer.convert_tokens_to_ids(d) for d in "0123456789"}
+    grouped = 0
+    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        ids, _ = render_answer(tokenizer, prompt, answer, "student")
+        assert data.prompts[i] + data.completions[i] == ids
+        assert len(data.completions[i]) == len(answer) + 1  # a digit per token, end-of-turn
+        teacher_ids = rows[i].ids.tolist()
+        pieces = [texts[t] for t in teacher_ids[rows[i].start : -1]]
+        assert "".join(pieces) == answer
+        grouped += any(len(p) > 1 for p in pieces)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([teacher_ids])).logits[0]
+        dense = torch.softmax(logits[:, :vocab], dim=-1)
+        targets = range(data.offsets[i], data.offsets[i + 1])
+        got = torch.zeros(len(targets), len(tokenizer), dtype=torch.float64)
+        for j, row in enumerate(targets):
+            got[j, data.targets.ids[row]] = data.targets.logprobs[row].double().exp()
+        assert bool(data.targets.mask[data.offsets[i] : data.offsets[i + 1]].all())
+        for byte, _ in enumerate(answer):  # the student token at `byte` is one digit
+            m = max(n for n in range(len(pieces)) if len("".join(pieces[:n])) <= byte)
+            seen = answer[len("".join(pieces[:m])) : byte]
+            probs = dense[rows[i].start + m - 1].double()
+            for digit, sid in digit_ids.items():
+                expected = chain_rule(probs, texts, seen, digit)
+                assert float(got[byte, sid]) == pytest.approx(expected, abs=2e-6)
+        eos = dense[len(teacher_ids) - 2, counter.tokenizer.eos_token_id]
+        assert float(got[-1, tokenizer.eos_token_id]) == pytest.approx(float(eos), abs=2e-6)
+    assert grouped >= 2  # the teacher grouped digits the student splits
+    assert 0.0 <= accounts["tail"]["counter"] < 1.0
+
+
 @pytest.mark.parametrize("family", ["qwen", "gemma", "gpt-oss"])
-def test_final_hidden_states_times_the_head_are_the_logits(family, data):
-    _, tokenizer = data
+def test_final_hidden_states_times_the_head_are_the_logits(family, tokenizer):
     size = load_config(TINY).teachers[1].model  # has experts for gpt-oss
     model = build_model(family, size, tokenizer, 0).eval()
     ids = torch.tensor([[1, 5, 9, 13, 2, 0], [1, 7, 3, 0, 0, 0]])
@@ -236,23 +372,53 @@ def test_a_soft_capped_student_is_refused():
         fused_head_weight(AutoModelForCausalLM.from_config(config))
 
 
-def test_a_different_tokenizer_is_refused(world, data):
-    _, student_tokenizer = data
-    qwen = AutoTokenizer.from_pretrained(world.tokenizer_dir("qwen"))
-    with pytest.raises(UserError, match=r"^teacher 'x': .*alignment path \(polydistill\.align"):
-        check_same_tokenizer(qwen, student_tokenizer, "teacher 'x'")
-    check_same_tokenizer(student_tokenizer, student_tokenizer, "teacher 'x'")
-
-
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["student.teacher=nobody"], "student.teacher: no teacher named 'nobody' (teachers: tut"),
         (
-            ["teachers[0].tokenizer=qwen"],
-            "student.teacher: teacher 'tutor' uses the qwen tokenizer and the student the "
-            "student one; cross-tokenizer distillation needs the alignment path",
+            ["student.teachers[0]=nobody"],
+            "student.teachers[0]: no teacher named 'nobody' (teachers: tutor, counter)",
         ),
+        (["student.teachers=[tutor,tutor]"], "student.teachers: a teacher is listed twice"),
+        (["student.teachers=[]"], "student.teachers: List should have at least 1 item"),
+        (
+            ["student.fusion.weights={tutor: 0.5, counter: 0.4}"],
+            "student.fusion.weights: must be non-negative and sum to 1, got 0.9",
+        ),
+        (
+            ["student.fusion.weights={tutor: 0.5, nobody: 0.5}"],
+            "student.fusion.weights: unknown teacher(s) ['nobody']",
+        ),
+        (
+            ["student.fusion.strategy=fixed"],
+            "student.fusion.weights: strategy fixed needs a weight per teacher",
+        ),
+        (
+            ["student.fusion.routes={facts: tutor, arithmetic: nobody}"],
+            "student.fusion.routes: unknown teacher(s) ['nobody']",
+        ),
+        (
+            ["student.fusion.routes={facts: tutor}"],
+            "student.fusion.routes: no teacher for domain(s) ['arithmetic']",
+        ),
+        (
+            ["student.fusion.strategy=route"],
+            "student.fusion.routes: strategy route needs a teacher per domain",
+        ),
+        (["student.fusion.strategy=best"], "student.fusion.strategy: Input should be"),
+        (
+            ["student.fusion.temperature=0"],
+            "student.fusion.temperature: Input should be greater than 0",
+        ),
+        (
+            ["benchmark.baselines=[single]", "student=null"],
+            "config: benchmark: baselines are trained beside a student; add student:",
+        ),
+        (
+            ["benchmark.baselines=[route]"],
+            "config: benchmark.baselines: route needs student.fusion.routes",
+        ),
+        (["benchmark.baselines=[nonsense]"], "benchmark.baselines[0]: Input should be"),
         (["student.loss=kl"], "student.loss: Input should be"),
         (["student.top_k=0"], "student.top_k: Input should be greater than 0"),
         (["student.domains=[poetry]"], "student.domains[0]: Input should be"),
@@ -269,7 +435,8 @@ def test_run_distils_the_student_and_resumes_after_a_crash(
     cfg, world, tmp_path, monkeypatch, capsys
 ):
     """`polydistill run` (the pipeline it calls): killed after training, run again, it resumes
-    from the finished checkpoint; the student joins metrics.json and loads as a checkpoint."""
+    from the finished checkpoint; the student joins metrics.json with its train log, accounts
+    and report, and loads as a checkpoint."""
     import polydistill.pipeline as pipeline
 
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"heldout_limit": 3})})
@@ -293,15 +460,23 @@ def test_run_distils_the_student_and_resumes_after_a_crash(
     metrics = pipeline.run(cfg, out)
     assert "student: resuming from" in capsys.readouterr().err
     assert json.loads((out / "metrics.json").read_text()) == metrics
-    student, teacher = metrics["models"]["student"], metrics["models"]["teacher:tutor"]
-    assert set(student) == set(teacher) == {"accuracy", "bits_per_byte", "params"}
-    assert set(student["accuracy"]) == set(metrics["domains"])
-    assert all(math.isfinite(b) and b > 0 for b in student["bits_per_byte"].values())
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert set(metrics["models"]) == {"teacher:tutor", "teacher:counter", "student"}
+    trained, teacher = metrics["models"]["student"], metrics["models"]["teacher:tutor"]
+    assert set(trained) == set(teacher) == {"accuracy", "bits_per_byte", "params"}
+    assert set(trained["accuracy"]) == set(metrics["domains"])
+    assert all(math.isfinite(b) and b > 0 for b in trained["bits_per_byte"].values())
+    log = (out / "train_logs" / "student.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [1, 2, 3, 4]
+    accounts = json.loads((out / "contributions.json").read_text())
+    assert accounts["teachers"] == ["tutor", "counter"] and accounts["strategy"] == "evidence"
+    assert set(accounts["mass"]) == {"arithmetic", "facts"}
+    for mass in accounts["mass"].values():
+        assert sum(mass.values()) == pytest.approx(1.0, abs=1e-5)
+    assert len(accounts["examples"]) == 32
+    assert (out / "report.html").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
     model = AutoModelForCausalLM.from_pretrained(out / "student")
     tokenizer = AutoTokenizer.from_pretrained(out / "student")
     assert type(model).__name__ == "Qwen3ForCausalLM" and tokenizer.chat_template
-    assert sum(p.numel() for p in model.parameters()) == student["params"]
+    assert sum(p.numel() for p in model.parameters()) == trained["params"]
