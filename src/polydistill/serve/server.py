@@ -22,9 +22,17 @@ async def serve_both(
     log_level: str = "info",
 ) -> None:
     """Serve `api` on host:port and `admin` on admin_host:admin_port until interrupted."""
-    api_server = uvicorn.Server(
-        uvicorn.Config(api, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
+    # No access log: a line per request costs CPU on the hot path, and every request is
+    # counted in the metrics (and billed ones in the usage ledger) already.
+    api_config = uvicorn.Config(
+        api,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=30,
     )
+    api_server = uvicorn.Server(api_config)
     admin_server = uvicorn.Server(
         uvicorn.Config(admin, host=admin_host, port=admin_port, log_level="warning", lifespan="off")
     )
