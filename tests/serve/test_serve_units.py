@@ -103,9 +103,11 @@ def test_sampling_distribution_matches_a_float64_reference(logits, temperature, 
     reference = np.where(keep, probs, 0.0)
     reference /= reference.sum()
     got = sampling_distribution(torch.tensor(logits, dtype=torch.float32), temperature, top_p)
-    # Tokens within float32 rounding of the threshold may fall either way.
+    # Tokens within float32 rounding of the threshold may fall either way, and so may the
+    # ranks of probabilities within float32 rounding of each other (e.g. logits 0 and 2e-16).
     borderline = np.abs(before - top_p) < 1e-5
-    if not borderline.any():
+    near_ties = np.abs(np.diff(probs[order])) < 1e-6
+    if not borderline.any() and not near_ties.any():
         np.testing.assert_allclose(got.double().numpy(), reference, atol=1e-5)
 
 

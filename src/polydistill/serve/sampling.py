@@ -13,7 +13,8 @@ def sampling_distribution(logits: torch.Tensor, temperature: float, top_p: float
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p >= 1.0:
         return probs
-    sorted_probs, order = torch.sort(probs, descending=True)
+    # Stable: tied tokens are ranked by id, so a seeded request samples the same way anywhere.
+    sorted_probs, order = torch.sort(probs, descending=True, stable=True)
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
     # A token stays when the mass of the tokens strictly more likely than it is below top_p:
     # that always keeps the most likely token and stops right after the threshold is reached.
