@@ -1,7 +1,10 @@
-"""Tokenizers shared by the alignment tests: the real vocabularies and small hand-made ones.
+"""Tokenizers shared by the alignment tests: the real vocabularies, the world's styles and small
+hand-made ones.
 
 `TOKENIZERS` maps a name to a cached factory; every property test runs over all ordered pairs,
-so adding a tokenizer style here (e.g. the world's) extends them all.
+so adding a tokenizer style here extends them all. The world's styles (`world-gemma`, ...) are
+trained as the world builder trains them, on a smaller sample of its domains, at its default
+vocabulary sizes.
 """
 
 import functools
@@ -10,15 +13,39 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from polydistill.align.tokenbytes import backend_of
+from polydistill.config import VocabSizes
+from polydistill.world import domains
+from polydistill.world.build import CHAT_WORDS
 from polydistill.world.real_vocab import (
     REAL_TOKENIZERS,
     added_token,
     byte_level_bpe_json,
     metaspace_bpe_json,
 )
-from polydistill.world.tokenizers import GEMMA_TEMPLATE, QWEN_PATTERN, QWEN_TEMPLATE
+from polydistill.world.tokenizers import (
+    GEMMA_TEMPLATE,
+    QWEN_PATTERN,
+    QWEN_TEMPLATE,
+    STYLES,
+    train_tokenizer,
+)
+
+
+@functools.cache
+def world_corpus() -> tuple[str, ...]:
+    arithmetic, _ = domains.arithmetic(0, 1500, 10, 3)
+    strings, _ = domains.strings(0, 1500, 10, 3, 7, "abcdefghijklmnopqrstuvwxyz")
+    facts, _ = domains.facts(0, 30)
+    texts = [f"{e.prompt} {e.answer}" for e in arithmetic + strings + facts]
+    return (*texts, *CHAT_WORDS * 100)
+
+
+def world_style(style: str):
+    return lambda: train_tokenizer(style, world_corpus(), VocabSizes().of(style))
+
 
 TOKENIZERS = {name: functools.cache(factory) for name, factory in REAL_TOKENIZERS.items()}
+TOKENIZERS |= {f"world-{style}": functools.cache(world_style(style)) for style in STYLES}
 
 
 def tokenizer(name: str) -> PreTrainedTokenizerFast:
