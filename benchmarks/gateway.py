@@ -2,25 +2,33 @@
 
     python -m benchmarks.gateway --json OUT.json              # 8 s per load scenario
     python -m benchmarks.gateway --json OUT.json --seconds 3  # quicker
+    python -m benchmarks.gateway --json OUT.json --model-dir DIR  # end to end with DIR
 
-Each scenario starts a server in its own process (uvicorn, one worker) on a loopback port and
-drives it from this process with 64 concurrent keep-alive connections (a minimal asyncio
-HTTP/1.1 client, so that the load generator's own cost stays small) for a bounded time, after a
-one-second warm-up. Every request is a non-streamed `/v1/completions` of 16 tokens:
+Each scenario starts a server in its own process (uvicorn, one worker, uvloop and httptools)
+on a loopback port and drives it from this process with 64 concurrent keep-alive connections
+(a minimal asyncio HTTP/1.1 client, so that the load generator's own cost stays small) for a
+bounded time, after a one-second warm-up. Every request is a non-streamed `/v1/completions`
+of 16 tokens:
 
-- `http-floor`: FastAPI + uvicorn answering the same request shape with a fixed body, with
-  pydantic validation and nothing else (no key, no database, no engine): the HTTP stack's cost;
+- `asgi-floor`: a bare ASGI app under uvicorn answering with a fixed JSON body of the same
+  shape: the HTTP server's and this client's cost, nothing else;
+- `fastapi-floor`: FastAPI answering the same with pydantic validation of the request (no
+  key, no database, no engine): the web framework's cost;
 - `gateway-fixed-sqlite` / `gateway-fixed-postgresql`: the gateway with the instant engine
   (`FixedEngine`): authentication, validation, tokenization, reservation, settlement and the
   ledger row, i.e. the gateway's whole overhead;
-- `gateway-model-sqlite`: end to end with a model in process (`LocalEngine`, batches of up to 8,
-  one torch thread). The model is the tests' tiny random Qwen3 checkpoint (2 layers, hidden
-  128), standing in for the world student.
+- `gateway-model-sqlite`: end to end with a model in process (`LocalEngine`, batches of up to
+  8, one torch thread), answering a held-out arithmetic question through the chat route. The
+  model is `--model-dir`, else the cached specialists world's `qwen` teacher (the
+  multi-teacher student does not exist yet), else the tests' tiny random Qwen3.
 
-The floor and the SQLite gateway also run with one client: the overhead without queueing.
+The floors and the SQLite gateway also run with one client: the overhead without queueing.
 
 Latency is measured by the client, from sending a request to its last byte; with 64 clients
-in a closed loop it includes queueing in the server (latency ≈ clients / throughput).
+in a closed loop it includes queueing in the server (latency ≈ clients / throughput). Server
+and client share the machine's 2 cores, so the client's CPU is part of every scenario's
+cost; both are measured (CPU seconds of each process over the measured window, divided by
+the requests answered in it), which stays meaningful when other work shares the cores.
 
 The budget race sends 200 concurrent requests (200 connections) to a gateway (instant engine)
 for a key whose budget covers exactly 20, on SQLite and on PostgreSQL (a throwaway cluster
@@ -64,21 +72,41 @@ def _free_port() -> int:
 # --- the servers, each run as `python -m benchmarks.gateway --serve KIND ...` -----------------
 
 
-def _floor_app() -> Any:
+def _floor_body(model: str) -> dict:
+    return {
+        "id": "cmpl-floor", "object": "text_completion", "created": 0, "model": model,
+        "choices": [
+            {"index": 0, "text": " x" * MAX_TOKENS, "logprobs": None, "finish_reason": "length"}
+        ],
+        "usage": {"prompt_tokens": 2, "completion_tokens": MAX_TOKENS, "total_tokens": 18},
+    }  # fmt: skip
+
+
+def _asgi_floor_app(model: str) -> Any:
+    body = json.dumps(_floor_body(model)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def _fastapi_floor_app() -> Any:
     from fastapi import FastAPI
 
     from polydistill.serve.protocol import CompletionRequest
 
     app = FastAPI()
-    text = " x" * MAX_TOKENS
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> dict:
-        return {
-            "id": "cmpl-floor", "object": "text_completion", "created": 0, "model": body.model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "length"}],
-            "usage": {"prompt_tokens": 2, "completion_tokens": MAX_TOKENS, "total_tokens": 18},
-        }  # fmt: skip
+        return _floor_body(body.model)
 
     @app.get("/health")
     async def health() -> dict:
@@ -104,7 +132,12 @@ def _gateway_app(kind: str, model_dir: Path, db: str) -> Any:
 def serve(kind: str, model_dir: Path, db: str, port: int) -> None:
     import uvicorn
 
-    app = _floor_app() if kind == "floor" else _gateway_app(kind, model_dir, db)
+    if kind == "asgi-floor":
+        app = _asgi_floor_app(model_dir.name)
+    elif kind == "fastapi-floor":
+        app = _fastapi_floor_app()
+    else:
+        app = _gateway_app(kind, model_dir, db)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -149,18 +182,24 @@ async def _exchange(reader, writer, request: bytes) -> int:
     return int(status_line.split()[1])
 
 
-def _request(port: int, key: str | None, body: dict) -> bytes:
+def _request(port: int, key: str | None, body: dict, path: str = "/v1/completions") -> bytes:
     payload = json.dumps(body).encode()
     auth = f"Authorization: Bearer {key}\r\n" if key else ""
     head = (
-        f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}"
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
     )
     return head.encode() + payload
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _load(
-    port: int, request: bytes, clients: int, seconds: float, warm_up_s: float
+    port: int, server_pid: int, request: bytes, clients: int, seconds: float, warm_up_s: float
 ) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -176,13 +215,24 @@ async def _load(
                 statuses[status] = statuses.get(status, 0) + 1
         writer.close()
 
+    async def cpu_over_window() -> tuple[float, float]:
+        await asyncio.sleep(warm_end - time.perf_counter())
+        server, own = _cpu_seconds(server_pid), time.process_time()
+        await asyncio.sleep(end - time.perf_counter())
+        return _cpu_seconds(server_pid) - server, time.process_time() - own
+
+    window = asyncio.create_task(cpu_over_window())
     await asyncio.gather(*(client() for _ in range(clients)))
+    server_cpu, client_cpu = await window
     ms = np.array(latencies) * 1000
+    count = max(len(latencies), 1)
     return {
         "requests": len(latencies),
         "requests_per_s": len(latencies) / seconds,
         "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
         "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
+        "server_cpu_ms_per_request": server_cpu * 1000 / count,
+        "client_cpu_ms_per_request": client_cpu * 1000 / count,
         "statuses": statuses,
     }
 
@@ -211,22 +261,61 @@ def _databases(work: Path) -> dict[str, str]:
     return databases
 
 
-def load_scenarios(model_dir: Path, databases: dict[str, str], seconds: float) -> list[dict]:
-    body = {"model": model_dir.name, "prompt": "hello world", "max_tokens": MAX_TOKENS}
-    plans = [("http-floor", "floor", "sqlite", CLIENTS), ("http-floor", "floor", "sqlite", 1)]
+def _world_teacher() -> Path | None:
+    """The newest cached specialists world's arithmetic teacher, if a world was built here."""
+    worlds = TESTS_SERVE.parent.parent / ".cache" / "polydistill" / "worlds"
+    found = sorted(worlds.glob("*/teachers/qwen/config.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1].parent if found else None
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the repository when it lies inside it."""
+    try:
+        return str(path.relative_to(TESTS_SERVE.parent.parent))
+    except ValueError:
+        return str(path)
+
+
+def _model_request(port: int, key: str, model_dir: Path) -> bytes:
+    """A held-out arithmetic question through the chat route (or the completions body for
+    the tests' tiny model, which knows no task)."""
+    questions = sorted(model_dir.parent.parent.glob("data/arithmetic.heldout.jsonl"))
+    if not questions:
+        body = {"model": model_dir.name, "prompt": "hello world", "max_tokens": MAX_TOKENS}
+        return _request(port, key, body)
+    question = json.loads(questions[0].read_text().splitlines()[0])["prompt"]
+    messages = [{"role": "user", "content": question}]
+    body = {"model": model_dir.name, "messages": messages, "max_tokens": MAX_TOKENS}
+    return _request(port, key, body, "/v1/chat/completions")
+
+
+def load_scenarios(
+    tiny_dir: Path, model_dir: Path, databases: dict[str, str], seconds: float
+) -> list[dict]:
+    body = {"model": tiny_dir.name, "prompt": "hello world", "max_tokens": MAX_TOKENS}
+    plans = [(floor, floor, "sqlite", clients) for floor in ("asgi-floor", "fastapi-floor")
+             for clients in (CLIENTS, 1)]  # fmt: skip
     plans += [(f"gateway-fixed-{name}", "fixed", name, CLIENTS) for name in databases]
     plans += [("gateway-fixed-sqlite", "fixed", "sqlite", 1)]
     plans += [("gateway-model-sqlite", "model", "sqlite", CLIENTS)]
     records = []
     for label, kind, db_name, clients in plans:
         db = databases[db_name]
-        key = _create_key(db, f"load-{len(records)}") if kind != "floor" else None
+        key = _create_key(db, f"load-{len(records)}") if "floor" not in kind else None
         # The model needs longer: 64 requests of 16 tokens take seconds per round on the CPU.
         duration, warm_up = (seconds * 2, 5.0) if kind == "model" else (seconds, 1.0)
-        with Server(kind, model_dir, db) as server:
-            request = _request(server.port, key, body)
-            result = asyncio.run(_load(server.port, request, clients, duration, warm_up))
-        records.append({"scenario": label, "clients": clients, "seconds": duration, **result})
+        served_dir = model_dir if kind == "model" else tiny_dir
+        with Server(kind, served_dir, db) as server:
+            if kind == "model":
+                request = _model_request(server.port, key, served_dir)
+            else:
+                request = _request(server.port, key, body)
+            pid = server.process.pid
+            result = asyncio.run(_load(server.port, pid, request, clients, duration, warm_up))
+        model = _shown(served_dir) if kind == "model" else None
+        records.append(
+            {"scenario": label, "clients": clients, "seconds": duration, "model": model, **result}
+        )
         print(f"{label}: {result}", flush=True)
     return records
 
@@ -279,33 +368,87 @@ def budget_race(model_dir: Path, db: str, db_name: str) -> dict[str, Any]:
 # --- results ------------------------------------------------------------------------------------
 
 
+def _overhead_lines(load: list[dict]) -> list[str]:
+    def find(scenario: str, clients: int) -> dict:
+        return next(r for r in load if r["scenario"] == scenario and r["clients"] == clients)
+
+    bare, framework = find("asgi-floor", CLIENTS), find("fastapi-floor", CLIENTS)
+    gateway, single = find("gateway-fixed-sqlite", CLIENTS), find("gateway-fixed-sqlite", 1)
+    bare_single = find("asgi-floor", 1)
+    server_extra = gateway["server_cpu_ms_per_request"] - bare["server_cpu_ms_per_request"]
+    total = gateway["server_cpu_ms_per_request"] + gateway["client_cpu_ms_per_request"]
+    return [
+        "Gateway overhead (instant engine, SQLite), against the bare ASGI app in this run:",
+        "",
+        f"- server CPU per request: {gateway['server_cpu_ms_per_request']:.3f} ms against "
+        f"{bare['server_cpu_ms_per_request']:.3f} ms (FastAPI floor "
+        f"{framework['server_cpu_ms_per_request']:.3f} ms): the gateway adds "
+        f"{server_extra:.3f} ms of CPU per request;",
+        f"- one client: p50 {single['p50_ms']:.2f} ms against {bare_single['p50_ms']:.2f} ms "
+        f"(+{single['p50_ms'] - bare_single['p50_ms']:.2f} ms), p99 {single['p99_ms']:.2f} ms "
+        f"against {bare_single['p99_ms']:.2f} ms;",
+        f"- {CLIENTS} clients: p99 {gateway['p99_ms']:.1f} ms against the bare app's own "
+        f"{bare['p99_ms']:.1f} ms (ratio {gateway['p99_ms'] / bare['p99_ms']:.2f}); "
+        f"{gateway['requests_per_s'] / bare['requests_per_s']:.2f}× the bare app's requests/s.",
+        "",
+        f"With {CLIENTS} clients in a closed loop every request waits for the others: latency "
+        f"≈ {CLIENTS} / throughput. The server's event loop runs on one core, so a round of "
+        f"{CLIENTS} gateway requests needs at least {CLIENTS} × "
+        f"{gateway['server_cpu_ms_per_request']:.3f} ms = "
+        f"{CLIENTS * gateway['server_cpu_ms_per_request']:.1f} ms of server CPU, and a p99 of "
+        f"5 ms at {CLIENTS} clients would need at most 5 / {CLIENTS} = {5 / CLIENTS:.3f} ms of "
+        f"server CPU per request, {5 / CLIENTS / bare['server_cpu_ms_per_request']:.1f}× what "
+        f"the bare ASGI app spends, and the bare app itself reaches a p99 of "
+        f"{bare['p99_ms']:.1f} ms here (server and client share the 2 cores with other work). "
+        "The target is out of reach on this machine; the measure of the gateway's own cost is "
+        "its CPU per request. Server and client together spend "
+        f"{total:.3f} ms of CPU per gateway request.",
+        "",
+    ]
+
+
 def section(load: list[dict], races: list[dict], command: str) -> str:
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    floors = {r["clients"]: r for r in load if r["scenario"] == "http-floor"}
+    floors = {r["clients"]: r for r in load if r["scenario"] == "asgi-floor"}
+    model = next((r["model"] for r in load if r["model"]), "–")
+    if "/teachers/qwen" in model:
+        model_text = (
+            f"`{model}` (the specialists world's arithmetic teacher, standing in for the "
+            "multi-teacher student, which does not exist yet) on a held-out question through "
+            "`/v1/chat/completions`"
+        )
+    elif "tiny-student" in model:
+        model_text = "the tests' tiny random Qwen3 (no world was cached), 'hello world'"
+    else:
+        model_text = f"`{model}` on a held-out question through `/v1/chat/completions`"
     lines = [
         SECTION, "",
         f"Command: `{command}`  ",
         f"Machine: 2-core CPU, 24 GiB, no GPU ({platform.machine()}, Python "
-        f"{platform.python_version()}); server and load generator share the 2 cores  ",
+        f"{platform.python_version()}); server and load generator share the 2 cores, and the "
+        "cores were shared with other work during the run  ",
         f"Date: {date}", "",
-        f"Non-streamed `/v1/completions` of {MAX_TOKENS} tokens, closed loop, one uvicorn worker. "
-        "Latency is client-side and includes queueing: with 64 clients it is about 64 / "
-        "throughput. `gateway-model-sqlite` runs the tests' tiny random Qwen3 checkpoint "
-        "(2 layers, hidden 128) in process, standing in for the world student.", "",
-        "| scenario | clients | seconds | requests/s | p50 ms | p99 ms | req/s ÷ floor's "
-        "| p50 − floor's p50, ms | statuses |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"Non-streamed `/v1/completions` of {MAX_TOKENS} tokens, closed loop, one uvicorn worker "
+        "(uvloop, httptools). Latency is client-side and includes queueing: with 64 clients it "
+        "is about 64 / throughput. CPU ms per request: CPU time of the server process (all "
+        "threads) and of the load generator over the measured window, divided by the requests "
+        f"answered. `gateway-model-sqlite` runs {model_text} in process, at most 16 tokens.",
+        "",
+        "| scenario | clients | seconds | requests/s | p50 ms | p99 ms | server CPU ms/req "
+        "| client CPU ms/req | req/s ÷ bare app's | p50 − bare app's p50, ms | statuses |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]  # fmt: skip
     for r in load:
         floor = floors[r["clients"]]
         lines.append(
             f"| {r['scenario']} | {r['clients']} | {r['seconds']:g} | {r['requests_per_s']:.0f} "
-            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['server_cpu_ms_per_request']:.3f} "
+            f"| {r['client_cpu_ms_per_request']:.3f} "
             f"| {r['requests_per_s'] / floor['requests_per_s']:.2f} "
             f"| {r['p50_ms'] - floor['p50_ms']:.2f} | {r['statuses']} |"
         )
+    lines += ["", *_overhead_lines(load)]
     lines += [
-        "",
         f"Budget race: {RACE_REQUESTS} concurrent requests, a budget for exactly "
         f"{RACE_AFFORDABLE} (money in micro-dollars).",
         "",
@@ -319,16 +462,17 @@ def section(load: list[dict], races: list[dict], command: str) -> str:
             f"| {r['budget_micros']} | {r['accepted_spend_micros']} | {r['key_spent_micros']} "
             f"| {r['key_reserved_micros']} | {r['ledger_rows']} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the records here")
     parser.add_argument("--seconds", type=float, default=8.0, help="measured time per scenario")
+    parser.add_argument("--model-dir", type=Path, help="the end-to-end model (a checkpoint)")
     parser.add_argument("--no-results-md", action="store_true", help="leave RESULTS.md alone")
-    parser.add_argument("--serve", choices=["floor", "fixed", "model"], help=argparse.SUPPRESS)
-    parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
+    kinds = ["asgi-floor", "fastapi-floor", "fixed", "model"]
+    parser.add_argument("--serve", choices=kinds, help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -344,10 +488,11 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         work = Path(tmp)
-        model_dir = build_tiny_chat_model(work / "tiny-student")
+        tiny_dir = build_tiny_chat_model(work / "tiny-student")
+        model_dir = (args.model_dir or _world_teacher() or tiny_dir).resolve()
         databases = _databases(work)
-        load = load_scenarios(model_dir, databases, args.seconds)
-        races = [budget_race(model_dir, db, name) for name, db in databases.items()]
+        load = load_scenarios(tiny_dir, model_dir, databases, args.seconds)
+        races = [budget_race(tiny_dir, db, name) for name, db in databases.items()]
     for race in races:
         print(race)
     Path(args.json).write_text(json.dumps({"load": load, "budget_race": races}, indent=1))
@@ -355,6 +500,8 @@ def main(argv: list[str] | None = None) -> None:
         command = "python -m benchmarks.gateway --json OUT.json"
         if args.seconds != 8.0:
             command += f" --seconds {args.seconds:g}"
+        if args.model_dir:
+            command += f" --model-dir {args.model_dir}"
         write_section(SECTION, section(load, races, command))
 
 
