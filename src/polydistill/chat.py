@@ -80,12 +80,19 @@ def render_answers(
     distinct = list(dict.fromkeys(prompts))
     prefixes = dict(zip(distinct, encode_prompts(tokenizer, distinct, who), strict=True))
     end = end_of_turn(tokenizer, who)
+    bodies = (
+        tokenizer(list(completions), add_special_tokens=False, split_special_tokens=True)[
+            "input_ids"
+        ]
+        if completions
+        else []
+    )
     out = []
-    for prompt, completion in zip(prompts, completions, strict=True):
+    for prompt, body in zip(prompts, bodies, strict=True):
         prefix = prefixes[prompt]
         if not prefix:
             raise UserError(f"{who}: chat template renders nothing before the answer")
-        out.append(([*prefix, *encode_text(tokenizer, completion), end], len(prefix)))
+        out.append(([*prefix, *body, end], len(prefix)))
     return out
 
 

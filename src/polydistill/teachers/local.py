@@ -114,10 +114,14 @@ class LocalTeacher:
     ) -> list[TeacherRows]:
         rendered = render_answers(self.tokenizer, prompts, completions, self.who)
         self.model.eval()
-        out: list[TeacherRows] = []
-        for start in range(0, len(rendered), self.batch_size):
-            batch = rendered[start : start + self.batch_size]
-            out += self._score_batch(batch, top_k, temperature)
+        # Batches of similar length waste little on padding; rows go back in input order.
+        order = sorted(range(len(rendered)), key=lambda i: len(rendered[i][0]))
+        out: list[TeacherRows | None] = [None] * len(rendered)
+        for first in range(0, len(order), self.batch_size):
+            chosen = order[first : first + self.batch_size]
+            batch = [rendered[i] for i in chosen]
+            for i, rows in zip(chosen, self._score_batch(batch, top_k, temperature), strict=True):
+                out[i] = rows
             if on_batch:
                 on_batch(len(batch), sum(len(ids) for ids, _ in batch))
         return out
@@ -126,34 +130,37 @@ class LocalTeacher:
         input_ids, attention_mask = pad_right(
             [ids for ids, _ in batch], self.tokenizer.pad_token_id
         )
+        device = self.model.device
         logits = self.model(
-            input_ids=input_ids.to(self.model.device),
-            attention_mask=attention_mask.to(self.model.device),
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
             use_cache=False,
         ).logits.float()
         check_finite_logits(logits, self.who)
         logits = logits[..., : len(self.tokenizer)]  # embedding rows past the tokenizer: padding
-        batch_size, width, vocab = logits.shape
-        plain = accurate_log_softmax(logits.reshape(-1, vocab)).view(batch_size, width, vocab)
-        observed = plain[:, :-1].gather(2, input_ids[:, 1:, None].to(logits.device))[..., 0]
-        scaled = plain
-        if temperature != 1.0:
-            scaled = accurate_log_softmax(logits.reshape(-1, vocab), temperature).view_as(plain)
-        top = scaled.topk(min(top_k, vocab), dim=-1)
-        top_ids, top_logprobs = top.indices.cpu().numpy(), top.values.float().cpu().numpy()
-        observed = observed.float().cpu().numpy()
-        rows = []
-        for row, (ids, start) in enumerate(batch):
-            answer = slice(start - 1, len(ids) - 1)
+        # Observed tokens (bits per byte of prompt and answer) need only each row's normaliser;
+        # the top-k rows, the answer positions only, get the float64-summed one.
+        observed = logits[:, :-1].gather(2, input_ids[:, 1:, None].to(device))[..., 0]
+        observed = (observed - logits[:, :-1].logsumexp(dim=-1)).cpu().numpy()
+        answer_rows = [
+            (row, slice(start - 1, len(ids) - 1)) for row, (ids, start) in enumerate(batch)
+        ]
+        answers = torch.cat([logits[row, span] for row, span in answer_rows])
+        top = accurate_log_softmax(answers, temperature).topk(min(top_k, answers.shape[-1]), dim=-1)
+        top_ids, top_logprobs = top.indices.cpu().numpy(), top.values.cpu().numpy()
+        rows, at = [], 0
+        for (ids, start), (row, _) in zip(batch, answer_rows, strict=True):
+            n = len(ids) - start
             rows.append(
                 TeacherRows(
                     ids=np.asarray(ids, dtype=np.int64),
                     start=start,
-                    top_ids=top_ids[row, answer].astype(np.int64),
-                    top_logprobs=top_logprobs[row, answer],
+                    top_ids=top_ids[at : at + n].astype(np.int64),
+                    top_logprobs=top_logprobs[at : at + n],
                     token_logprobs=observed[row, : len(ids) - 1],
                 )
             )
+            at += n
         return rows
 
 
