@@ -7,11 +7,13 @@ admission) must follow, which `Ticket.closed` enforces. Both run shielded from c
 so a client that disconnects mid-stream still gets its produced tokens billed and the rest of
 its reservation freed.
 
-The three hot writes go through a `WriteBatcher` (group commit on one thread, off the event
-loop); a request's settlement, and so its ledger row, is committed before its response is
-sent. "Committed" is as durable as the database makes it: on SQLite (WAL,
-synchronous=NORMAL) it survives a crash of the gateway but the last commits may be lost to a
-power failure; PostgreSQL follows its `synchronous_commit`.
+The three hot writes go through a `WriteBatcher` (group commit; see `batching`). The ledger
+is exact in this sense: a request that produced tokens has its one ledger row committed
+before its response ends (a non-streamed response is sent only after it; a stream writes
+`[DONE]`, then commits, then closes), and the budget check and the reservation are one
+statement in the database, never a copy in memory. "Committed" is as durable as the database
+makes it: on SQLite (WAL, synchronous=NORMAL) it survives a crash of the gateway but the last
+commits may be lost to a power failure; PostgreSQL follows its `synchronous_commit`.
 """
 
 import asyncio
