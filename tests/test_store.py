@@ -310,3 +310,24 @@ def test_capture_command_with_shards_then_merge(
     assert manifest["top_k"] == 8 and list(manifest["teachers"]) == list(NAMES)
     assert invoke(str(tiny), "--out", str(out), "--shard", "2/2") == 2
     assert "--shard '2/2': expected i/n" in capsys.readouterr().err
+
+
+def test_benchmark_kl_matches_a_dense_float64_reconstruction():
+    from benchmarks.store import kl_to_reconstruction
+
+    rng = np.random.default_rng(5)
+    vocab, k = 50, 8
+    logits = rng.standard_normal((6, vocab)) * 2.0
+    full = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    ids = np.argsort(-full, axis=1)[:, :k]
+    top = np.take_along_axis(full, ids, axis=1)
+    q = np.full((6, vocab), 0.0)
+    for row in range(6):
+        rest = 1 - np.exp(top[row]).sum()
+        q[row] = rest / (vocab - k)
+        q[row, ids[row]] = np.exp(top[row])
+    want = (np.exp(full) * (full - np.log(q))).sum(1)
+    np.testing.assert_allclose(kl_to_reconstruction(full, ids, top), want, rtol=1e-6)
+    everything = np.argsort(-full, axis=1)
+    exact = np.take_along_axis(full, everything, axis=1)
+    assert np.abs(kl_to_reconstruction(full, everything, exact)).max() < 1e-5
