@@ -1,17 +1,17 @@
 """Compression of a teacher's top-k rows: exact ids, log-probs quantised to one byte each.
 
-    packed = encode_topk(top_ids, top_logprobs)            # rows [P, k], log-probs descending
-    ids, logprobs = decode_topk(packed, k)                 # ids exact, log-probs within LEVELS
+    packed = encode_topk(top_ids, top_logprobs, vocab_size)   # rows [P, k], log-probs descending
+    ids, logprobs = decode_topk(packed, k)                    # ids exact, log-probs within LEVELS
 
 Log-probs. Per entry, `d = top log-prob - log-prob >= 0` is rounded to the nearest of 256
-`LEVELS` (one byte); per row, `shift` (float32) is what the top log-prob must be for the decoded
-row to keep exactly the original mass, `log(sum(exp(top)))`. An entry's error
-`eps` in log space costs about `p * eps**2 / 24` nats of KL, so the levels are spaced as
-`exp(d / 2)` (uniform in `sqrt(p / p_top)`): every level costs the same, and 200 levels cover the
-first 8 nats with steps from 0.01 nats. The last 56 step 0.5 nats down to 36 nats below the top;
-mass further down is under `e^-36` of the top's and is pinned there. So the tail mass
-`1 - sum(exp(top))` survives quantisation (rounding the top log-prob alone would let the kept
-mass pass 1 and the tail vanish), and decoding is one table lookup and one subtraction. Codes never decrease along a row;
+`LEVELS` (one byte); per row, `shift` (float32) is the top log-prob that gives the decoded row
+exactly the original kept mass `sum(exp(top))`, so the tail `1 - sum(exp(top))` survives
+quantisation (rounding the top log-prob too would let the kept mass pass 1 and the tail vanish),
+and decoding is one table lookup and one subtraction. Rounding with step `s` costs an entry of
+probability `p` about `p * s**2 / 24` nats of KL, so the levels are spaced as `exp(d / 2)`
+(uniform in `sqrt(p / p_top)`) and every level costs the same: 200 levels cover the first 8 nats,
+with steps from 0.01 nats; the last 56 step 0.5 nats down to 36 nats below the top, and mass
+further down (under `e^-36` of the top's) is pinned there. Codes never decrease along a row;
 storing their differences would save 2-3 bytes per position after compression, but undoing them
 is a sequential scan that would halve the read speed, so the codes are stored as they are.
 

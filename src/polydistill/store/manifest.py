@@ -12,6 +12,7 @@ capture starts; `manifest.json` (the plan plus every shard's file, sha256 and co
 every block is there, so a store with a manifest is complete.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ FIELD_WORDS = {
     "tokenizer": "tokenizer hash",
     "chat_template": "chat template hash",
     "model": "served model id",
+    "root": "served model root",
     "revision": "model revision",
     "source": "source",
 }
@@ -56,6 +58,9 @@ def capture_plan(
     seed: int,
     block_size: int,
 ) -> dict:
+    for t in teachers:
+        if "/" in t.name or not t.name:
+            raise UserError(f"capture: teacher name {t.name!r} cannot name store columns")
     return {
         "format": FORMAT,
         "prompts": {"count": len(prompts), "sha256": prompts_hash(prompts)},
@@ -139,8 +144,10 @@ def write_json(path: Path, data: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as error:
         Path(temp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{path}: disk full; free some space and run again") from None
         raise
 
 

@@ -87,9 +87,9 @@ def write_shard(folder: Path, block: int, table: pa.Table, metadata: dict) -> Pa
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, final)
-    except OSError as error:
+    except BaseException as error:  # interrupted too: leave no temporary file behind
         temp.unlink(missing_ok=True)
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(
                 f"store {folder}: disk full while writing block {block}; the finished shards are "
                 "intact, free some space and run the capture again to resume"
