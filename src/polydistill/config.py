@@ -164,7 +164,7 @@ class WorldConfig(Strict):
     # Real teachers are language models of all their text, prompts included; world teachers
     # learn their prompts too (this weight relative to the answer tokens; 0: answers only), so
     # how well a teacher models a prompt says where it is at home.
-    prompt_loss_weight: Annotated[float, Field(ge=0, le=1)] = 0.1
+    prompt_loss_weight: Annotated[float, Field(ge=0, le=1)] = 0.02
 
 
 class EvalConfig(Strict):
@@ -220,6 +220,9 @@ class StudentConfig(Strict):
     ce_weight: Fraction = 0.0
     completions_per_prompt: Positive = 1
     checkpoint_every: NonNegative = 100
+    # A store written by `polydistill capture` of this config: the teachers' answers and
+    # readings come from it, no teacher model is loaded (its fingerprints must match).
+    store: Path | None = None
 
 
 Baseline = Literal[

@@ -36,6 +36,7 @@ from polydistill.chat import supervised_batches
 from polydistill.config import RunConfig
 from polydistill.distill import distillation_batches, distillation_loss
 from polydistill.progress import console, progress_bars
+from polydistill.store.cached import local_fingerprint, open_store, store_teachers
 from polydistill.student_targets import (
     DistillationData,
     answer_bytes,
@@ -95,8 +96,13 @@ def model_plans(cfg: RunConfig) -> list[ModelPlan]:
 
 
 def student_teachers(cfg: RunConfig, world: World) -> list[Teacher]:
+    """The student's teachers: live checkpoints, or their captured readings (`student.store`)."""
     paths = {t.name: t.path or world.teachers[t.name] for t in cfg.teachers}
-    return [local_teacher(n, paths[n], cfg.eval.batch_size) for n in cfg.student.teachers]
+    names = cfg.student.teachers
+    if cfg.student.store is None:
+        return [local_teacher(n, paths[n], cfg.eval.batch_size) for n in names]
+    expected = {n: local_fingerprint(paths[n], f"teacher {n!r}") for n in names}
+    return store_teachers(open_store(cfg.student.store), expected)
 
 
 def _rate_task(bars: Bars) -> Callable[[str, int], Progress]:
