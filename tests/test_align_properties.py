@@ -100,10 +100,7 @@ def test_nfc_text_round_trips_through_qwen():
     assert round_trips(tokenizer("qwen3"), text)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=TypeError, reason="render_aligned passes it to the tokenizer unchecked"
-)
 def test_text_that_is_not_utf8_is_a_user_error():
     teacher, student = tokenizer("world-qwen"), tokenizer("world-gemma")
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match=r"^answer is not valid Unicode text"):
         render_aligned(teacher, student, "Q", "a\ud800b", "world-qwen")

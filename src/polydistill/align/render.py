@@ -15,6 +15,7 @@ from polydistill.align.chunks import AlignedSequence, aligned_sequence
 from polydistill.align.tokenbytes import backend_of, token_byte_lengths, vocab_bytes
 from polydistill.chat import encode_text as encode_hf_text
 from polydistill.chat import render_answer
+from polydistill.errors import UserError
 
 
 def encode_text(tokenizer: object, text: str, who: str) -> list[int]:
@@ -23,6 +24,16 @@ def encode_text(tokenizer: object, text: str, who: str) -> list[int]:
     if backend is tokenizer:
         return backend.encode(text, add_special_tokens=False).ids
     return encode_hf_text(tokenizer, text)
+
+
+def _check_utf8(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise UserError(
+            f"{what} is not valid Unicode text ({error.reason} at character {error.start}); "
+            "clean the data first"
+        ) from None
 
 
 def _side(tokenizer: object, prompt: str, completion: str, who: str):
@@ -40,6 +51,8 @@ def render_aligned(
     teacher: str,
 ) -> AlignedSequence:
     """Both chat renderings of (prompt, completion), aligned over the completion's bytes."""
+    _check_utf8(prompt, "prompt")
+    _check_utf8(completion, "answer")
     teacher_ids, teacher_start, teacher_lengths = _side(
         teacher_tokenizer, prompt, completion, f"teacher {teacher!r}"
     )
