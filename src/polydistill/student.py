@@ -72,8 +72,14 @@ class ModelPlan:
 
 
 def student_prompts(cfg: RunConfig, world: World) -> Prompts:
+    """`prompts_per_domain` training prompts of each student domain (all when unset); a domain
+    with fewer prompts repeats them, so that every skill gets the same share of the training."""
     s = cfg.student
-    examples = [(d, e) for d in s.domains for e in world.train[d][: s.prompts_per_domain]]
+    examples = []
+    for domain in s.domains:
+        pool = world.train[domain]
+        wanted = s.prompts_per_domain or len(pool)
+        examples += [(domain, pool[i % len(pool)]) for i in range(wanted)]
     return Prompts(
         [e.prompt for _, e in examples], [d for d, _ in examples], [e.answer for _, e in examples]
     )

@@ -1,8 +1,9 @@
 """From the teachers' readings to the student's training rows: choose, project, fuse, account.
 
+    w = example_weights("evidence", names, readings, prompts, domains, temperature=0.05)
     data, contributions = student_targets(readings, teachers, student_tokenizer, prompts,
-                                          domains, weights=w, combine="mix", top_k=32,
-                                          completions_per_prompt=1)
+                                          domains, strategy="evidence", weights=w,
+                                          temperature=0.05, top_k=32, completions_per_prompt=1)
 
 1. Weights: the fusion strategy gives each teacher a weight per example (`fusion`), from numbers
    the readings already hold, e.g. each teacher's bits per byte on the prompt and its own answer.
@@ -128,13 +129,14 @@ def project_answers(
     prompt_ids, answer_ids, offsets = [], [], [0]
     per_teacher: dict[str, list[SparseTargets]] = defaultdict(list)
     maps = {t.name: vocabmap.vocab_map(t.tokenizer, student_tokenizer, t.name) for t in teachers}
+    k = min(top_k, len(student_tokenizer))  # a row cannot list more ids than the vocabulary has
     for i, c in chosen:
         text = readings.candidates[c].text
         for t in teachers:
             seq = render.render_aligned(t.tokenizer, student_tokenizer, prompts[i], text, t.name)
             rows: TeacherRows = readings.rows[t.name][c]
             ids, logprobs = rows.full_rows()
-            projected = project.project(seq, ids, logprobs, maps[t.name], k=top_k)
+            projected = project.project(seq, ids, logprobs, maps[t.name], k=k)
             per_teacher[t.name].append(_answer_rows(projected, seq.student_start))
         prompt_ids.append(seq.student_ids[: seq.student_start].tolist())
         answer_ids.append(seq.student_ids[seq.student_start :].tolist())
@@ -241,9 +243,9 @@ def student_targets(
         position_weights = fusion.per_position(weights[:, [i for i, _ in chosen]], offsets)
     vocab = len(student_tokenizer)
     if strategy == "product":
-        fused = fusion.product(per_teacher, position_weights, top_k, vocab)
+        fused = fusion.product(per_teacher, position_weights, min(top_k, vocab), vocab)
     else:
-        fused = fusion.mix(per_teacher, position_weights, top_k)
+        fused = fusion.mix(per_teacher, position_weights, min(top_k, vocab))
     supplied = fusion.supplied_mass(per_teacher, position_weights)
     accounts = contributions(
         names, readings, chosen, domains, supplied, per_teacher, weights, offsets
