@@ -39,7 +39,7 @@ from polydistill.progress import console, progress_bars
 from polydistill.store.cached import local_fingerprint, open_store, store_teachers
 from polydistill.student_targets import (
     DistillationData,
-    answer_bytes,
+    answer_bits_per_byte,
     example_weights,
     student_targets,
 )
@@ -149,12 +149,15 @@ def teacher_readings(cfg: RunConfig, teachers: list[Teacher], prompts: Prompts) 
     return readings
 
 
-def gold_bits_per_byte(teachers: list[Teacher], prompts: Prompts, top_k: int) -> torch.Tensor:
+def gold_bits_per_byte(teachers: list[Teacher], prompts: Prompts) -> torch.Tensor:
     """`[teachers, prompts]` bits per byte of each teacher on the gold answers (baselines only)."""
-    rows = [t.score(prompts.texts, prompts.gold, top_k=1, temperature=1.0) for t in teachers]
-    sizes = [answer_bytes(a) for a in prompts.gold]
     return torch.tensor(
-        [[r.bits(completion_only=True) / n for r, n in zip(rs, sizes, strict=True)] for rs in rows],
+        [
+            answer_bits_per_byte(
+                t.score(prompts.texts, prompts.gold, top_k=1, temperature=1.0), prompts.gold
+            )
+            for t in teachers
+        ],
         dtype=torch.float64,
     )
 
@@ -172,7 +175,7 @@ def plan_data(
     names = [t.name for t in teachers]
     gold = None
     if plan.strategy in ("mince", "avgce"):
-        gold = gold_bits_per_byte(teachers, prompts, s.top_k)
+        gold = gold_bits_per_byte(teachers, prompts)
     weights = example_weights(
         plan.strategy,
         names,

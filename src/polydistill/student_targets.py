@@ -73,14 +73,18 @@ def own_answer_bits_per_byte(readings: Readings, prompts: Sequence[str]) -> torc
     return out
 
 
-def answer_bits_per_byte(readings: Readings) -> torch.Tensor:
+def answer_bits_per_byte(rows: Sequence[TeacherRows], texts: Sequence[str]) -> list[float]:
+    """Bits per byte a teacher spends on each answer (`rows[i]` is its reading of `texts[i]`)."""
+    return [
+        r.bits(completion_only=True) / answer_bytes(t) for r, t in zip(rows, texts, strict=True)
+    ]
+
+
+def candidate_bits_per_byte(readings: Readings) -> torch.Tensor:
     """`[teachers, candidates]`: each teacher's bits per byte on each candidate answer."""
-    sizes = [answer_bytes(c.text) for c in readings.candidates]
+    texts = [c.text for c in readings.candidates]
     return torch.tensor(
-        [
-            [r.bits(completion_only=True) / s for r, s in zip(rows, sizes, strict=True)]
-            for rows in readings.rows.values()
-        ],
+        [answer_bits_per_byte(rows, texts) for rows in readings.rows.values()],
         dtype=torch.float64,
     )
 
@@ -91,7 +95,7 @@ def choose_answers(
     """(prompt, candidate) pairs: per prompt the `per_prompt` candidates with the lowest
     weighted bits per byte; ties go to the earlier candidate."""
     scores = (
-        weights[:, [c.prompt for c in readings.candidates]] * answer_bits_per_byte(readings)
+        weights[:, [c.prompt for c in readings.candidates]] * candidate_bits_per_byte(readings)
     ).sum(0)
     chosen = []
     for i, candidates in enumerate(readings.candidates_of):
