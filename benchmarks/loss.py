@@ -264,14 +264,23 @@ EARLIER = (
 )
 
 
+def machine() -> str:
+    """The cores this process may use, the memory, the processor and torch's threads."""
+    memory_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())[1])
+    return (
+        f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPU cores, "
+        f"{memory_kb / 2**20:.0f} GiB, {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 on the CPU"
+    )
+
+
 def markdown(records: list[dict], command: str, kept: tuple[list, list] = ([], [])) -> str:
     """The section for this run's records, then `kept` earlier rows (see `kept_rows`)."""
     lines = [
         SECTION,
         "",
         f"Command: `{command}`  ",
-        f"Machine: 2-core CPU, 24 GiB, no GPU ({platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads)  ",
+        f"Machine: {machine()}  ",
         f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
         "",
         "Generalized JSD (β = 0.5), hidden 512, float32, forward + backward from hidden states "
@@ -280,7 +289,7 @@ def markdown(records: list[dict], command: str, kept: tuple[list, list] = ([], [
         "first); it includes the gradients the step returns (lm_head and hidden, the same for "
         "every implementation). polydistill's chunk budget is its default "
         "`default_memory_budget_mb` (a share of the lm_head gradient) unless the command sets "
-        "`--memory-budget-mb`. The 2 cores were shared with other jobs, so times are noisy: "
+        "`--memory-budget-mb`. Times move with the machine's load: "
         "compare within a run. ms = best of `runs` (quick cases are repeated in their process "
         "and in later rounds). Errors are relative, of the loss and "
         "(norm-wise, worst of hidden and every "
