@@ -34,7 +34,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from importlib.metadata import version
@@ -42,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.results_md import write_section
+from benchmarks.results_md import machine, write_section
 from polydistill.align import vocabmap
 from polydistill.align.chunks import AlignedSequence, aligned_sequence
 from polydistill.align.project import project, tail_share
@@ -277,8 +276,7 @@ def section(records: list[dict], command: str, sizes: tuple[int, ...]) -> str:
         SECTION,
         "",
         f"Command: `{command}`  ",
-        f"Machine: 2-core CPU, 24 GiB, no GPU ({platform.machine()}, trl {version('trl')}, "
-        f"tokenizers {version('tokenizers')})  ",
+        f"Machine: {machine()} (trl {version('trl')}, tokenizers {version('tokenizers')})  ",
         f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
         "",
         "ms per text (best of 9 samples, 27 under 20 ms; medians in the JSON), from the two "

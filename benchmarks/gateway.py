@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.results_md import write_section
+from benchmarks.results_md import machine, write_section
 
 SECTION = "## Gateway (benchmarks/gateway.py)"
 TESTS_SERVE = Path(__file__).resolve().parent.parent / "tests" / "serve"
@@ -424,9 +424,8 @@ def section(load: list[dict], races: list[dict], command: str) -> str:
     lines = [
         SECTION, "",
         f"Command: `{command}`  ",
-        f"Machine: 2-core CPU, 24 GiB, no GPU ({platform.machine()}, Python "
-        f"{platform.python_version()}); server and load generator share the 2 cores, and the "
-        "cores were shared with other work during the run  ",
+        f"Machine: {machine()} (Python {platform.python_version()}); server and load generator "
+        "share the cores, and the cores were shared with other work during the run  ",
         f"Date: {date}", "",
         f"Non-streamed `/v1/completions` of {MAX_TOKENS} tokens, closed loop, one uvicorn worker "
         "(uvloop, httptools). Latency is client-side and includes queueing: with 64 clients it "

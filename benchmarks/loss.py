@@ -34,7 +34,6 @@ import gc
 import json
 import math
 import os
-import platform
 import re
 import resource
 import subprocess
@@ -45,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.results_md import machine
 from polydistill.losses import default_memory_budget_mb
 
 VOCABS = (151936, 201088, 262144)
@@ -264,23 +264,14 @@ EARLIER = (
 )
 
 
-def machine() -> str:
-    """The cores this process may use, the memory, the processor and torch's threads."""
-    memory_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())[1])
-    return (
-        f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPU cores, "
-        f"{memory_kb / 2**20:.0f} GiB, {platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 on the CPU"
-    )
-
-
 def markdown(records: list[dict], command: str, kept: tuple[list, list] = ([], [])) -> str:
     """The section for this run's records, then `kept` earlier rows (see `kept_rows`)."""
     lines = [
         SECTION,
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine()}  ",
+        f"Machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        "float32 on the CPU  ",
         f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
         "",
         "Generalized JSD (β = 0.5), hidden 512, float32, forward + backward from hidden states "

@@ -33,7 +33,6 @@ import copy
 import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -45,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks.results_md import write_section
+from benchmarks.results_md import machine, write_section
 from polydistill.store.cached import open_store, store_teachers
 from polydistill.store.capture import merge_store, start_store, write_block
 from polydistill.store.manifest import capture_plan
@@ -522,7 +521,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = json.loads(json.dumps(result))  # k keys as strings, as in the file
-    result["machine"] = f"2-core CPU, 24 GiB, no GPU ({platform.processor() or 'x86_64'})"
+    result["machine"] = machine()
     result["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     result["versions"] = {"pyarrow": pa.__version__, "torch": torch.__version__}
     args.json.write_text(json.dumps(result, indent=1))

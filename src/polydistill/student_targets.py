@@ -246,10 +246,11 @@ def student_targets(
     else:
         position_weights = fusion.per_position(weights[:, [i for i, _ in chosen]], offsets)
     vocab = len(student_tokenizer)
+    k = min(top_k, vocab)  # as in project_answers: no row lists more ids than the vocabulary
     if strategy == "product":
-        fused = fusion.product(per_teacher, position_weights, min(top_k, vocab), vocab)
+        fused = fusion.product(per_teacher, position_weights, k, vocab)
     else:
-        fused = fusion.mix(per_teacher, position_weights, min(top_k, vocab))
+        fused = fusion.mix(per_teacher, position_weights, k)
     supplied = fusion.supplied_mass(per_teacher, position_weights)
     accounts = contributions(
         names, readings, chosen, domains, supplied, per_teacher, weights, offsets
