@@ -162,7 +162,7 @@ def test_answers_are_ranked_by_weighted_bits_per_byte(
     chosen = choose_answers(readings, torch.from_numpy(weights), per_prompt)
     expected = []
     for i, candidates in enumerate(readings.candidates_of):
-        scores = {c: weighted_bits_per_byte(readings, weights, c) for c in candidates}
+        scores = {c: round(weighted_bits_per_byte(readings, weights, c), 9) for c in candidates}
         ranked = sorted(candidates, key=lambda c: (scores[c], c))
         expected += [(i, c) for c in ranked[:per_prompt]]
     assert chosen == expected
@@ -349,3 +349,41 @@ def test_contributions_mass_is_each_teachers_voting_weight_per_domain(
     for i, c in chosen:
         assert by[i] in [a for a, _ in readings.candidates[c].authors]
     assert 0.0 <= accounts["tail"]["c"] <= 1.0
+
+
+def test_projections_kept_between_calls_give_the_same_rows_without_projecting_again(
+    three_teachers, student_tokenizer, prompts, monkeypatch
+):
+    """The benchmark's models share one `projections` dict: the second strategy's rows equal
+    those computed from scratch, and only answers the first did not choose are projected."""
+    from polydistill.align import project
+
+    calls = []
+    real = project.project
+    monkeypatch.setattr(project, "project", lambda *a, **k: calls.append(1) or real(*a, **k))
+    names = [t.name for t in three_teachers]
+    only_c = fusion.fixed_weights(names, {"c": 1.0}, len(prompts))
+    uniform = fusion.uniform_weights(len(names), len(prompts))
+    readings = read(three_teachers, prompts)
+
+    def rows(weights, projections):
+        return project_answers(
+            readings, three_teachers, student_tokenizer, prompts,
+            choose_answers(readings, weights, 1), 6, projections,
+        )  # fmt: skip
+
+    fresh = rows(uniform, None)
+    projections: dict = {}
+    rows(only_c, projections)
+    calls.clear()
+    kept = rows(uniform, projections)
+    only_c_pairs = {(prompts[i], readings.candidates[c].text)
+                    for i, c in choose_answers(readings, only_c, 1)}  # fmt: skip
+    uniform_pairs = {(prompts[i], readings.candidates[c].text)
+                     for i, c in choose_answers(readings, uniform, 1)}  # fmt: skip
+    assert len(uniform_pairs - only_c_pairs) >= 1  # the test needs an answer routing did not pick
+    assert len(calls) == len(uniform_pairs - only_c_pairs) * len(three_teachers)
+    assert kept[:2] == fresh[:2] and kept[3] == fresh[3]
+    for got, want in zip(kept[2], fresh[2], strict=True):
+        for field in ("ids", "logprobs", "tail", "mask"):
+            assert torch.equal(getattr(got, field), getattr(want, field))

@@ -22,7 +22,6 @@ Only prompts and the teachers' own answers come in (gold answers only for the ma
 `avgce` baselines, through their weights), so a gold answer never reaches the student.
 """
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,13 +92,14 @@ def choose_answers(
     readings: Readings, weights: torch.Tensor, per_prompt: int
 ) -> list[tuple[int, int]]:
     """(prompt, candidate) pairs: per prompt the `per_prompt` candidates with the lowest
-    weighted bits per byte; ties go to the earlier candidate."""
+    weighted bits per byte; ties (to 1e-9 bits, so that rounding noise cannot break them) go to
+    the earlier candidate."""
     scores = (
         weights[:, [c.prompt for c in readings.candidates]] * candidate_bits_per_byte(readings)
     ).sum(0)
     chosen = []
     for i, candidates in enumerate(readings.candidates_of):
-        ranked = sorted(candidates, key=lambda c: (float(scores[c]), c))
+        ranked = sorted(candidates, key=lambda c: (round(float(scores[c]), 9), c))
         chosen += [(i, c) for c in ranked[:per_prompt]]
     return chosen
 
@@ -121,6 +121,31 @@ def _concat(pieces: list[SparseTargets]) -> SparseTargets:
     )
 
 
+Projection = tuple[list[int], list[int], list[SparseTargets]]
+"""A chosen answer in the student's rendering: prompt ids, answer ids, one target per teacher."""
+
+
+def _project_one(
+    readings: Readings,
+    teachers: Sequence[Teacher],
+    student_tokenizer: PreTrainedTokenizerBase,
+    maps: dict[str, vocabmap.VocabMap],
+    prompt: str,
+    candidate: int,
+    k: int,
+) -> Projection:
+    text = readings.candidates[candidate].text
+    per_teacher = []
+    for t in teachers:
+        seq = render.render_aligned(t.tokenizer, student_tokenizer, prompt, text, t.name)
+        rows: TeacherRows = readings.rows[t.name][candidate]
+        ids, logprobs = rows.full_rows()
+        projected = project.project(seq, ids, logprobs, maps[t.name], k=k)
+        per_teacher.append(_answer_rows(projected, seq.student_start))
+    start = seq.student_start
+    return seq.student_ids[:start].tolist(), seq.student_ids[start:].tolist(), per_teacher
+
+
 def project_answers(
     readings: Readings,
     teachers: Sequence[Teacher],
@@ -128,24 +153,31 @@ def project_answers(
     prompts: Sequence[str],
     chosen: Sequence[tuple[int, int]],
     top_k: int,
+    projections: dict[tuple[str, str], Projection] | None = None,
 ) -> tuple[list[list[int]], list[list[int]], list[SparseTargets], list[int]]:
-    """Student prompt ids, answer ids, one target per teacher over all answer positions, offsets."""
+    """Student prompt ids, answer ids, one target per teacher over all answer positions, offsets.
+
+    A (prompt, answer) pair is projected once: a repeated prompt reuses it, and so does every
+    later call given the same `projections` dict (the benchmark's models mostly choose the same
+    answers). The dict is only valid for one set of readings, teachers, student and `top_k`."""
+    projections = {} if projections is None else projections
     prompt_ids, answer_ids, offsets = [], [], [0]
-    per_teacher: dict[str, list[SparseTargets]] = defaultdict(list)
+    per_teacher: list[list[SparseTargets]] = [[] for _ in teachers]
     maps = {t.name: vocabmap.vocab_map(t.tokenizer, student_tokenizer, t.name) for t in teachers}
     k = min(top_k, len(student_tokenizer))  # a row cannot list more ids than the vocabulary has
     for i, c in chosen:
-        text = readings.candidates[c].text
-        for t in teachers:
-            seq = render.render_aligned(t.tokenizer, student_tokenizer, prompts[i], text, t.name)
-            rows: TeacherRows = readings.rows[t.name][c]
-            ids, logprobs = rows.full_rows()
-            projected = project.project(seq, ids, logprobs, maps[t.name], k=k)
-            per_teacher[t.name].append(_answer_rows(projected, seq.student_start))
-        prompt_ids.append(seq.student_ids[: seq.student_start].tolist())
-        answer_ids.append(seq.student_ids[seq.student_start :].tolist())
-        offsets.append(offsets[-1] + len(answer_ids[-1]))
-    return prompt_ids, answer_ids, [_concat(per_teacher[t.name]) for t in teachers], offsets
+        key = (prompts[i], readings.candidates[c].text)
+        if key not in projections:
+            projections[key] = _project_one(
+                readings, teachers, student_tokenizer, maps, prompts[i], c, k
+            )
+        prompt, answer, targets = projections[key]
+        for pieces, target in zip(per_teacher, targets, strict=True):
+            pieces.append(target)
+        prompt_ids.append(prompt)
+        answer_ids.append(answer)
+        offsets.append(offsets[-1] + len(answer))
+    return prompt_ids, answer_ids, [_concat(pieces) for pieces in per_teacher], offsets
 
 
 def contributions(
@@ -234,12 +266,14 @@ def student_targets(
     temperature: float,
     top_k: int,
     completions_per_prompt: int,
+    projections: dict[tuple[str, str], Projection] | None = None,
 ) -> tuple[DistillationData, dict]:
-    """The student's training rows and `contributions.json`; see the module."""
+    """The student's training rows and `contributions.json`; see the module. `projections`:
+    a dict kept between calls on the same readings (see `project_answers`)."""
     names = [t.name for t in teachers]
     chosen = choose_answers(readings, weights, completions_per_prompt)
     prompt_ids, answer_ids, per_teacher, offsets = project_answers(
-        readings, teachers, student_tokenizer, prompts, chosen, top_k
+        readings, teachers, student_tokenizer, prompts, chosen, top_k, projections
     )
     if strategy == "confidence":
         position_weights = fusion.confidence_weights(per_teacher, temperature)
