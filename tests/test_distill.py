@@ -18,9 +18,9 @@ import torch
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from polydistill import student
+from polydistill import student, student_runs
 from polydistill.chat import encode_prompts, pad_right, render_answer
-from polydistill.config import load_config
+from polydistill.config import BenchmarkConfig, load_config
 from polydistill.distill import (
     IGNORE,
     distillation_batches,
@@ -438,23 +438,24 @@ def test_run_distils_the_student_and_resumes_after_a_crash(
     from the finished checkpoint; the student joins metrics.json with its train log, accounts
     and report, and loads as a checkpoint."""
     import polydistill.pipeline as pipeline
+    import polydistill.student_runs as student_runs
 
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"heldout_limit": 3})})
     out = tmp_path / "out"
-    evaluate = pipeline.evaluate_with_progress
+    evaluate = student_runs.evaluate_model
 
-    def crash_on_the_student(bars, label, *rest):
-        if label == "student":
+    def crash_on_the_student(model, tokenizer, heldout, new_tokens, batch, who, *rest):
+        if who == "student":
             raise KeyboardInterrupt
-        return evaluate(bars, label, *rest)
+        return evaluate(model, tokenizer, heldout, new_tokens, batch, who, *rest)
 
-    monkeypatch.setattr(pipeline, "evaluate_with_progress", crash_on_the_student)
+    monkeypatch.setattr(student_runs, "evaluate_model", crash_on_the_student)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(cfg, out)
     assert not out.exists()
     (work,) = [p for p in tmp_path.iterdir() if ".student-" in p.name]
     assert (work / "checkpoints" / "step-00000004").is_dir()
-    monkeypatch.setattr(pipeline, "evaluate_with_progress", evaluate)
+    monkeypatch.setattr(student_runs, "evaluate_model", evaluate)
     capsys.readouterr()
 
     metrics = pipeline.run(cfg, out)
@@ -480,3 +481,29 @@ def test_run_distils_the_student_and_resumes_after_a_crash(
     tokenizer = AutoTokenizer.from_pretrained(out / "student")
     assert type(model).__name__ == "Qwen3ForCausalLM" and tokenizer.chat_template
     assert sum(p.numel() for p in model.parameters()) == trained["params"]
+
+
+def test_the_benchmarks_models_train_the_same_in_two_worker_processes(cfg, tmp_path):
+    """With two cores the student and its baselines train two at a time in spawned workers
+    (one thread each); their scores and logs equal those of one-by-one training in this
+    process, on one thread."""
+    import polydistill.pipeline as pipeline
+
+    baselines = BenchmarkConfig(baselines=["single", "seqkd", "oracle"])
+    one = cfg.model_copy(update={"benchmark": baselines, "threads": 1})
+    two = cfg.model_copy(update={"benchmark": baselines, "threads": 2})
+    assert student_runs.worker_count(one, 5) == (1, 1)
+    assert student_runs.worker_count(two, 5) == (2, 1)
+    here = pipeline.run(one, tmp_path / "here")
+    apart = pipeline.run(two, tmp_path / "apart")
+    names = {"student", "baseline:single:tutor", "baseline:single:counter"}
+    names |= {"baseline:seqkd", "baseline:oracle"}
+    assert names <= set(apart["models"])
+    assert apart == here
+    for name in names:
+        log = name.replace(":", "__") + ".jsonl"
+        lines = [
+            [json.loads(line)["loss"] for line in (tmp_path / out / "train_logs" / log).open()]
+            for out in ("here", "apart")
+        ]
+        assert lines[0] == lines[1] and len(lines[0]) == 4

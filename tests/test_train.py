@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from polydistill.chat import shuffled_stream, supervised_batches
+from polydistill.chat import batch_rows, shuffled_stream, supervised_batches
 from polydistill.errors import UserError
 from polydistill.train import LossOutput, accumulate_gradients, cosine_lr, sft_loss, train
 from polydistill.train.checkpoint import list_checkpoints, save_final
@@ -430,6 +430,34 @@ def test_the_shuffled_stream_is_a_sequence_of_permutations_with_random_access():
     row_at = shuffled_stream(rows, seed)
     assert [row_at(i) for i in range(4 * rows)] == expected
     assert [row_at(i) for i in (25, 3, 17, 3)] == [expected[i] for i in (25, 3, 17, 3)]
+
+
+def test_length_windows_recut_the_plain_batches_by_length_and_pad_less():
+    """Each window of batches holds exactly the rows of the plain batches it replaces, every
+    batch is full, batches are a pure function of their index, and they pad less."""
+    import random
+
+    rng = random.Random(5)
+    lengths = [rng.randint(3, 40) for _ in range(101)]
+    plain, grouped = batch_rows(lengths, 8, 3), batch_rows(lengths, 8, 3, length_window=4)
+    row_at = shuffled_stream(len(lengths), 3)
+    assert [plain(i) for i in range(3)] == [[row_at(8 * i + j) for j in range(8)] for i in range(3)]
+    padded = {"plain": 0, "grouped": 0}
+    for window in range(6):  # 6 windows of 4 batches of 8: across epochs of 101 rows
+        batches = range(4 * window, 4 * window + 4)
+        mine = [grouped(i) for i in batches]
+        assert all(len(b) == 8 for b in mine)
+        assert sorted(r for b in mine for r in b) == sorted(r for i in batches for r in plain(i))
+        for name, rows in (("plain", [plain(i) for i in batches]), ("grouped", mine)):
+            padded[name] += sum(
+                8 * max(lengths[r] for r in b) - sum(lengths[r] for r in b) for b in rows
+            )
+    assert padded["grouped"] < padded["plain"] / 2
+    assert [grouped(i) for i in (13, 2, 13, 0)] == [
+        batch_rows(lengths, 8, 3, length_window=4)(i) for i in (13, 2, 13, 0)
+    ]
+    with pytest.raises(ValueError, match="length_window must be >= 1, got 0"):
+        batch_rows(lengths, 8, 3, length_window=0)
 
 
 def test_supervised_batches_are_a_function_of_their_index(batch_at):

@@ -139,6 +139,42 @@ def shuffled_stream(rows: int, seed: int) -> Callable[[int], int]:
     return row_at
 
 
+def batch_rows(
+    lengths: Sequence[int], batch_size: int, seed: int, length_window: int = 1
+) -> Callable[[int], list[int]]:
+    """`rows_of(i)`: the rows of batch i, a pure function of (seed, i).
+
+    Batches are consecutive slices of `shuffled_stream`. With `length_window` > 1, each run of
+    that many batches is pooled, sorted by row length and cut again, and the new batches are
+    served in a seeded random order: rows of one length pad little, so a step costs less (the
+    world's prompts run from ~12 to ~34 tokens), while every window still holds exactly the rows
+    of the plain batches it replaces.
+    """
+    if length_window < 1:
+        raise ValueError(f"length_window must be >= 1, got {length_window}")
+    row_at = shuffled_stream(len(lengths), seed)
+    cached: tuple[int, list[list[int]]] = (-1, [])
+
+    def plain(index: int) -> list[int]:
+        return [row_at(index * batch_size + j) for j in range(batch_size)]
+
+    def rows_of(index: int) -> list[int]:
+        nonlocal cached
+        if length_window == 1:
+            return plain(index)
+        window = index // length_window
+        if cached[0] != window:
+            first = window * length_window
+            pooled = [r for b in range(first, first + length_window) for r in plain(b)]
+            pooled.sort(key=lambda r: lengths[r])
+            cuts = [pooled[k : k + batch_size] for k in range(0, len(pooled), batch_size)]
+            random.Random(f"{seed}:{window}").shuffle(cuts)
+            cached = (window, cuts)
+        return cached[1][index % length_window]
+
+    return rows_of
+
+
 def supervised_batches(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
@@ -147,12 +183,13 @@ def supervised_batches(
     seed: int,
     who: str,
     prompt_weight: float = 0.0,
+    length_window: int = 1,
 ) -> Callable[[int], dict[str, torch.Tensor]]:
     """`batch_at(i)`: the i-th batch of prompt + completion, labels on the completion; with a
     `prompt_weight` > 0 also on the prompt after its first token, each prompt token's loss
     weighted so (`label_weights`), as a language model of the whole text.
 
-    Batches are consecutive slices of `shuffled_stream`, so batch i depends on (seed, i) alone
+    Batches come from `batch_rows` (with `length_window`), so batch i depends on (seed, i) alone
     and a resumed training run sees the batches an uninterrupted one would.
     """
     if not prompts:
@@ -165,10 +202,10 @@ def supervised_batches(
             strict=True,
         )
     ]
-    row_at = shuffled_stream(len(rows), seed)
+    rows_of = batch_rows([len(p) + len(c) for p, c in rows], batch_size, seed, length_window)
 
     def batch_at(index: int) -> dict[str, torch.Tensor]:
-        chosen = [row_at(index * batch_size + j) for j in range(batch_size)]
+        chosen = rows_of(index)
         sequences = [rows[i][0] + rows[i][1] for i in chosen]
         input_ids, attention_mask = pad_right(sequences, tokenizer.pad_token_id)
         labels = torch.full_like(input_ids, -100)

@@ -16,7 +16,7 @@ cross-entropy part, and only when `ce_weight` > 0.
 import torch
 from transformers import PreTrainedModel
 
-from polydistill.chat import pad_right, shuffled_stream
+from polydistill.chat import batch_rows, pad_right
 from polydistill.errors import UserError
 from polydistill.losses import distill_loss_parts
 from polydistill.student_targets import DistillationData
@@ -27,16 +27,18 @@ IGNORE = -100
 
 
 def distillation_batches(
-    data: DistillationData, pad_id: int, batch_size: int, seed: int
+    data: DistillationData, pad_id: int, batch_size: int, seed: int, length_window: int = 1
 ) -> BatchFn:
-    """`batch_at(i)`: the i-th batch of rows (a pure function of `seed` and `i`), with labels on
-    the completion tokens and the targets of those positions, in the same row-major order."""
-    row_at = shuffled_stream(len(data), seed)
+    """`batch_at(i)`: the i-th batch of rows (a pure function of `seed` and `i`, see
+    `chat.batch_rows`), with labels on the completion tokens and the targets of those positions,
+    in the same row-major order."""
+    lengths = [len(p) + len(c) for p, c in zip(data.prompts, data.completions, strict=True)]
+    rows_of = batch_rows(lengths, batch_size, seed, length_window)
     targets = data.targets
     ids, logprobs, tail, mask = targets.ids, targets.logprobs, targets.tail, targets.mask
 
     def batch_at(index: int) -> Batch:
-        chosen = [row_at(index * batch_size + j) for j in range(batch_size)]
+        chosen = rows_of(index)
         input_ids, attention_mask = pad_right(
             [data.prompts[r] + data.completions[r] for r in chosen], pad_id
         )

@@ -27,7 +27,7 @@ import yaml
 from rich.progress import Progress
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from polydistill import student
+from polydistill import student, student_runs
 from polydistill.config import EvalConfig, RunConfig
 from polydistill.errors import UserError
 from polydistill.evaluate import evaluate_model
@@ -35,7 +35,6 @@ from polydistill.progress import console, progress_bars
 from polydistill.report import write_report
 from polydistill.staging import staged_folder
 from polydistill.teachers import load_checkpoint, load_tokenizer
-from polydistill.train.checkpoint import save_final
 from polydistill.train.log import LOG_FILE, TENSORBOARD_DIR
 from polydistill.world.build import World, build_world
 from polydistill.world.domains import DOMAINS
@@ -113,29 +112,28 @@ def distil_and_evaluate(
     prompts = student.student_prompts(cfg, world)
     teachers = student.student_teachers(cfg, world)
     readings = student.teacher_readings(cfg, teachers, prompts)
-    heldout = heldout_sets(world, cfg.eval.heldout_limit)
-    results, works, fused = {}, [], {}
+    jobs, fused, projections, accounts = [], {}, {}, None
     for plan in student.model_plans(cfg):
-        data = None
+        job = student_runs.PlanJob(plan, student.model_work_dir(out, cfg, world, plan))
+        rows = None
         if plan.sft != "gold":
             key = (plan.strategy, json.dumps(plan.fixed, sort_keys=True))
             if key not in fused:
-                fused[key] = student.plan_data(cfg, plan, teachers, tokenizer, prompts, readings)
-            data, accounts = fused[key]
-        batches, loss_fn = student.plan_batches(cfg, plan, tokenizer, prompts, data)
-        work = student.model_work_dir(out, cfg, world, plan)
-        model = student.train_model(cfg, world, plan, batches, loss_fn, tokenizer, work)
-        keep_train_log(work, staging, plan.name)
-        if plan.name == "student":
-            save_final(model, tokenizer, staging / "student")
-            (staging / "contributions.json").write_text(json.dumps(accounts, indent=1))
-        with progress_bars() as bars:
-            results[plan.name] = evaluate_with_progress(
-                bars, plan.name, model, tokenizer, heldout, cfg.eval, plan.name
-            )
-        console.log(f"{plan.name}: accuracy {results[plan.name]['accuracy']}")
-        works.append(work)
-    return results, works
+                fused[key] = student.plan_data(
+                    cfg, plan, teachers, tokenizer, prompts, readings, projections
+                )
+            rows, plan_accounts = fused[key]
+            accounts = plan_accounts if plan.name == "student" else accounts
+        student_runs.save_rows(job, rows)
+        jobs.append(job)
+    del fused, projections, readings  # the workers read their rows from the work folders
+    heldout = heldout_sets(world, cfg.eval.heldout_limit)
+    results = student_runs.train_and_score(cfg, world, jobs, heldout)
+    for job in jobs:
+        keep_train_log(job.work, staging, job.plan.name)
+    shutil.copytree(jobs[0].work / student_runs.FINAL_DIR, staging / "student")
+    (staging / "contributions.json").write_text(json.dumps(accounts, indent=1))
+    return results, [job.work for job in jobs]
 
 
 def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:

@@ -169,8 +169,10 @@ def plan_data(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Prompts,
     readings: Readings,
+    projections: dict | None = None,
 ) -> tuple[DistillationData, dict]:
-    """The plan's fused rows and accounts (for `sft` plans: the rows of its chosen answers)."""
+    """The plan's fused rows and accounts (for `sft` plans: the rows of its chosen answers).
+    `projections`: one dict for all plans of a run, so that an answer is projected once."""
     s = cfg.student
     names = [t.name for t in teachers]
     gold = None
@@ -198,6 +200,7 @@ def plan_data(
         temperature=s.fusion.temperature,
         top_k=s.top_k,
         completions_per_prompt=s.completions_per_prompt,
+        projections=projections,
     )
 
 
@@ -211,10 +214,13 @@ def plan_batches(
     s, t = cfg.student, cfg.student.train
     if plan.sft == "gold":
         batches = supervised_batches(
-            tokenizer, prompts.texts, prompts.gold, t.batch_size, t.seed, "oracle"
-        )
+            tokenizer, prompts.texts, prompts.gold, t.batch_size, t.seed, "oracle",
+            length_window=t.batches_per_length_window,
+        )  # fmt: skip
         return batches, sft_loss
-    batches = distillation_batches(data, tokenizer.pad_token_id, t.batch_size, t.seed)
+    batches = distillation_batches(
+        data, tokenizer.pad_token_id, t.batch_size, t.seed, t.batches_per_length_window
+    )
     if plan.sft == "chosen":
         return batches, sft_loss
     return batches, distillation_loss(s.loss, s.beta, s.temperature, s.ce_weight, len(tokenizer))
@@ -247,6 +253,7 @@ def train_model(
     loss_fn: LossFn,
     tokenizer: PreTrainedTokenizerBase,
     work_dir: Path,
+    on_step: Callable[[int, dict], None] | None = None,
 ) -> PreTrainedModel:
     """A fresh student trained by `loss_fn` on `batches`, resuming from `work_dir`."""
     s, t = cfg.student, cfg.student.train
@@ -254,23 +261,17 @@ def train_model(
     found = list_checkpoints(work_dir / CHECKPOINTS_DIR)
     if found:
         console.log(f"{plan.name}: resuming from {found[-1]}")
-    with progress_bars() as bars:
-        task = bars.add_task(f"train {plan.name} ({s.family})", total=t.steps, rate="")
-
-        def on_step(step: int, record: dict) -> None:
-            bars.update(task, completed=step, rate=f"{record['tokens_per_s']:,.0f} tok/s")
-
-        train(
-            model,
-            batches,
-            loss_fn,
-            **t.loop_arguments(),
-            run_dir=work_dir,
-            checkpoint_every=s.checkpoint_every,
-            resume=s.checkpoint_every > 0,
-            fingerprint=student_fingerprint(cfg, world, plan),
-            on_step=on_step,
-        )
+    train(
+        model,
+        batches,
+        loss_fn,
+        **t.loop_arguments(),
+        run_dir=work_dir,
+        checkpoint_every=s.checkpoint_every,
+        resume=s.checkpoint_every > 0,
+        fingerprint=student_fingerprint(cfg, world, plan),
+        on_step=on_step,
+    )
     model.eval()
     return model
 

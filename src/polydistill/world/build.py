@@ -22,6 +22,7 @@ from pathlib import Path
 
 from polydistill.config import RunConfig, TeacherConfig, WorldConfig
 from polydistill.errors import UserError
+from polydistill.processes import stop_workers
 from polydistill.progress import console, progress_bars
 from polydistill.staging import staged_folder
 from polydistill.world import domains as world_domains
@@ -118,6 +119,7 @@ def _train_teacher(spec: dict, world_root: str, threads: int, events) -> dict:
         teacher.train.seed,
         f"teacher {teacher.name!r}",
         prompt_weight=cfg.world.prompt_loss_weight,
+        length_window=teacher.train.batches_per_length_window,
     )
     model = build_model(teacher.family, teacher.model, tokenizer, teacher.train.seed)
     reached: dict = {}
@@ -212,7 +214,7 @@ def _train_teachers(cfg: RunConfig, root: Path) -> list[dict]:
         try:
             _follow(futures, events, bars, tasks)
         except BaseException:
-            _stop_workers(pool)  # else they would train on, orphaned, after an interrupt
+            stop_workers(pool)
             manager.shutdown()
             raise
         for future in futures:
@@ -234,14 +236,6 @@ def _follow(futures, events, bars, tasks) -> None:
                 scores = ", ".join(f"{d} {a:.1%}" for d, a in value.items())
                 bars.console.log(f"teacher {name} step {step}: held-out {scores}")
         time.sleep(0.2)
-
-
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    # The executor has no public way to stop running tasks; its worker processes are the
-    # only handle on them.
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def build_world(cfg: RunConfig) -> World:

@@ -1,0 +1,152 @@
+"""Training and scoring the student and the benchmark's baselines, side by side when cores allow.
+
+    scores = train_and_score(cfg, world, jobs, heldout)   # jobs: one PlanJob per model
+
+Once its training rows exist, every model (the student, each baseline) is independent of the
+others. With `cores` = `threads` (or every core) and more than one model, `min(models, cores)`
+worker processes each train one model at a time on `cores // workers` threads: the world's
+models are so small that two single-thread trainings take about as long as one on two threads.
+With one worker they train in this process, one after another. Either way a model resumes from
+the checkpoints in its work folder, and is scored on the held-out sets where it was trained.
+
+A worker is a spawned process (no memory shared with this one): it gets the plan's rows through
+a file in the model's work folder and leaves the trained model in `work/final`, where the parent
+picks up the student.
+"""
+
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from polydistill import student
+from polydistill.config import RunConfig
+from polydistill.evaluate import evaluate_model
+from polydistill.processes import stop_workers
+from polydistill.progress import console, progress_bars
+from polydistill.train.checkpoint import save_final
+from polydistill.world.build import World
+
+FINAL_DIR = "final"
+ROWS_FILE = "rows.pt"
+
+
+@dataclass(frozen=True)
+class PlanJob:
+    """One model to train: its plan and work folder (rows in `work/rows.pt` unless it is the
+    oracle, which reads gold answers)."""
+
+    plan: student.ModelPlan
+    work: Path
+
+
+def save_rows(job: PlanJob, rows: student.DistillationData | None) -> None:
+    job.work.mkdir(parents=True, exist_ok=True)
+    if rows is not None:
+        torch.save(rows, job.work / ROWS_FILE)
+
+
+def _load_rows(job: PlanJob) -> student.DistillationData | None:
+    path = job.work / ROWS_FILE
+    return torch.load(path, weights_only=False) if path.is_file() else None
+
+
+def train_and_score_one(
+    cfg: RunConfig, world: World, job: PlanJob, heldout: dict, on_step=None
+) -> dict:
+    """Train one model (resuming from its work folder), save it to `work/final`, and return its
+    held-out scores."""
+    tokenizer = student.student_tokenizer(cfg, world)
+    prompts = student.student_prompts(cfg, world)
+    batches, loss_fn = student.plan_batches(cfg, job.plan, tokenizer, prompts, _load_rows(job))
+    model = student.train_model(
+        cfg, world, job.plan, batches, loss_fn, tokenizer, job.work, on_step
+    )
+    save_final(model, tokenizer, job.work / FINAL_DIR)
+    name = job.plan.name
+    settings = cfg.eval
+    return evaluate_model(
+        model, tokenizer, heldout, settings.max_new_tokens, settings.batch_size, name
+    )
+
+
+def _worker(spec: dict, heldout: dict, threads: int, events) -> tuple[str, dict]:
+    """Worker process: one job, with its steps reported through `events`."""
+    torch.set_num_threads(threads)
+    cfg, world = RunConfig.model_validate(spec["run"]), spec["world"]
+    job = PlanJob(student.ModelPlan(**spec["plan"]), Path(spec["work"]))
+    name = job.plan.name
+
+    def on_step(step: int, record: dict) -> None:
+        events.put((name, step, record["tokens_per_s"]))
+
+    return name, train_and_score_one(cfg, world, job, heldout, on_step)
+
+
+def worker_count(cfg: RunConfig, models: int) -> tuple[int, int]:
+    """(workers, threads per worker) for `models` models on this run's cores."""
+    cores = cfg.threads or os.cpu_count() or 1
+    workers = max(1, min(models, cores))
+    return workers, max(1, cores // workers)
+
+
+def train_and_score(
+    cfg: RunConfig, world: World, jobs: list[PlanJob], heldout: dict
+) -> dict[str, dict]:
+    """Every job's held-out scores, by model name, in the order of `jobs`."""
+    workers, threads = worker_count(cfg, len(jobs))
+    steps = cfg.student.train.steps
+    scores: dict[str, dict] = {}
+    with progress_bars() as bars:
+        tasks = {
+            j.plan.name: bars.add_task(f"train {j.plan.name}", total=steps, rate="") for j in jobs
+        }
+
+        def show(name: str, step: int, rate: float) -> None:
+            bars.update(tasks[name], completed=step, rate=f"{rate:,.0f} tok/s")
+
+        if workers == 1:
+            for job in jobs:
+                name = job.plan.name
+                scores[name] = train_and_score_one(
+                    cfg, world, job, heldout, lambda s, r, n=name: show(n, s, r["tokens_per_s"])
+                )
+                console.log(f"{name}: accuracy {scores[name]['accuracy']}")
+            return scores
+        console.log(f"training {len(jobs)} models, {workers} at a time on {threads} thread(s) each")
+        scores = _in_workers(cfg, world, jobs, heldout, workers, threads, show)
+    return {j.plan.name: scores[j.plan.name] for j in jobs}
+
+
+def _in_workers(cfg, world, jobs, heldout, workers, threads, show) -> dict[str, dict]:
+    context = multiprocessing.get_context("spawn")
+    manager = context.Manager()
+    events = manager.Queue()
+    run_json = cfg.model_dump(mode="json")
+    scores: dict[str, dict] = {}
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        try:
+            specs = [
+                {"run": run_json, "world": world, "plan": asdict(j.plan), "work": str(j.work)}
+                for j in jobs
+            ]
+            pending = {pool.submit(_worker, spec, heldout, threads, events) for spec in specs}
+            while pending:
+                while not events.empty():
+                    show(*events.get())
+                for future in [f for f in pending if f.done()]:
+                    pending.discard(future)
+                    name, result = future.result()
+                    scores[name] = result
+                    console.log(f"{name}: accuracy {result['accuracy']}")
+                time.sleep(0.2)
+        except BaseException:
+            stop_workers(pool)
+            raise
+        finally:
+            manager.shutdown()
+    return scores
