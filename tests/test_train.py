@@ -432,32 +432,36 @@ def test_the_shuffled_stream_is_a_sequence_of_permutations_with_random_access():
     assert [row_at(i) for i in (25, 3, 17, 3)] == [expected[i] for i in (25, 3, 17, 3)]
 
 
-def test_length_windows_recut_the_plain_batches_by_length_and_pad_less():
-    """Each window of batches holds exactly the rows of the plain batches it replaces, every
-    batch is full, batches are a pure function of their index, and they pad less."""
+def test_length_buckets_cut_each_batch_by_length_and_pad_less():
+    """A batch's buckets hold exactly its rows, sorted by length (so an accumulated step has
+    the plain batch's gradient), are a pure function of their index, and pad less."""
     import random
 
     rng = random.Random(5)
     lengths = [rng.randint(3, 40) for _ in range(101)]
-    plain, grouped = batch_rows(lengths, 8, 3), batch_rows(lengths, 8, 3, length_window=4)
+    plain, bucketed = batch_rows(lengths, 8, 3), batch_rows(lengths, 8, 3, buckets=3)
     row_at = shuffled_stream(len(lengths), 3)
     assert [plain(i) for i in range(3)] == [[row_at(8 * i + j) for j in range(8)] for i in range(3)]
-    padded = {"plain": 0, "grouped": 0}
-    for window in range(6):  # 6 windows of 4 batches of 8: across epochs of 101 rows
-        batches = range(4 * window, 4 * window + 4)
-        mine = [grouped(i) for i in batches]
-        assert all(len(b) == 8 for b in mine)
-        assert sorted(r for b in mine for r in b) == sorted(r for i in batches for r in plain(i))
-        for name, rows in (("plain", [plain(i) for i in batches]), ("grouped", mine)):
-            padded[name] += sum(
-                8 * max(lengths[r] for r in b) - sum(lengths[r] for r in b) for b in rows
-            )
-    assert padded["grouped"] < padded["plain"] / 2
-    assert [grouped(i) for i in (13, 2, 13, 0)] == [
-        batch_rows(lengths, 8, 3, length_window=4)(i) for i in (13, 2, 13, 0)
-    ]
-    with pytest.raises(ValueError, match="length_window must be >= 1, got 0"):
-        batch_rows(lengths, 8, 3, length_window=0)
+    padded = {"plain": 0, "bucketed": 0}
+
+    def padding(rows):
+        return len(rows) * max(lengths[r] for r in rows) - sum(lengths[r] for r in rows)
+
+    for batch in range(30):  # across epochs of 101 rows
+        pieces = [bucketed(3 * batch + k) for k in range(3)]
+        assert [len(p) for p in pieces] == [3, 2, 3]
+        assert sorted(r for p in pieces for r in p) == sorted(plain(batch))
+        joined = [lengths[r] for p in pieces for r in p]
+        assert joined == sorted(joined)
+        padded["plain"] += padding(plain(batch))
+        padded["bucketed"] += sum(padding(p) for p in pieces)
+    assert padded["bucketed"] < padded["plain"] / 2
+    again = batch_rows(lengths, 8, 3, buckets=3)
+    assert [bucketed(i) for i in (13, 2, 13, 0)] == [again(i) for i in (13, 2, 13, 0)]
+    with pytest.raises(ValueError, match="buckets must be >= 1, got 0"):
+        batch_rows(lengths, 8, 3, buckets=0)
+    with pytest.raises(ValueError, match="9 length buckets cannot split a batch of 8 rows"):
+        batch_rows(lengths, 8, 3, buckets=9)
 
 
 def test_supervised_batches_are_a_function_of_their_index(batch_at):

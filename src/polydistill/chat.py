@@ -6,6 +6,7 @@ end-of-turn (`eos`) token. Prompt and completion are tokenized separately so tha
 between them is exact in every tokenizer.
 """
 
+import itertools
 import random
 from collections.abc import Callable, Sequence
 
@@ -140,37 +141,33 @@ def shuffled_stream(rows: int, seed: int) -> Callable[[int], int]:
 
 
 def batch_rows(
-    lengths: Sequence[int], batch_size: int, seed: int, length_window: int = 1
+    lengths: Sequence[int], batch_size: int, seed: int, buckets: int = 1
 ) -> Callable[[int], list[int]]:
-    """`rows_of(i)`: the rows of batch i, a pure function of (seed, i).
+    """`rows_of(m)`: the rows of micro-batch m, a pure function of (seed, m).
 
-    Batches are consecutive slices of `shuffled_stream`. With `length_window` > 1, each run of
-    that many batches is pooled, sorted by row length and cut again, and the new batches are
-    served in a seeded random order: rows of one length pad little, so a step costs less (the
-    world's prompts run from ~12 to ~34 tokens), while every window still holds exactly the rows
-    of the plain batches it replaces.
+    Batches are consecutive slices of `shuffled_stream`. With `buckets` > 1, each batch is
+    sorted by row length and cut into that many micro-batches (micro-batch m is piece m % buckets
+    of batch m // buckets): trained with `accumulation_steps=buckets`, an optimiser step sees
+    exactly the rows of the plain batch, so its gradient is the same, but rows of one length
+    share a micro-batch and pad less (the world's rows run from ~12 to ~34 tokens).
     """
-    if length_window < 1:
-        raise ValueError(f"length_window must be >= 1, got {length_window}")
+    if buckets < 1:
+        raise ValueError(f"buckets must be >= 1, got {buckets}")
+    if buckets > batch_size:
+        raise ValueError(f"{buckets} length buckets cannot split a batch of {batch_size} rows")
     row_at = shuffled_stream(len(lengths), seed)
     cached: tuple[int, list[list[int]]] = (-1, [])
 
-    def plain(index: int) -> list[int]:
-        return [row_at(index * batch_size + j) for j in range(batch_size)]
-
     def rows_of(index: int) -> list[int]:
         nonlocal cached
-        if length_window == 1:
-            return plain(index)
-        window = index // length_window
-        if cached[0] != window:
-            first = window * length_window
-            pooled = [r for b in range(first, first + length_window) for r in plain(b)]
-            pooled.sort(key=lambda r: lengths[r])
-            cuts = [pooled[k : k + batch_size] for k in range(0, len(pooled), batch_size)]
-            random.Random(f"{seed}:{window}").shuffle(cuts)
-            cached = (window, cuts)
-        return cached[1][index % length_window]
+        batch, piece = divmod(index, buckets)
+        if cached[0] != batch:
+            rows = [row_at(batch * batch_size + j) for j in range(batch_size)]
+            if buckets > 1:
+                rows.sort(key=lambda r: lengths[r])
+            cuts = [round(k * batch_size / buckets) for k in range(buckets + 1)]
+            cached = (batch, [rows[a:b] for a, b in itertools.pairwise(cuts)])
+        return cached[1][piece]
 
     return rows_of
 
@@ -183,14 +180,15 @@ def supervised_batches(
     seed: int,
     who: str,
     prompt_weight: float = 0.0,
-    length_window: int = 1,
+    buckets: int = 1,
 ) -> Callable[[int], dict[str, torch.Tensor]]:
     """`batch_at(i)`: the i-th batch of prompt + completion, labels on the completion; with a
     `prompt_weight` > 0 also on the prompt after its first token, each prompt token's loss
     weighted so (`label_weights`), as a language model of the whole text.
 
-    Batches come from `batch_rows` (with `length_window`), so batch i depends on (seed, i) alone
-    and a resumed training run sees the batches an uninterrupted one would.
+    Batches come from `batch_rows` (with `buckets`: then `batch_at(i)` is micro-batch i), so
+    batch i depends on (seed, i) alone and a resumed training run sees the batches an
+    uninterrupted one would.
     """
     if not prompts:
         raise UserError(f"{who}: empty dataset (no prompts)")
@@ -202,7 +200,7 @@ def supervised_batches(
             strict=True,
         )
     ]
-    rows_of = batch_rows([len(p) + len(c) for p, c in rows], batch_size, seed, length_window)
+    rows_of = batch_rows([len(p) + len(c) for p, c in rows], batch_size, seed, buckets)
 
     def batch_at(index: int) -> dict[str, torch.Tensor]:
         chosen = rows_of(index)

@@ -107,18 +107,20 @@ class TrainConfig(Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     grad_clip: Annotated[float, Field(gt=0)] = 1.0
     seed: int = 0
-    # batches pooled and re-cut by length (`chat.batch_rows`); unset: plain shuffled batches
-    # (None rather than 1, so that the world keys of teachers that do not set it stay the same)
-    length_window: Positive | None = None
+    # each batch split into this many micro-batches of similar row length (`chat.batch_rows`):
+    # the same gradient with less padding. None rather than 1, so that the world keys of
+    # teachers that do not set it stay the same.
+    length_buckets: Positive | None = None
 
     @property
-    def batches_per_length_window(self) -> int:
-        return self.length_window or 1
+    def buckets(self) -> int:
+        return self.length_buckets or 1
 
     def loop_arguments(self) -> dict:
-        """Keyword arguments of `train.train` (every field but those of the data: the batch size
-        and the length window)."""
-        return self.model_dump(exclude={"batch_size", "length_window"})
+        """Keyword arguments of `train.train`: every field but those of the data (the batch
+        size; the length buckets, which become accumulation steps)."""
+        arguments = self.model_dump(exclude={"batch_size", "length_buckets"})
+        return {**arguments, "accumulation_steps": self.buckets}
 
 
 class TeacherConfig(Strict):

@@ -27,13 +27,13 @@ IGNORE = -100
 
 
 def distillation_batches(
-    data: DistillationData, pad_id: int, batch_size: int, seed: int, length_window: int = 1
+    data: DistillationData, pad_id: int, batch_size: int, seed: int, buckets: int = 1
 ) -> BatchFn:
-    """`batch_at(i)`: the i-th batch of rows (a pure function of `seed` and `i`, see
+    """`batch_at(i)`: the i-th (micro-)batch of rows (a pure function of `seed` and `i`, see
     `chat.batch_rows`), with labels on the completion tokens and the targets of those positions,
     in the same row-major order."""
     lengths = [len(p) + len(c) for p, c in zip(data.prompts, data.completions, strict=True)]
-    rows_of = batch_rows(lengths, batch_size, seed, length_window)
+    rows_of = batch_rows(lengths, batch_size, seed, buckets)
     targets = data.targets
     ids, logprobs, tail, mask = targets.ids, targets.logprobs, targets.tail, targets.mask
 

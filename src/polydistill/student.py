@@ -215,12 +215,10 @@ def plan_batches(
     if plan.sft == "gold":
         batches = supervised_batches(
             tokenizer, prompts.texts, prompts.gold, t.batch_size, t.seed, "oracle",
-            length_window=t.batches_per_length_window,
+            buckets=t.buckets,
         )  # fmt: skip
         return batches, sft_loss
-    batches = distillation_batches(
-        data, tokenizer.pad_token_id, t.batch_size, t.seed, t.batches_per_length_window
-    )
+    batches = distillation_batches(data, tokenizer.pad_token_id, t.batch_size, t.seed, t.buckets)
     if plan.sft == "chosen":
         return batches, sft_loss
     return batches, distillation_loss(s.loss, s.beta, s.temperature, s.ce_weight, len(tokenizer))

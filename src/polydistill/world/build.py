@@ -119,7 +119,7 @@ def _train_teacher(spec: dict, world_root: str, threads: int, events) -> dict:
         teacher.train.seed,
         f"teacher {teacher.name!r}",
         prompt_weight=cfg.world.prompt_loss_weight,
-        length_window=teacher.train.batches_per_length_window,
+        buckets=teacher.train.buckets,
     )
     model = build_model(teacher.family, teacher.model, tokenizer, teacher.train.seed)
     reached: dict = {}
@@ -147,6 +147,7 @@ def _train_teacher(spec: dict, world_root: str, threads: int, events) -> dict:
         weight_decay=t.weight_decay,
         grad_clip=t.grad_clip,
         seed=t.seed,
+        accumulation_steps=t.buckets,
         on_step=on_step,
     )
     out = root / "teachers" / teacher.name
