@@ -2,9 +2,13 @@
 from its teachers.
 
     prompts = student_prompts(cfg, world)
-    readings = teacher_readings(cfg, world, prompts)          # every teacher, once
+    teachers = student_teachers(cfg, world)
+    readings = teacher_readings(cfg, teachers, prompts)       # every teacher, once
+    projections = {}
     for plan in model_plans(cfg):
-        model, tokenizer, accounts = train_model(cfg, world, plan, prompts, readings, work, out)
+        rows, accounts = plan_data(cfg, plan, teachers, tokenizer, prompts, readings, projections)
+        batches, loss_fn = plan_batches(cfg, plan, tokenizer, prompts, rows)
+        model = train_model(cfg, world, plan, batches, loss_fn, tokenizer, work_dir)
 
 1. Prompts: the training prompts of the student's domains (never their answers), at most
    `prompts_per_domain` of each.
@@ -12,11 +16,12 @@ from its teachers.
    every distinct answer in its own tokenizer and chat template.
 3. Per model to train (the student, then each baseline of `benchmark.baselines`): the fusion
    strategy weighs the teachers, picks each prompt's answer, and the teachers' readings of it are
-   projected into the student's vocabulary and fused (`student_targets`); or, for `seqkd` and
-   `oracle`, plain fine-tuning on the chosen or the gold answers.
+   projected into the student's vocabulary (once per answer for all models) and fused
+   (`student_targets`); or, for `seqkd` and `oracle`, plain fine-tuning on the chosen or the
+   gold answers.
 4. A fresh student of `student.family` is trained on that (`train`), resuming from the model's
-   work folder when it holds this config's checkpoints, and returned with its accounts
-   (`contributions.json`).
+   work folder when it holds this config's checkpoints. `student_runs` runs step 4 for all
+   models, side by side in worker processes when there are cores for it.
 
 Every model sees the same prompts, steps and batch size: the same token budget.
 """
