@@ -114,19 +114,19 @@ def distil_and_evaluate(
     readings = student.teacher_readings(cfg, teachers, prompts)
     jobs, fused, projections, accounts = [], {}, {}, None
     for plan in student.model_plans(cfg):
-        job = student_runs.PlanJob(plan, student.model_work_dir(out, cfg, world, plan))
-        rows = None
+        work, rows_file = student.model_work_dir(out, cfg, world, plan), None
         if plan.sft != "gold":
             key = (plan.strategy, json.dumps(plan.fixed, sort_keys=True))
-            if key not in fused:
-                fused[key] = student.plan_data(
+            if key not in fused:  # e.g. seqkd trains on the student's rows: written once
+                rows, plan_accounts = student.plan_data(
                     cfg, plan, teachers, tokenizer, prompts, readings, projections
                 )
-            rows, plan_accounts = fused[key]
+                student_runs.save_rows(rows, work / student_runs.ROWS_FILE)
+                fused[key] = (work / student_runs.ROWS_FILE, plan_accounts)
+            rows_file, plan_accounts = fused[key]
             accounts = plan_accounts if plan.name == "student" else accounts
-        student_runs.save_rows(job, rows)
-        jobs.append(job)
-    del fused, projections, readings  # the workers read their rows from the work folders
+        jobs.append(student_runs.PlanJob(plan, work, rows_file))
+    del projections, readings  # the workers read their rows from the files
     heldout = heldout_sets(world, cfg.eval.heldout_limit)
     results = student_runs.train_and_score(cfg, world, jobs, heldout)
     for job in jobs:

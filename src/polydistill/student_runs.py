@@ -10,8 +10,8 @@ With one worker they train in this process, one after another. Either way a mode
 the checkpoints in its work folder, and is scored on the held-out sets where it was trained.
 
 A worker is a spawned process (no memory shared with this one): it gets the plan's rows through
-a file in the model's work folder and leaves the trained model in `work/final`, where the parent
-picks up the student.
+a file in a work folder (written once per distinct set of rows) and leaves the trained model in
+`work/final`, where the parent picks up the student.
 """
 
 import multiprocessing
@@ -37,22 +37,21 @@ ROWS_FILE = "rows.pt"
 
 @dataclass(frozen=True)
 class PlanJob:
-    """One model to train: its plan and work folder (rows in `work/rows.pt` unless it is the
-    oracle, which reads gold answers)."""
+    """One model to train: its plan, work folder and the file of its training rows (None for the
+    oracle, which reads gold answers; models that share rows share the file)."""
 
     plan: student.ModelPlan
     work: Path
+    rows: Path | None = None
 
 
-def save_rows(job: PlanJob, rows: student.DistillationData | None) -> None:
-    job.work.mkdir(parents=True, exist_ok=True)
-    if rows is not None:
-        torch.save(rows, job.work / ROWS_FILE)
+def save_rows(rows: student.DistillationData, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(rows, path)
 
 
 def _load_rows(job: PlanJob) -> student.DistillationData | None:
-    path = job.work / ROWS_FILE
-    return torch.load(path, weights_only=False) if path.is_file() else None
+    return None if job.rows is None else torch.load(job.rows, weights_only=False)
 
 
 def train_and_score_one(
@@ -78,7 +77,7 @@ def _worker(spec: dict, heldout: dict, threads: int, events) -> tuple[str, dict]
     """Worker process: one job, with its steps reported through `events`."""
     torch.set_num_threads(threads)
     cfg, world = RunConfig.model_validate(spec["run"]), spec["world"]
-    job = PlanJob(student.ModelPlan(**spec["plan"]), Path(spec["work"]))
+    job = PlanJob(student.ModelPlan(**spec["plan"]), spec["work"], spec["rows"])
     name = job.plan.name
 
     def on_step(step: int, record: dict) -> None:
@@ -131,7 +130,13 @@ def _in_workers(cfg, world, jobs, heldout, workers, threads, show) -> dict[str, 
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         try:
             specs = [
-                {"run": run_json, "world": world, "plan": asdict(j.plan), "work": str(j.work)}
+                {
+                    "run": run_json,
+                    "world": world,
+                    "plan": asdict(j.plan),
+                    "work": j.work,
+                    "rows": j.rows,
+                }
                 for j in jobs
             ]
             pending = {pool.submit(_worker, spec, heldout, threads, events) for spec in specs}

@@ -135,21 +135,7 @@ def _train_teacher(spec: dict, world_root: str, threads: int, events) -> dict:
         return min(scores["accuracy"].values()) >= spec["target_accuracy"]
 
     started = time.perf_counter()
-    t = teacher.train
-    train(
-        model,
-        batches,
-        sft_loss,
-        steps=t.steps,
-        lr=t.lr,
-        warmup_steps=t.warmup_steps,
-        min_lr_ratio=t.min_lr_ratio,
-        weight_decay=t.weight_decay,
-        grad_clip=t.grad_clip,
-        seed=t.seed,
-        accumulation_steps=t.buckets,
-        on_step=on_step,
-    )
+    train(model, batches, sft_loss, **teacher.train.loop_arguments(), on_step=on_step)
     out = root / "teachers" / teacher.name
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
