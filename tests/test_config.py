@@ -45,6 +45,9 @@ def test_overrides_reach_nested_fields_and_lists():
     assert cfg.teachers[2].train.steps == 7
     assert cfg.eval.heldout_limit == 3
     assert cfg.world.seed == 9
+    averaged = load_config(TINY, ["teachers[0].train.ema_decay=0.99"]).teachers[0].train
+    assert averaged.loop_arguments()["ema_decay"] == 0.99
+    assert cfg.teachers[0].train.loop_arguments()["ema_decay"] is None
 
 
 @pytest.mark.parametrize(
@@ -54,6 +57,7 @@ def test_overrides_reach_nested_fields_and_lists():
         ("teachers[5].name=x", r"teachers\[5\] does not exist"),
         ("eval..x=1", "empty key part"),
         ("bogus=1", "^bogus: unknown key$"),
+        ("teachers[0].train.ema_decay=1", r"teachers\[0\]\.train\.ema_decay.*less than 1"),
     ],
 )
 def test_bad_overrides(override, message):

@@ -333,6 +333,51 @@ def test_a_fresh_run_never_overwrites_existing_checkpoints(tokenizer, batch_at, 
     assert after == before
 
 
+# --- weight averaging ------------------------------------------------------------------------
+
+
+def test_the_trained_model_is_the_moving_average_of_the_weights_after_each_step(
+    tokenizer, batch_at
+):
+    initial = {n: p.detach().double().clone() for n, p in tiny_model(tokenizer).named_parameters()}
+    seen = []
+    model = tiny_model(tokenizer)  # built here, not by `run`, so that the hook can read it
+    train(
+        model,
+        batch_at,
+        sft_loss,
+        **LOOP,
+        ema_decay=0.6,
+        on_step=lambda step, _: seen.append(
+            {n: p.detach().double().clone() for n, p in model.named_parameters()}
+        ),
+    )
+    reference = initial
+    for step, raw in enumerate(seen, start=1):
+        rate = min(0.6, (1 + step) / (10 + step))
+        reference = {n: rate * reference[n] + (1 - rate) * raw[n] for n in raw}
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach().double(), reference[name], rtol=0, atol=1e-6)
+    assert not torch.allclose(model.model.norm.weight.double(), seen[-1]["model.norm.weight"])
+
+
+def test_an_averaged_run_killed_midway_resumes_to_the_same_average(tokenizer, batch_at, tmp_path):
+    reference, _ = run(tokenizer, batch_at, tmp_path / "whole", ema_decay=0.5)
+    with pytest.raises(KeyboardInterrupt):
+        run(tokenizer, batch_at, tmp_path / "killed", ema_decay=0.5, on_step=stop_at(5))
+    assert (tmp_path / "killed/checkpoints/step-00000004/average.safetensors").is_file()
+    resumed, records = run(tokenizer, batch_at, tmp_path / "killed", ema_decay=0.5, resume=True)
+    assert [r["step"] for r in records] == [5, 6]
+    assert_bit_identical(weights(resumed), weights(reference))
+    with pytest.raises(UserError, match="ema_decay must be in"):
+        run(tokenizer, batch_at, ema_decay=1.0)
+    (tmp_path / "killed/checkpoints/step-00000006/average.safetensors").unlink()
+    state = tmp_path / "killed/checkpoints/step-00000006/trainer_state.json"
+    state.write_text(state.read_text().replace('"finished": true', '"finished": false'))
+    with pytest.raises(UserError, match=r"has no average\.safetensors"):
+        run(tokenizer, batch_at, tmp_path / "killed", ema_decay=0.5, resume=True)
+
+
 def test_metrics_reach_tensorboard_when_it_is_installed(tokenizer, batch_at, tmp_path, monkeypatch):
     scalars = []
 

@@ -111,6 +111,9 @@ class TrainConfig(Strict):
     # the same gradient with less padding. None rather than 1, so that the world keys of
     # teachers that do not set it stay the same.
     length_buckets: Positive | None = None
+    # a moving average of the weights becomes the trained model (`train.average`); None (off)
+    # keeps the world keys of teachers that do not set it.
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] | None = None
 
     @property
     def buckets(self) -> int:

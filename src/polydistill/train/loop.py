@@ -18,6 +18,10 @@ distillation of students both come through `loss_fn`.
 - Precision: "float32", or "bfloat16" as autocast around the forward pass and the loss: weights,
   gradients and optimiser state stay in float32 (master weights), matrix products run in
   bfloat16. A model stored in bfloat16 would lose AdamW's small updates to rounding.
+- `ema_decay`: keep an exponential moving average of the weights (`train.average`, saved in every
+  checkpoint); when the run ends the model's weights are replaced by their average, so the
+  returned model, the last checkpoint and a resumed finished run all hold it. `on_step` hooks see
+  the raw weights.
 - Deterministic: a fresh run seeds python, numpy and torch with `seed`; on CPU with the same
   thread count, the same seed gives bit-identical weights, and so does a killed-and-resumed run.
 - With `run_dir`: `train_log.jsonl` (+ TensorBoard, see `train.log`) and, every
@@ -40,6 +44,12 @@ import torch
 from transformers import PreTrainedModel
 
 from polydistill.errors import UserError
+from polydistill.train.average import (
+    copy_average_into,
+    fresh_average,
+    load_average,
+    update_average,
+)
 from polydistill.train.checkpoint import (
     clear_leftovers,
     list_checkpoints,
@@ -178,7 +188,10 @@ def _check_arguments(
     checkpoint_every: int,
     resume: bool,
     run_dir: Path | None,
+    ema_decay: float | None,
 ) -> None:
+    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+        raise UserError(f"ema_decay must be in [0, 1), got {ema_decay}")
     if steps < 1 or accumulation_steps < 1:
         raise UserError(
             f"steps ({steps}) and accumulation_steps ({accumulation_steps}) must be ≥ 1"
@@ -198,8 +211,9 @@ def _start(
     resume: bool,
     settings: dict[str, Any],
     seed: int,
-) -> dict[str, Any]:
-    """The state to start from: the newest checkpoint when resuming, else a freshly seeded one."""
+) -> tuple[dict[str, Any], Path | None]:
+    """The state to start from and the checkpoint it came from: the newest checkpoint when
+    resuming, else a freshly seeded state (and None)."""
     found = list_checkpoints(checkpoints) if checkpoints else []
     if checkpoints:
         clear_leftovers(checkpoints)
@@ -209,11 +223,11 @@ def _start(
             "resume the run, or train into another folder"
         )
     if found:
-        return restore_training_state(found[-1], model, optimizer, settings)
+        return restore_training_state(found[-1], model, optimizer, settings), found[-1]
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return {"step": 0, "next_micro_batch": 0, "finished": False}
+    return {"step": 0, "next_micro_batch": 0, "finished": False}, None
 
 
 def train(
@@ -232,6 +246,7 @@ def train(
     precision: str = "float32",
     gradient_checkpointing: bool = False,
     seed: int = 0,
+    ema_decay: float | None = None,
     run_dir: Path | None = None,
     checkpoint_every: int = 0,
     keep_checkpoints: int = 2,
@@ -246,7 +261,14 @@ def train(
     loop that shapes the run (model, data, loss), compared on resume.
     """
     _check_arguments(
-        steps, accumulation_steps, precision, keep_checkpoints, checkpoint_every, resume, run_dir
+        steps,
+        accumulation_steps,
+        precision,
+        keep_checkpoints,
+        checkpoint_every,
+        resume,
+        run_dir,
+        ema_decay,
     )
     loop = {
         "steps": steps,
@@ -260,13 +282,18 @@ def train(
         "precision": precision,
         "seed": seed,
     }
+    if ema_decay is not None:  # absent otherwise, so checkpoints from before it still resume
+        loop["ema_decay"] = ema_decay
     settings = {"loop": loop, "run": dict(fingerprint or {})}
     optimizer = make_optimizer(model, lr, weight_decay, betas)
     checkpoints = run_dir / CHECKPOINTS_DIR if run_dir and checkpoint_every else None
-    state = _start(model, optimizer, checkpoints, resume, settings, seed)
+    state, source = _start(model, optimizer, checkpoints, resume, settings, seed)
     if state["finished"]:
         model.eval()
         return []
+    average = None
+    if ema_decay is not None:
+        average = load_average(source, model) if source else fresh_average(model)
     if gradient_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
     records: list[dict[str, float]] = []
@@ -283,10 +310,14 @@ def train(
                         model, optimizer, loss_fn, micro, rate, grad_clip, PRECISIONS[precision]
                     ),
                 }
+                if average is not None:
+                    update_average(average, model, ema_decay, step + 1)
                 records.append(record)
                 log.write(record)
                 stop = bool(on_step and on_step(step + 1, record))
                 done = stop or step + 1 == steps
+                if average is not None and done:
+                    copy_average_into(model, average)
                 if checkpoints and (done or (step + 1) % checkpoint_every == 0):
                     state = {
                         "step": step + 1,
@@ -294,7 +325,9 @@ def train(
                         "finished": done,
                         "settings": settings,
                     }
-                    save_training_state(checkpoints, model, optimizer, state, keep_checkpoints)
+                    save_training_state(
+                        checkpoints, model, optimizer, state, keep_checkpoints, average
+                    )
                 if stop:
                     break
     finally:
