@@ -196,6 +196,21 @@ def test_sampled_answers_differ_from_greedy_are_seeded_and_leave_the_rng_alone(t
     assert tutor.complete(prompts, seed=6, **args)[0] == first[0]
 
 
+def test_prompts_per_domain_sets_each_domains_share(config_file, world):
+    """A count per domain: a smaller domain repeats its prompts in order, one left out of the
+    mapping keeps all of its own."""
+    cfg = load_config(config_file, ["student.prompts_per_domain={facts: 5}"])
+    prompts = student.student_prompts(cfg, world)
+    arithmetic = [e.prompt for e in world.train["arithmetic"]]
+    facts = [e.prompt for e in world.train["facts"]][:5]
+    assert prompts.texts == arithmetic + facts
+    assert prompts.domains == ["arithmetic"] * len(arithmetic) + ["facts"] * 5
+    cfg = load_config(config_file, [f"student.prompts_per_domain={{facts: {len(facts) * 3}}}"])
+    pool = [e.prompt for e in world.train["facts"]]
+    repeated = student.student_prompts(cfg, world).texts[len(arithmetic) :]
+    assert repeated == [pool[i % len(pool)] for i in range(len(facts) * 3)]
+
+
 def test_student_rows_never_see_gold_answers(cfg, world, teachers, tokenizer, prompts, data):
     """Garbled gold answers: the same prompts, readings, rows and accounts (only the oracle's
     gold differs)."""
@@ -422,6 +437,18 @@ def test_a_soft_capped_student_is_refused():
         (["student.loss=kl"], "student.loss: Input should be"),
         (["student.top_k=0"], "student.top_k: Input should be greater than 0"),
         (["student.domains=[poetry]"], "student.domains[0]: Input should be"),
+        (
+            ["student.prompts_per_domain={strings: 4}"],
+            "student.prompts_per_domain: ['strings'] not among the student's domains",
+        ),
+        (
+            ["student.prompts_per_domain={facts: 0}"],
+            "student.prompts_per_domain: facts: 0 is not a positive number of prompts",
+        ),
+        (
+            ["student.prompts_per_domain={poetry: 3}"],
+            "student.prompts_per_domain: unknown domain 'poetry' (domains: arithmetic, facts",
+        ),
     ],
 )
 def test_bad_student_config_is_one_line(config_file, overrides, message):

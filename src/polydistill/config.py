@@ -7,7 +7,7 @@ Every mistake becomes a `UserError` whose one line names the key path, e.g.
 """
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -211,7 +211,8 @@ class StudentConfig(Strict):
     """The student distilled from `teachers` on their answers to the domains' prompts.
 
     `domains`: whose training prompts the student sees (default: all its teachers' domains),
-    at most `prompts_per_domain` of each. Every teacher answers every prompt
+    `prompts_per_domain` of each (one count, or a count per domain; a domain with fewer prompts
+    repeats them, one a mapping leaves out keeps all of its own). Every teacher answers every prompt
     `completions_per_prompt` times (greedily, then sampled); the best-ranked answers are the
     student's, and the fused `top_k` + tail of all teachers at `temperature` are the targets of
     the `loss`; `ce_weight` mixes in cross-entropy on the answer tokens.
@@ -224,7 +225,7 @@ class StudentConfig(Strict):
     model: ModelSize = ModelSize()
     train: TrainConfig = TrainConfig()
     domains: list[Domain] | None = None
-    prompts_per_domain: Positive | None = None
+    prompts_per_domain: Positive | dict[Domain, Positive] | None = None
     loss: LossKind = "forward_kl"
     beta: Fraction = 0.5
     temperature: Annotated[float, Field(gt=0)] = 1.0
@@ -235,6 +236,21 @@ class StudentConfig(Strict):
     # A store written by `polydistill capture` of this config: the teachers' answers and
     # readings come from it, no teacher model is loaded (its fingerprints must match).
     store: Path | None = None
+
+    @field_validator("prompts_per_domain", mode="before")
+    @classmethod
+    def _counts_name_domains(cls, counts: Any) -> Any:
+        """A mapping's own one-line errors (a union's would blame its integer branch)."""
+        if not isinstance(counts, dict):
+            return counts
+        for domain, count in counts.items():
+            if domain not in get_args(Domain):
+                raise ValueError(
+                    f"unknown domain {domain!r} (domains: {', '.join(get_args(Domain))})"
+                )
+            if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+                raise ValueError(f"{domain}: {count!r} is not a positive number of prompts")
+        return counts
 
 
 Baseline = Literal[
@@ -303,6 +319,13 @@ class RunConfig(Strict):
                     "the student sees",
                 )
             student = student.model_copy(update={"domains": domains})
+        counts = student.prompts_per_domain
+        if isinstance(counts, dict) and set(counts) - set(student.domains):
+            unknown = sorted(set(counts) - set(student.domains))
+            raise _error_at(
+                ("prompts_per_domain",),
+                f"{unknown} not among the student's domains {student.domains}",
+            )
         _check_fusion(student)
         return student
 

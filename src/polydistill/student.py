@@ -78,12 +78,15 @@ class ModelPlan:
 
 def student_prompts(cfg: RunConfig, world: World) -> Prompts:
     """`prompts_per_domain` training prompts of each student domain (all when unset); a domain
-    with fewer prompts repeats them, so that every skill gets the same share of the training."""
+    with fewer prompts repeats them, so that its share of the training is the one configured."""
     s = cfg.student
+    counts = s.prompts_per_domain
+    if not isinstance(counts, dict):
+        counts = dict.fromkeys(s.domains, counts) if counts else {}
     examples = []
     for domain in s.domains:
         pool = world.train[domain]
-        wanted = s.prompts_per_domain or len(pool)
+        wanted = counts.get(domain, len(pool))
         examples += [(domain, pool[i % len(pool)]) for i in range(wanted)]
     return Prompts(
         [e.prompt for _, e in examples], [d for d, _ in examples], [e.answer for _, e in examples]
