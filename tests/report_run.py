@@ -22,6 +22,7 @@ LOGGED = ["student", "baseline:uniform", "baseline:single:qwen"]
 # The tables a report of this run has: every one the report can show.
 TABLE_IDS = {
     "accuracy-table",
+    "targets-table",
     "bits-per-byte-table",
     "training-table",
     "mass-table",

@@ -31,6 +31,7 @@ from polydistill.report.tables import (
     completions_table,
     metric_table,
     ordered_models,
+    target_rows,
     training_rows,
 )
 
@@ -138,6 +139,43 @@ def test_metric_table_flags_the_best_model_of_each_domain_and_of_the_mean(key, h
     assert [row.model for row in table.rows if row.cells[-1].best] == [pick(means, key=means.get)]
 
 
+def test_targets_compare_the_student_with_the_specialists_baselines_and_largest_teacher():
+    raw = synthetic_metrics(seed=5)
+    models = raw["models"]
+    models["teacher:qwen"]["accuracy"]["arithmetic"] = 0.98
+    models["student"]["accuracy"]["arithmetic"] = 0.931  # exactly 95% of 0.98 is 0.931: met
+    models["teacher:gptoss"]["accuracy"]["facts"] = 0.992
+    models["student"]["accuracy"]["facts"] = 0.942  # below 0.9424: not met
+    rows = target_rows(Metrics.model_validate(raw))
+    teachers = [m for m in MODELS if m.startswith("teacher:")]
+    for row, domain in zip(rows, DOMAINS, strict=False):
+        best = max(teachers, key=lambda t: models[t]["accuracy"][domain])
+        assert row.target.startswith(f"{domain}: 95% of {best} (")
+        assert row.needed == pytest.approx(0.95 * models[best]["accuracy"][domain])
+        assert row.reached == models["student"]["accuracy"][domain]
+        assert row.met == (row.reached >= row.needed)
+    assert rows[0].met and not rows[1].met
+    means = {m: sum(models[m]["accuracy"].values()) / len(DOMAINS) for m in MODELS}
+    rivals = ["baseline:single:qwen", "baseline:uniform", "baseline:seqkd"]  # never the oracle
+    best_rival = max(rivals, key=means.get)
+    mean_row = rows[3]
+    assert best_rival in mean_row.target and mean_row.needed == pytest.approx(means[best_rival])
+    assert mean_row.met == (means["student"] > means[best_rival])
+    largest = max(teachers, key=lambda t: models[t]["params"])
+    assert rows[4].needed == models[largest]["params"] and largest in rows[4].target
+    assert rows[4].met == (models["student"]["params"] <= models[largest]["params"])
+    assert len(rows) == 5
+
+
+def test_targets_need_a_student_and_teachers():
+    raw = synthetic_metrics()
+    del raw["models"]["student"]
+    assert target_rows(Metrics.model_validate(raw)) == []
+    raw = synthetic_metrics()
+    raw["models"] = {m: v for m, v in raw["models"].items() if not m.startswith("teacher:")}
+    assert target_rows(Metrics.model_validate(raw)) == []
+
+
 def test_a_model_missing_a_domain_has_no_mean():
     raw = synthetic_metrics()
     del raw["models"]["student"]["bits_per_byte"]["strings"]
@@ -230,6 +268,11 @@ def test_report_writes_every_plot_and_table(tmp_path):
         assert accuracy[1 + REPORT_ORDER.index(best)][column][0] == show(
             raw["models"][best]["accuracy"][domain], "percent"
         )
+    targets = target_rows(Metrics.model_validate(raw))
+    assert [row[0][0] for row in tables["targets-table"][1:]] == [t.target for t in targets]
+    assert [row[3][0] for row in tables["targets-table"][1:]] == [
+        "yes" if t.met else "no" for t in targets
+    ]
     assert [row[0][0] for row in tables["training-table"][1:]] == [
         "student",
         "baseline:single:qwen",
@@ -253,7 +296,11 @@ def test_report_without_logs_or_contributions_says_what_is_absent(tmp_path):
     assert html.count("data:image/png;base64,") == 1
     assert "No training logs in this run folder" in html
     assert "No contributions.json in this run folder" in html
-    assert set(TableCells(html).tables) == {"accuracy-table", "bits-per-byte-table"}
+    assert set(TableCells(html).tables) == {
+        "accuracy-table",
+        "targets-table",
+        "bits-per-byte-table",
+    }
 
 
 def test_the_older_top_level_train_log_is_the_students(tmp_path):

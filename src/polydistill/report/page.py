@@ -20,6 +20,7 @@ from polydistill.report.tables import (
     completions_table,
     mass_table,
     metric_table,
+    target_rows,
     training_rows,
 )
 from polydistill.report.template import TEMPLATE
@@ -57,6 +58,7 @@ def render_html(inputs: RunInputs, pngs: dict[str, bytes], run_name: str) -> str
         images={name: base64.b64encode(png).decode("ascii") for name, png in pngs.items()},
         accuracy=metric_table(metrics, "accuracy", higher_is_better=True),
         bits_per_byte=metric_table(metrics, "bits_per_byte", higher_is_better=False),
+        targets=target_rows(metrics),
         training=training_rows(inputs.train_logs),
         contributions=contributions,
         mass=mass_table(contributions, domains) if contributions else None,

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from polydistill.report.inputs import Contributions, Metrics, is_number
 
 MODEL_GROUPS = ("teacher:", "student", "baseline:")
+# The specialists benchmark's targets: on each domain the student reaches this share of the best
+# teacher's accuracy, and its mean over domains beats every baseline named by these prefixes.
+SPECIALIST_SHARE = 0.95
+BASELINES_TO_BEAT = ("baseline:single:", "baseline:uniform", "baseline:seqkd")
 # The keys every training record has (train.loop.RECORD_KEYS, spelled out so that the report does
 # not import torch); any other number in a record is a loss part, per token.
 RECORD_KEYS = ("step", "loss", "lr", "grad_norm", "loss_tokens", "tokens_per_s")
@@ -56,6 +60,15 @@ class TrainingRow:
     lowest_loss: float
     tokens_per_s: float | None  # median over steps; None when the log does not record it
     final_parts: tuple[tuple[str, float], ...]  # loss parts of the last step, by name
+
+
+@dataclass(frozen=True)
+class TargetRow:
+    target: str
+    needed: float  # the student must reach at least this (mean: exceed it)
+    reached: float
+    met: bool
+    kind: str  # how the two numbers print: "percent" or "count"
 
 
 def ordered_models(names: Iterable[str]) -> list[str]:
@@ -134,4 +147,40 @@ def training_rows(logs: Mapping[str, list[dict[str, float]]]) -> list[TrainingRo
                 final_parts=tuple(parts),
             )
         )
+    return rows
+
+
+def target_rows(metrics: Metrics) -> list[TargetRow]:
+    """The benchmark's targets for the student: `SPECIALIST_SHARE` of the best teacher on each
+    domain, a mean over domains above every baseline of `BASELINES_TO_BEAT`, and no more
+    parameters than the largest teacher. Empty without a student or teachers."""
+    models = metrics.models
+    teachers = [m for m in ordered_models(models) if m.startswith("teacher:")]
+    if "student" not in models or not teachers:
+        return []
+    student = models["student"]
+    rows = []
+    for domain in metrics.domains:
+        scored = [(models[t].accuracy[domain], t) for t in teachers if domain in models[t].accuracy]
+        if not scored or domain not in student.accuracy:
+            continue
+        best, specialist = max(scored, key=lambda pair: pair[0])
+        needed, reached = SPECIALIST_SHARE * best, student.accuracy[domain]
+        target = f"{domain}: {SPECIALIST_SHARE:.0%} of {specialist} ({100 * best:.1f}%)"
+        rows.append(TargetRow(target, needed, reached, reached >= needed, "percent"))
+    means = {row.model: row.cells[-1].value for row in metric_table(metrics, "accuracy", True).rows}
+    rivals = [m for m in means if m.startswith(BASELINES_TO_BEAT) and means[m] is not None]
+    if rivals and means["student"] is not None:
+        best_rival = max(rivals, key=lambda m: means[m])
+        target = f"mean accuracy above every single, uniform and seqkd baseline ({best_rival})"
+        rows.append(
+            TargetRow(
+                target, means[best_rival], means["student"], means["student"] > means[best_rival],
+                "percent",
+            )
+        )  # fmt: skip
+    largest = max(teachers, key=lambda t: models[t].params)
+    needed = models[largest].params
+    target = f"parameters at most the largest teacher's ({largest})"
+    rows.append(TargetRow(target, needed, student.params, student.params <= needed, "count"))
     return rows

@@ -80,6 +80,21 @@ TEMPLATE = """<!DOCTYPE html>
 <p>Exact-match accuracy per domain; the best of each column is highlighted.</p>
 {{ metric_table(accuracy, "accuracy-table", "percent", "highest") }}
 
+{% if targets %}
+<h2 id="targets">Targets</h2>
+<p>What the specialists benchmark asks of the student ({{ targets | selectattr("met") | list
+  | length }} of {{ targets | length }} met).</p>
+<table id="targets-table">
+<thead><tr><th>target</th><th>needed</th><th>student</th><th>met</th></tr></thead>
+<tbody>
+{%- for row in targets %}
+<tr><td>{{ row.target }}</td><td>{{ row.needed | show(row.kind) }}</td>
+<td{% if row.met %} class="best"{% endif %}>{{ row.reached | show(row.kind) }}</td>
+<td>{{ "yes" if row.met else "no" }}</td></tr>
+{%- endfor %}
+</tbody></table>
+{% endif %}
+
 <h2 id="bits-per-byte">Bits per byte of the gold answers</h2>
 <p>Lower is better; the best of each column is highlighted.</p>
 {{ metric_table(bits_per_byte, "bits-per-byte-table", "number", "lowest") }}
