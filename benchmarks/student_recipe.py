@@ -1,0 +1,276 @@
+"""Which student recipe reaches the specialists benchmark's targets, and when in training?
+
+    python -m benchmarks.student_recipe --json OUT.json \\
+        --recipe 'thirds=student.prompts_per_domain=8000' \\
+        --recipe 'facts 1/7='                              # the config as it is
+    python -m benchmarks.student_recipe --json OUT.json --heldout 50 \\
+        --recipe 'seed 1=student.train.seed=1' --recipe 'seed 2=student.train.seed=2'
+
+Each `--recipe NAME=OVERRIDES` is the config (default examples/specialists-benchmark.yaml) plus
+its `;`-separated `key=value` overrides (`--set` adds overrides to every recipe, e.g. a
+`world.cache_dir`); recipes must share the world, its teachers and `eval`. The student's rows are
+built as `polydistill run` builds them (every teacher answers and reads each prompt, the config's
+fusion, projection into the student's vocabulary); recipes whose prompts, teachers and fusion
+agree share them. Each recipe's student is then trained with `train.train` on its loop settings,
+in worker processes, two at a time on two cores (one thread each), while `train.average` keeps
+the moving average of its weights at the recipe's `ema_decay` (or `--average`). Every `--every`
+steps and at the end, the raw and the averaged weights are scored on the held-out sets (exact
+match, greedy): the averaged score is what `ema_decay` would have returned had training stopped
+there. The targets are the benchmark's: 95% of the best teacher's accuracy per domain.
+
+One seed per recipe (`student.train.seed` in a recipe changes it): on the specialists world,
+held-out facts moved by ~0.1 between runs differing only in batching, so repeat a recipe before
+trusting a difference. Seconds include the evaluations.
+"""
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+from benchmarks.results_md import machine, write_section
+from polydistill import student
+from polydistill.config import RunConfig, load_config
+from polydistill.errors import UserError
+from polydistill.evaluate import evaluate_model
+from polydistill.pipeline import evaluate_teachers, heldout_sets
+from polydistill.report.tables import SPECIALIST_SHARE
+from polydistill.student_runs import save_rows
+from polydistill.train import train
+from polydistill.train.average import copy_average_into, fresh_average, update_average
+from polydistill.world.architectures import build_model, count_parameters
+from polydistill.world.build import World, build_world
+
+SECTION = "## Student recipe (benchmarks/student_recipe.py)"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "specialists-benchmark.yaml"
+# Student settings that shape only training, not the rows the student is trained on.
+TRAINING_ONLY = ("family", "model", "train", "loss", "beta", "ce_weight", "checkpoint_every")
+
+
+def parse_recipe(text: str) -> tuple[str, list[str]]:
+    """`NAME=a.b=1;c=2` -> (NAME, ["a.b=1", "c=2"])."""
+    name, sep, overrides = text.partition("=")
+    if not sep or not name.strip():
+        raise UserError(f"--recipe {text!r}: expected NAME=OVERRIDES (overrides may be empty)")
+    return name.strip(), [o.strip() for o in overrides.split(";") if o.strip()]
+
+
+def load_recipes(
+    config: Path, recipes: list[str], common: list[str]
+) -> dict[str, tuple[RunConfig, list[str]]]:
+    """Each recipe's validated config and overrides; all share the world, teachers and eval."""
+    configs: dict[str, tuple[RunConfig, list[str]]] = {}
+    for name, overrides in map(parse_recipe, recipes or ["config="]):
+        if name in configs:
+            raise UserError(f"--recipe {name!r} is given twice")
+        cfg = load_config(config, common + overrides)
+        if cfg.student is None:
+            raise UserError(f"recipe {name!r}: the config has no student: section")
+        configs[name] = (cfg, overrides)
+    worlds = {name: _world_key(cfg) for name, (cfg, _) in configs.items()}
+    first = next(iter(worlds))
+    for name, key in worlds.items():
+        if key != worlds[first]:
+            raise UserError(f"recipe {name!r} changes the world, teachers or eval; compare in one")
+    return configs
+
+
+def _world_key(cfg: RunConfig) -> str:
+    teachers = [t.model_dump(mode="json") for t in cfg.teachers]
+    return json.dumps(
+        [cfg.world.model_dump(mode="json"), teachers, cfg.eval.model_dump(mode="json")]
+    )
+
+
+def rows_key(cfg: RunConfig) -> str:
+    """What the student's rows depend on: everything of `student:` but its training."""
+    s = cfg.student.model_dump(mode="json")
+    return json.dumps(
+        {k: v for k, v in s.items() if k not in TRAINING_ONLY} | {"seed": cfg.student.train.seed},
+        sort_keys=True,
+    )
+
+
+def write_student_rows(cfg: RunConfig, world: World, path: Path) -> None:
+    """The student's fused rows, exactly as `polydistill run` builds them, saved to `path`."""
+    tokenizer = student.student_tokenizer(cfg, world)
+    prompts = student.student_prompts(cfg, world)
+    teachers = student.student_teachers(cfg, world)
+    readings = student.teacher_readings(cfg, teachers, prompts)
+    plan = student.model_plans(cfg)[0]
+    rows, _ = student.plan_data(cfg, plan, teachers, tokenizer, prompts, readings)
+    save_rows(rows, path)
+
+
+def train_recipe(spec: dict) -> dict:
+    """Worker: one recipe's student, scored raw and averaged every `spec["every"]` steps."""
+    torch.set_num_threads(spec["threads"])
+    cfg, world, heldout = RunConfig.model_validate(spec["run"]), spec["world"], spec["heldout"]
+    s, t = cfg.student, cfg.student.train
+    tokenizer = student.student_tokenizer(cfg, world)
+    prompts = student.student_prompts(cfg, world)
+    rows = torch.load(spec["rows"], weights_only=False)
+    batches, loss_fn = student.plan_batches(
+        cfg, student.model_plans(cfg)[0], tokenizer, prompts, rows
+    )
+    model = build_model(s.family, s.model, tokenizer, t.seed)
+    averaged, average = copy.deepcopy(model), fresh_average(model)
+    points, started = [], time.perf_counter()
+
+    def score(which) -> dict[str, float]:
+        result = evaluate_model(
+            which, tokenizer, heldout, cfg.eval.max_new_tokens, cfg.eval.batch_size, spec["name"]
+        )
+        return result["accuracy"]
+
+    def on_step(step: int, record: dict) -> None:
+        update_average(average, model, spec["decay"], step)
+        if step % spec["every"] and step != t.steps:
+            return
+        copy_average_into(averaged, average)
+        raw, smooth = score(model), score(averaged)
+        seconds = round(time.perf_counter() - started, 1)
+        points.append(
+            {
+                "step": step,
+                "seconds": seconds,
+                "loss": record["loss"],
+                "raw": raw,
+                "averaged": smooth,
+            }
+        )
+
+    train(model, batches, loss_fn, **{**t.loop_arguments(), "ema_decay": None}, on_step=on_step)
+    return {"name": spec["name"], "params": count_parameters(model), "points": points}
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict:
+    common = list(args.set) + ([f"eval.heldout_limit={args.heldout}"] if args.heldout else [])
+    recipes = load_recipes(args.config, args.recipe, common)
+    first = next(iter(recipes.values()))[0]
+    world = build_world(first)
+    teachers = {m: r["accuracy"] for m, r in evaluate_teachers(first, world).items()}
+    heldout = heldout_sets(world, first.eval.heldout_limit)
+    rows: dict[str, Path] = {}
+    specs = []
+    for name, (cfg, _) in recipes.items():
+        key = rows_key(cfg)
+        if key not in rows:
+            rows[key] = work / f"rows-{len(rows)}.pt"
+            write_student_rows(cfg, world, rows[key])
+        specs.append(
+            {
+                "name": name,
+                "run": cfg.model_dump(mode="json"),
+                "world": world,
+                "rows": rows[key],
+                "heldout": heldout,
+                "every": args.every,
+                "decay": args.average or cfg.student.train.ema_decay or 0.998,
+            }
+        )
+    cores = args.cores or len(os.sched_getaffinity(0))
+    workers = max(1, min(len(specs), cores))
+    for spec in specs:
+        spec["threads"] = max(1, cores // workers)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        results = list(pool.map(train_recipe, specs))
+    for spec, result in zip(specs, results, strict=True):
+        result["overrides"], result["decay"] = recipes[spec["name"]][1], spec["decay"]
+    domains = list(heldout)
+    best = {d: max(accuracy[d] for accuracy in teachers.values()) for d in domains}
+    return {
+        "config": str(args.config),
+        "domains": domains,
+        "teachers": teachers,
+        "targets": {d: SPECIALIST_SHARE * best[d] for d in domains},
+        "heldout": {d: len(v) for d, v in heldout.items()},
+        "workers": workers,
+        "threads": specs[0]["threads"],
+        "recipes": results,
+    }
+
+
+def _accuracies(accuracy: dict[str, float], domains: list[str]) -> str:
+    return " / ".join(f"{accuracy[d]:.3f}" for d in domains)
+
+
+def markdown(result: dict, command: str) -> str:
+    domains = result["domains"]
+    names = " / ".join(domains)
+    targets = _accuracies(result["targets"], domains)
+    lines = [
+        SECTION,
+        "",
+        f"`{command}` on {result['machine']}, {result['date']}: {result['workers']} students at a",
+        f"time on {result['threads']} thread(s) each. Config {result['config']}; held-out "
+        + ", ".join(f"{n} {d}" for d, n in result["heldout"].items())
+        + f" problems. Targets ({SPECIALIST_SHARE:.0%} of the best teacher), {names}: {targets}.",
+        "One seed per recipe; see the module's docstring for how noisy that is.",
+        "",
+        f"| recipe | step | seconds | loss | raw: {names} | averaged: {names} |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    for recipe in result["recipes"]:
+        label = f"{recipe['name']} (`{'; '.join(recipe['overrides']) or 'as configured'}`, "
+        label += f"decay {recipe['decay']})"
+        for point in recipe["points"]:
+            raw, averaged = point["raw"], point["averaged"]
+            lines.append(
+                f"| {label} | {point['step']:,} | {point['seconds']:.0f} | {point['loss']:.4f} "
+                f"| {_accuracies(raw, domains)} | {_accuracies(averaged, domains)} |"
+            )
+            label = ""
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--recipe", action="append", default=[], help="NAME=k=v;k=v (repeat)")
+    parser.add_argument("--set", action="append", default=[], help="k=v for every recipe")
+    parser.add_argument("--every", type=int, default=250, help="score every N steps")
+    parser.add_argument("--average", type=float, help="decay of the scored moving average")
+    parser.add_argument("--heldout", type=int, help="at most N held-out problems per domain")
+    parser.add_argument("--cores", type=int, help="cores to use (default: all allowed)")
+    parser.add_argument("--no-results", action="store_true", help="Leave RESULTS.md alone.")
+    args = parser.parse_args(argv)
+    if args.every < 1 or (args.average is not None and not 0 <= args.average < 1):
+        parser.error("--every must be positive and --average in [0, 1)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    work = Path(tempfile.mkdtemp(prefix="student-recipe-"))
+    try:
+        result = measure(args, work)
+    except UserError as error:
+        parser.exit(2, f"error: {error}\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result["machine"] = machine()
+    result["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    args.json.write_text(json.dumps(result, indent=1))
+    command = "python -m benchmarks.student_recipe " + " ".join(
+        [f"--json {args.json.name}"]
+        + [f"--config {args.config}"] * (args.config != DEFAULT_CONFIG)
+        + [f"--recipe '{r}'" for r in args.recipe]
+        + [f"--set '{s}'" for s in args.set]
+        + [f"--every {args.every}"]
+        + [f"--average {args.average}"] * (args.average is not None)
+        + [f"--heldout {args.heldout}"] * bool(args.heldout)
+    )
+    if not args.no_results:
+        write_section(SECTION, markdown(result, command))
+    print(markdown(result, command))
+
+
+if __name__ == "__main__":
+    main()
