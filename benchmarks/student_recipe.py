@@ -92,12 +92,13 @@ def _world_key(cfg: RunConfig) -> str:
 
 
 def rows_key(cfg: RunConfig) -> str:
-    """What the student's rows depend on: everything of `student:` but its training."""
+    """What the student's rows depend on: everything of `student:` but its training (the seed
+    only draws sampled answers: greedy ones are the same for every seed)."""
     s = cfg.student.model_dump(mode="json")
-    return json.dumps(
-        {k: v for k, v in s.items() if k not in TRAINING_ONLY} | {"seed": cfg.student.train.seed},
-        sort_keys=True,
-    )
+    key = {k: v for k, v in s.items() if k not in TRAINING_ONLY}
+    if cfg.student.completions_per_prompt > 1:
+        key["seed"] = cfg.student.train.seed
+    return json.dumps(key, sort_keys=True)
 
 
 def write_student_rows(cfg: RunConfig, world: World, path: Path) -> None:

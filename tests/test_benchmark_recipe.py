@@ -83,6 +83,11 @@ def test_recipe_arguments(config, recipe):
         recipe.load_recipes(config, ["a=", "a=student.top_k=4"], [])
     with pytest.raises(UserError, match="'b' changes the world"):
         recipe.load_recipes(config, ["a=", "b=world.seed=7"], [])
-    recipes = recipe.load_recipes(config, ["a=", "b=student.train.lr=0.1", "c=student.top_k=4"], [])
-    keys = [recipe.rows_key(cfg) for cfg, _ in recipes.values()]
-    assert keys[0] == keys[1] != keys[2]  # the learning rate does not change the rows
+    recipes = ["a=", "b=student.train.lr=0.1;student.train.seed=3", "c=student.top_k=4"]
+    recipes += [
+        "d=student.completions_per_prompt=2",
+        "e=student.completions_per_prompt=2;student.train.seed=3",
+    ]
+    keys = [recipe.rows_key(cfg) for cfg, _ in recipe.load_recipes(config, recipes, []).values()]
+    assert keys[0] == keys[1]  # learning rate and seed leave greedy answers alone
+    assert len({keys[0], keys[2], keys[3], keys[4]}) == 4  # a seed draws other sampled answers
