@@ -149,6 +149,12 @@ def train_recipe(spec: dict) -> dict:
                 "averaged": smooth,
             }
         )
+        domains = list(raw)  # a line per point, so that a long run can be followed
+        print(
+            f"{spec['name']}: step {step}, {seconds:.0f} s, raw {_accuracies(raw, domains)}, "
+            f"averaged {_accuracies(smooth, domains)}",
+            flush=True,
+        )
 
     train(model, batches, loss_fn, **{**t.loop_arguments(), "ema_decay": None}, on_step=on_step)
     return {"name": spec["name"], "params": count_parameters(model), "points": points}
