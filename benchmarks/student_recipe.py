@@ -43,7 +43,7 @@ from polydistill.config import RunConfig, load_config
 from polydistill.errors import UserError
 from polydistill.evaluate import evaluate_model
 from polydistill.pipeline import evaluate_teachers, heldout_sets
-from polydistill.report.tables import SPECIALIST_SHARE
+from polydistill.report.tables import SPECIALIST_SHARE, best_teachers
 from polydistill.student_runs import save_rows
 from polydistill.train import train
 from polydistill.train.average import copy_average_into, fresh_average, update_average
@@ -194,12 +194,12 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
     for spec, result in zip(specs, results, strict=True):
         result["overrides"], result["decay"] = recipes[spec["name"]][1], spec["decay"]
     domains = list(heldout)
-    best = {d: max(accuracy[d] for accuracy in teachers.values()) for d in domains}
+    best = best_teachers(teachers, domains)
     return {
         "config": str(args.config),
         "domains": domains,
         "teachers": teachers,
-        "targets": {d: SPECIALIST_SHARE * best[d] for d in domains},
+        "targets": {d: SPECIALIST_SHARE * accuracy for d, (_, accuracy) in best.items()},
         "heldout": {d: len(v) for d, v in heldout.items()},
         "workers": workers,
         "threads": specs[0]["threads"],

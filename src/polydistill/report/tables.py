@@ -150,6 +150,19 @@ def training_rows(logs: Mapping[str, list[dict[str, float]]]) -> list[TrainingRo
     return rows
 
 
+def best_teachers(
+    accuracy: Mapping[str, Mapping[str, float]], domains: Iterable[str]
+) -> dict[str, tuple[str, float]]:
+    """Per domain, the teacher most accurate on it (the first on a tie) and its accuracy; a
+    domain no teacher was scored on is left out."""
+    best = {}
+    for domain in domains:
+        scored = [(t, a[domain]) for t, a in accuracy.items() if domain in a]
+        if scored:
+            best[domain] = max(scored, key=lambda pair: pair[1])
+    return best
+
+
 def target_rows(metrics: Metrics) -> list[TargetRow]:
     """The benchmark's targets for the student: `SPECIALIST_SHARE` of the best teacher on each
     domain, a mean over domains above every baseline of `BASELINES_TO_BEAT`, and no more
@@ -160,11 +173,10 @@ def target_rows(metrics: Metrics) -> list[TargetRow]:
         return []
     student = models["student"]
     rows = []
-    for domain in metrics.domains:
-        scored = [(models[t].accuracy[domain], t) for t in teachers if domain in models[t].accuracy]
-        if not scored or domain not in student.accuracy:
+    specialists = best_teachers({t: models[t].accuracy for t in teachers}, metrics.domains)
+    for domain, (specialist, best) in specialists.items():
+        if domain not in student.accuracy:
             continue
-        best, specialist = max(scored, key=lambda pair: pair[0])
         needed, reached = SPECIALIST_SHARE * best, student.accuracy[domain]
         target = f"{domain}: {SPECIALIST_SHARE:.0%} of {specialist} ({100 * best:.1f}%)"
         rows.append(TargetRow(target, needed, reached, reached >= needed, "percent"))
