@@ -53,7 +53,16 @@ from polydistill.world.build import World, build_world
 SECTION = "## Student recipe (benchmarks/student_recipe.py)"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "specialists-benchmark.yaml"
 # Student settings that shape only training, not the rows the student is trained on.
-TRAINING_ONLY = ("family", "model", "train", "loss", "beta", "ce_weight", "checkpoint_every")
+TRAINING_ONLY = (
+    "family",
+    "model",
+    "train",
+    "loss",
+    "beta",
+    "ce_weight",
+    "curriculum",
+    "checkpoint_every",
+)
 
 
 def parse_recipe(text: str) -> tuple[str, list[str]]:

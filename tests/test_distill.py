@@ -211,6 +211,36 @@ def test_prompts_per_domain_sets_each_domains_share(config_file, world):
     assert repeated == [pool[i % len(pool)] for i in range(len(facts) * 3)]
 
 
+@pytest.mark.parametrize("sft", [None, "gold"])
+def test_a_curriculum_draws_its_first_steps_from_its_domains_alone(
+    config_file, tokenizer, prompts, data, sft
+):
+    """Facts first, for 2 steps of 3 length buckets each: those batches hold facts rows only,
+    then every domain comes in; the distilled rows know their prompts' domains through
+    `prompt_of`, the oracle's through the prompts."""
+    cfg = load_config(
+        config_file,
+        ["student.curriculum={first: [facts], steps: 2}", "student.train.length_buckets=2"],
+    )
+    plan = student.ModelPlan("baseline:oracle", sft="gold") if sft else student.model_plans(cfg)[0]
+    batches, _ = student.plan_batches(cfg, plan, tokenizer, prompts, None if sft else data[0])
+    facts = {
+        tuple(p) for p, d in zip(data[0].prompts, prompts.domains, strict=True) if d == "facts"
+    }
+    assert data[0].prompt_of == list(range(len(prompts.texts)))
+
+    def domains_of(index: int) -> set[str]:
+        batch = batches(index)
+        rows = [
+            ids[mask.bool()].tolist()
+            for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+        ]
+        return {"facts" if any(tuple(r[: len(p)]) == p for p in facts) else "other" for r in rows}
+
+    assert [domains_of(i) for i in range(4)] == [{"facts"}] * 4
+    assert set().union(*(domains_of(i) for i in range(4, 12))) == {"facts", "other"}
+
+
 def test_student_rows_never_see_gold_answers(cfg, world, teachers, tokenizer, prompts, data):
     """Garbled gold answers: the same prompts, readings, rows and accounts (only the oracle's
     gold differs)."""
@@ -448,6 +478,22 @@ def test_a_soft_capped_student_is_refused():
         (
             ["student.prompts_per_domain={poetry: 3}"],
             "student.prompts_per_domain: unknown domain 'poetry' (domains: arithmetic, facts",
+        ),
+        (
+            ["student.curriculum={first: [strings], steps: 2}"],
+            "student.curriculum.first: ['strings'] not among the student's domains",
+        ),
+        (
+            ["student.curriculum={first: [facts, arithmetic], steps: 2}"],
+            "student.curriculum.first: names every domain of the student",
+        ),
+        (
+            ["student.curriculum={first: [facts], steps: 4}"],
+            "student.curriculum.steps: 4 is not below the student's 4 training steps",
+        ),
+        (
+            ["student.curriculum={first: [], steps: 2}"],
+            "student.curriculum.first: List should have at least 1 item",
         ),
     ],
 )

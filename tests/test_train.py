@@ -509,6 +509,24 @@ def test_length_buckets_cut_each_batch_by_length_and_pad_less():
         batch_rows(lengths, 8, 3, buckets=9)
 
 
+def test_a_curriculum_draws_its_first_batches_from_its_rows_then_from_all():
+    """The first batches cover the first rows evenly (shuffled epochs of them), the rest are
+    the plain stream from its start; both are pure functions of the index, buckets included."""
+    lengths = [3 + r % 7 for r in range(50)]
+    first = list(range(0, 50, 5))
+    rows_of = batch_rows(lengths, 4, 1, first_rows=first, first_batches=5)
+    plain = batch_rows(lengths, 4, 1)
+    early = [r for i in range(5) for r in rows_of(i)]
+    assert sorted(early) == sorted(first * 2)
+    assert [rows_of(5 + i) for i in range(20)] == [plain(i) for i in range(20)]
+    bucketed = batch_rows(lengths, 4, 1, buckets=2, first_rows=first, first_batches=5)
+    assert [sorted(bucketed(2 * i) + bucketed(2 * i + 1)) for i in (7, 0, 3)] == [
+        sorted(rows_of(i)) for i in (7, 0, 3)
+    ]
+    with pytest.raises(ValueError, match="5 first batches need rows to draw from"):
+        batch_rows(lengths, 4, 1, first_batches=5)
+
+
 def test_supervised_batches_are_a_function_of_their_index(batch_at):
     later, first, later_again = batch_at(9), batch_at(0), batch_at(9)
     for key in later:

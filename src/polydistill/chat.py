@@ -141,7 +141,12 @@ def shuffled_stream(rows: int, seed: int) -> Callable[[int], int]:
 
 
 def batch_rows(
-    lengths: Sequence[int], batch_size: int, seed: int, buckets: int = 1
+    lengths: Sequence[int],
+    batch_size: int,
+    seed: int,
+    buckets: int = 1,
+    first_rows: Sequence[int] = (),
+    first_batches: int = 0,
 ) -> Callable[[int], list[int]]:
     """`rows_of(m)`: the rows of micro-batch m, a pure function of (seed, m).
 
@@ -150,19 +155,31 @@ def batch_rows(
     of batch m // buckets): trained with `accumulation_steps=buckets`, an optimiser step sees
     exactly the rows of the plain batch, so its gradient is the same, but rows of one length
     share a micro-batch and pad less (the world's rows run from ~12 to ~34 tokens).
+
+    A curriculum: the first `first_batches` batches are slices of a shuffled stream of
+    `first_rows` alone; the batches after them slice the stream of every row from its start.
     """
     if buckets < 1:
         raise ValueError(f"buckets must be >= 1, got {buckets}")
     if buckets > batch_size:
         raise ValueError(f"{buckets} length buckets cannot split a batch of {batch_size} rows")
+    if first_batches and not first_rows:
+        raise ValueError(f"{first_batches} first batches need rows to draw from")
     row_at = shuffled_stream(len(lengths), seed)
+    first_at = shuffled_stream(len(first_rows), seed) if first_batches else row_at
     cached: tuple[int, list[list[int]]] = (-1, [])
+
+    def rows_in(batch: int) -> list[int]:
+        if batch < first_batches:
+            return [first_rows[first_at(batch * batch_size + j)] for j in range(batch_size)]
+        start = (batch - first_batches) * batch_size
+        return [row_at(start + j) for j in range(batch_size)]
 
     def rows_of(index: int) -> list[int]:
         nonlocal cached
         batch, piece = divmod(index, buckets)
         if cached[0] != batch:
-            rows = [row_at(batch * batch_size + j) for j in range(batch_size)]
+            rows = rows_in(batch)
             if buckets > 1:
                 rows.sort(key=lambda r: lengths[r])
             cuts = [round(k * batch_size / buckets) for k in range(buckets + 1)]
@@ -181,12 +198,15 @@ def supervised_batches(
     who: str,
     prompt_weight: float = 0.0,
     buckets: int = 1,
+    first_rows: Sequence[int] = (),
+    first_batches: int = 0,
 ) -> Callable[[int], dict[str, torch.Tensor]]:
     """`batch_at(i)`: the i-th batch of prompt + completion, labels on the completion; with a
     `prompt_weight` > 0 also on the prompt after its first token, each prompt token's loss
     weighted so (`label_weights`), as a language model of the whole text.
 
-    Batches come from `batch_rows` (with `buckets`: then `batch_at(i)` is micro-batch i), so
+    Batches come from `batch_rows` (with `buckets`: then `batch_at(i)` is micro-batch i; with
+    `first_rows` / `first_batches`: a curriculum over the prompts' indices), so
     batch i depends on (seed, i) alone and a resumed training run sees the batches an
     uninterrupted one would.
     """
@@ -200,7 +220,8 @@ def supervised_batches(
             strict=True,
         )
     ]
-    rows_of = batch_rows([len(p) + len(c) for p, c in rows], batch_size, seed, buckets)
+    lengths = [len(p) + len(c) for p, c in rows]
+    rows_of = batch_rows(lengths, batch_size, seed, buckets, first_rows, first_batches)
 
     def batch_at(index: int) -> dict[str, torch.Tensor]:
         chosen = rows_of(index)

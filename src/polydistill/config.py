@@ -207,6 +207,15 @@ class FusionConfig(Strict):
     routes: dict[str, str] | None = None
 
 
+class CurriculumConfig(Strict):
+    """The student's first `steps` optimiser steps draw rows of the `first` domains alone, then
+    rows of every domain. Every model of a run (baselines too) trains on the same schedule.
+    Measured on the specialists benchmark in benchmarks/RESULTS.md, "Student recipe"."""
+
+    first: Annotated[list[Domain], Field(min_length=1)]
+    steps: Positive
+
+
 class StudentConfig(Strict):
     """The student distilled from `teachers` on their answers to the domains' prompts.
 
@@ -232,6 +241,7 @@ class StudentConfig(Strict):
     top_k: Positive = 32
     ce_weight: Fraction = 0.0
     completions_per_prompt: Positive = 1
+    curriculum: CurriculumConfig | None = None
     checkpoint_every: NonNegative = 100
     # A store written by `polydistill capture` of this config: the teachers' answers and
     # readings come from it, no teacher model is loaded (its fingerprints must match).
@@ -327,6 +337,7 @@ class RunConfig(Strict):
                 f"{unknown} not among the student's domains {student.domains}",
             )
         _check_fusion(student)
+        _check_curriculum(student)
         return student
 
     @model_validator(mode="after")
@@ -349,6 +360,26 @@ class RunConfig(Strict):
         if duplicates:
             raise ValueError(f"teacher names must be unique; repeated: {', '.join(duplicates)}")
         return self
+
+
+def _check_curriculum(student: StudentConfig) -> None:
+    curriculum = student.curriculum
+    if curriculum is None:
+        return
+    unknown = sorted(set(curriculum.first) - set(student.domains))
+    if unknown:
+        raise _error_at(
+            ("curriculum", "first"), f"{unknown} not among the student's domains {student.domains}"
+        )
+    if set(curriculum.first) == set(student.domains):
+        raise _error_at(
+            ("curriculum", "first"), "names every domain of the student: it would change nothing"
+        )
+    if curriculum.steps >= student.train.steps:
+        raise _error_at(
+            ("curriculum", "steps"),
+            f"{curriculum.steps} is not below the student's {student.train.steps} training steps",
+        )
 
 
 def _check_fusion(student: StudentConfig) -> None:

@@ -13,6 +13,8 @@ out (no teacher's distribution fits the student's context there) count only in t
 cross-entropy part, and only when `ce_weight` > 0.
 """
 
+from collections.abc import Sequence
+
 import torch
 from transformers import PreTrainedModel
 
@@ -27,13 +29,19 @@ IGNORE = -100
 
 
 def distillation_batches(
-    data: DistillationData, pad_id: int, batch_size: int, seed: int, buckets: int = 1
+    data: DistillationData,
+    pad_id: int,
+    batch_size: int,
+    seed: int,
+    buckets: int = 1,
+    first_rows: Sequence[int] = (),
+    first_batches: int = 0,
 ) -> BatchFn:
     """`batch_at(i)`: the i-th (micro-)batch of rows (a pure function of `seed` and `i`, see
-    `chat.batch_rows`), with labels on the completion tokens and the targets of those positions,
-    in the same row-major order."""
+    `chat.batch_rows`, also for the curriculum of `first_rows` / `first_batches`), with labels on
+    the completion tokens and the targets of those positions, in the same row-major order."""
     lengths = [len(p) + len(c) for p, c in zip(data.prompts, data.completions, strict=True)]
-    rows_of = batch_rows(lengths, batch_size, seed, buckets)
+    rows_of = batch_rows(lengths, batch_size, seed, buckets, first_rows, first_batches)
     targets = data.targets
     ids, logprobs, tail, mask = targets.ids, targets.logprobs, targets.tail, targets.mask
 

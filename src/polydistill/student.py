@@ -220,13 +220,18 @@ def plan_batches(
     data: DistillationData | None,
 ) -> tuple[BatchFn, LossFn]:
     s, t = cfg.student, cfg.student.train
+    first, steps = (s.curriculum.first, s.curriculum.steps) if s.curriculum else ([], 0)
     if plan.sft == "gold":
+        rows = [i for i, d in enumerate(prompts.domains) if d in first]
         batches = supervised_batches(
             tokenizer, prompts.texts, prompts.gold, t.batch_size, t.seed, "oracle",
-            buckets=t.buckets,
+            buckets=t.buckets, first_rows=rows, first_batches=steps,
         )  # fmt: skip
         return batches, sft_loss
-    batches = distillation_batches(data, tokenizer.pad_token_id, t.batch_size, t.seed, t.buckets)
+    rows = [r for r, i in enumerate(data.prompt_of) if prompts.domains[i] in first]
+    batches = distillation_batches(
+        data, tokenizer.pad_token_id, t.batch_size, t.seed, t.buckets, rows, steps
+    )
     if plan.sft == "chosen":
         return batches, sft_loss
     return batches, distillation_loss(s.loss, s.beta, s.temperature, s.ce_weight, len(tokenizer))

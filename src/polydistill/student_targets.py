@@ -47,6 +47,7 @@ class DistillationData:
     completions: list[list[int]]
     targets: SparseTargets
     offsets: list[int]
+    prompt_of: list[int]  # the prompt each row answers (several rows with several answers)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -290,4 +291,5 @@ def student_targets(
         names, readings, chosen, domains, supplied, per_teacher, weights, offsets
     )
     accounts["strategy"] = strategy
-    return DistillationData(prompt_ids, answer_ids, fused, offsets), accounts
+    rows = DistillationData(prompt_ids, answer_ids, fused, offsets, [i for i, _ in chosen])
+    return rows, accounts
