@@ -166,7 +166,7 @@ def batch_rows(
     if first_batches and not first_rows:
         raise ValueError(f"{first_batches} first batches need rows to draw from")
     row_at = shuffled_stream(len(lengths), seed)
-    first_at = shuffled_stream(len(first_rows), seed) if first_batches else row_at
+    first_at = shuffled_stream(len(first_rows), seed)
     cached: tuple[int, list[list[int]]] = (-1, [])
 
     def rows_in(batch: int) -> list[int]:
