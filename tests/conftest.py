@@ -28,3 +28,16 @@ def tiny_world(tiny_config):
     from polydistill.world.build import build_world
 
     return build_world(tiny_config)
+
+
+def _hypothesis_profiles() -> None:
+    # CI must not fail on a case a previous run never met; `HYPOTHESIS_PROFILE=explore` searches
+    # afresh each run, as a developer hunting for new cases wants.
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True)
+    settings.register_profile("explore", derandomize=False)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+_hypothesis_profiles()

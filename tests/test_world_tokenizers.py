@@ -42,12 +42,28 @@ def test_round_trip_on_multilingual_text(tokenizers, style):
         assert tokenizer.unk_token_id not in ids
 
 
+def decoded_as(style: str, text: str) -> str:
+    """What a faithful tokenizer of `style` gives back for `text`.
+
+    SentencePiece styles spell a space `▁`, so a `▁` in the text comes back as a space, as it
+    does with Gemma's own tokenizer; alignment reports that text as not round-tripping.
+    """
+    return text.replace("▁", " ") if style in ("gemma", "student") else text
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.text(max_size=40))
 def test_round_trip_on_random_unicode(tokenizers, text):
-    for tokenizer in tokenizers.values():
+    for style, tokenizer in tokenizers.items():
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert tokenizer.decode(ids) == text
+        assert tokenizer.decode(ids) == decoded_as(style, text)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_metaspace_character_in_text(tokenizers, style):
+    text = "a▁b ▁"
+    ids = tokenizers[style](text, add_special_tokens=False)["input_ids"]
+    assert tokenizers[style].decode(ids) == decoded_as(style, text)
 
 
 @pytest.mark.parametrize("style", ["gemma", "student"])
