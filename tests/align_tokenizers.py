@@ -33,9 +33,9 @@ from polydistill.world.tokenizers import (
 
 @functools.cache
 def world_corpus() -> tuple[str, ...]:
-    arithmetic, _ = domains.arithmetic(0, 1500, 10, 3)
-    strings, _ = domains.strings(0, 1500, 10, 3, 7, "abcdefghijklmnopqrstuvwxyz")
-    facts, _ = domains.facts(0, 30)
+    arithmetic = domains.arithmetic(0, 1500, 10, 3).train
+    strings = domains.strings(0, 1500, 10, 3, 7, "abcdefghijklmnopqrstuvwxyz").train
+    facts = domains.facts(0, 30).train
     texts = [f"{e.prompt} {e.answer}" for e in arithmetic + strings + facts]
     return (*texts, *CHAT_WORDS * 100)
 

@@ -22,9 +22,9 @@ VOCAB = {"gemma": 600, "qwen": 600, "gpt-oss": 1800, "student": 600}
 
 @pytest.fixture(scope="module")
 def tokenizers():
-    train, _ = domains.arithmetic(0, 1500, 10, 3)
-    strings, _ = domains.strings(0, 1500, 10, 3, 7, "abcdefghijklmnopqrstuvwxyz")
-    facts, _ = domains.facts(0, 30)
+    train = domains.arithmetic(0, 1500, 10, 3).train
+    strings = domains.strings(0, 1500, 10, 3, 7, "abcdefghijklmnopqrstuvwxyz").train
+    facts = domains.facts(0, 30).train
     corpus = [f"{e.prompt} {e.answer}" for e in train + strings + facts]
     return {style: train_tokenizer(style, corpus, VOCAB[style]) for style in STYLES}
 

@@ -39,6 +39,7 @@ class Strict(BaseModel):
 class ArithmeticConfig(Strict):
     train: Positive = 20000
     heldout: Positive = 200
+    validation: Positive = 200
     max_digits: Annotated[int, Field(ge=1, le=6)] = 3
     min_digits: Annotated[int, Field(ge=1, le=6)] = 1
     max_digits_second: Annotated[int, Field(ge=1, le=6)] | None = None
@@ -57,6 +58,7 @@ class FactsConfig(Strict):
 class StringsConfig(Strict):
     train: Positive = 20000
     heldout: Positive = 200
+    validation: Positive = 200
     min_len: Positive = 3
     max_len: Positive = 7
     alphabet: Annotated[str, Field(min_length=2)] = "abcdefghijklmnopqrstuvwxyz"

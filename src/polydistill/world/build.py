@@ -7,8 +7,9 @@ The world lives in `cfg.world.cache_dir/<key>/`, where `key` hashes everything t
 folder and renamed into place, so a killed build leaves nothing half-written.
 
 World teachers train in parallel worker processes (one thread each when there are more teachers
-than cores), each on its own domains, with held-out accuracy checked every `eval_every` steps;
-a teacher stops as soon as it reaches `target_accuracy` on every one of its domains.
+than cores), each on its own domains, with validation accuracy checked every `eval_every` steps;
+a teacher stops as soon as it reaches `target_accuracy` on every one of its domains. Held-out
+accuracy is never looked at here, so the run's scores of a teacher are not inflated by stopping.
 """
 
 import hashlib
@@ -37,16 +38,17 @@ class World:
     root: Path
     train: dict[str, list[Example]]
     heldout: dict[str, list[Example]]
+    validation: dict[str, list[Example]]
     teachers: dict[str, Path]
 
     def tokenizer_dir(self, style: str) -> Path:
         return self.root / "tokenizers" / style
 
 
-def domain_splits(world: WorldConfig) -> tuple[dict[str, list[Example]], dict[str, list[Example]]]:
-    """Train and held-out examples of every domain, from the world's seed alone."""
+def domain_splits(world: WorldConfig) -> dict[str, world_domains.Splits]:
+    """Train, held-out and validation examples of every domain, from the world's seed alone."""
     d, seed = world.domains, world.seed
-    splits = {
+    return {
         "arithmetic": world_domains.arithmetic(
             seed,
             d.arithmetic.train,
@@ -54,6 +56,7 @@ def domain_splits(world: WorldConfig) -> tuple[dict[str, list[Example]], dict[st
             d.arithmetic.max_digits,
             d.arithmetic.min_digits,
             d.arithmetic.max_digits_second,
+            d.arithmetic.validation,
         ),
         "facts": world_domains.facts(seed, d.facts.entities),
         "strings": world_domains.strings(
@@ -63,9 +66,9 @@ def domain_splits(world: WorldConfig) -> tuple[dict[str, list[Example]], dict[st
             d.strings.min_len,
             d.strings.max_len,
             d.strings.alphabet,
+            d.strings.validation,
         ),
     }
-    return {k: v[0] for k, v in splits.items()}, {k: v[1] for k, v in splits.items()}
 
 
 def world_teachers(cfg: RunConfig) -> list[TeacherConfig]:
@@ -81,7 +84,8 @@ def world_key(cfg: RunConfig) -> str:
             t.model_dump(mode="json", exclude={"path"}, exclude_none=True)
             for t in world_teachers(cfg)
         ],
-        "format": 1,
+        # 2: a validation split, on which teachers stop (facts gained a fourth template).
+        "format": 2,
     }
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -108,9 +112,10 @@ def _train_teacher(spec: dict, world_root: str, threads: int, events) -> dict:
     cfg = RunConfig.model_validate(spec["run"])
     root = Path(world_root)
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizers" / teacher.tokenizer_style)
-    train_split, heldout = domain_splits(cfg.world)
-    examples = [e for d in teacher.domains for e in train_split[d]]
-    own_heldout = {d: heldout[d] for d in teacher.domains}
+    splits = domain_splits(cfg.world)
+    examples = [e for d in teacher.domains for e in splits[d].train]
+    # Stopping is a choice, so it is made on validation; held-out is only ever scored.
+    own_validation = {d: splits[d].validation for d in teacher.domains}
     batches = supervised_batches(
         tokenizer,
         [e.prompt for e in examples],
@@ -128,7 +133,9 @@ def _train_teacher(spec: dict, world_root: str, threads: int, events) -> dict:
         events.put(("step", teacher.name, step, record["tokens_per_s"]))
         if step % spec["eval_every"] and step != teacher.train.steps:
             return False
-        scores = evaluate_model(model, tokenizer, own_heldout, 24, 256, f"teacher {teacher.name!r}")
+        scores = evaluate_model(
+            model, tokenizer, own_validation, 24, 256, f"teacher {teacher.name!r}"
+        )
         model.train()
         reached.update(step=step, accuracy=scores["accuracy"])
         events.put(("eval", teacher.name, step, scores["accuracy"]))
@@ -145,7 +152,7 @@ def _train_teacher(spec: dict, world_root: str, threads: int, events) -> dict:
         "domains": teacher.domains,
         "params": count_parameters(model),
         "steps": reached.get("step"),
-        "heldout_accuracy": reached.get("accuracy"),
+        "validation_accuracy": reached.get("accuracy"),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -221,7 +228,7 @@ def _follow(futures, events, bars, tasks) -> None:
                 bars.update(tasks[name], completed=step, rate=f"{value:,.0f} tok/s")
             else:
                 scores = ", ".join(f"{d} {a:.1%}" for d, a in value.items())
-                bars.console.log(f"teacher {name} step {step}: held-out {scores}")
+                bars.console.log(f"teacher {name} step {step}: validation {scores}")
         time.sleep(0.2)
 
 
@@ -230,17 +237,17 @@ def build_world(cfg: RunConfig) -> World:
     key = world_key(cfg)
     cache = cfg.world.cache_dir
     root = cache / key
-    train_split, heldout = domain_splits(cfg.world)
+    splits = domain_splits(cfg.world)
     if not (root / "world.json").is_file():
         console.log(f"building world {key} in {cache}")
         with staged_folder(root, replace=True) as staging:
             started = time.perf_counter()
             data = staging / "data"
             data.mkdir()
-            for domain in train_split:
-                _write_examples(data / f"{domain}.train.jsonl", train_split[domain])
-                _write_examples(data / f"{domain}.heldout.jsonl", heldout[domain])
-            _build_tokenizers(staging, train_split, cfg.world)
+            for domain, split in splits.items():
+                for name, examples in split._asdict().items():
+                    _write_examples(data / f"{domain}.{name}.jsonl", examples)
+            _build_tokenizers(staging, {d: s.train for d, s in splits.items()}, cfg.world)
             summaries = _train_teachers(cfg, staging)
             record = {
                 "key": key,
@@ -258,4 +265,10 @@ def build_world(cfg: RunConfig) -> World:
             f"world {root}: teacher checkpoints missing ({', '.join(missing)}); "
             "delete the folder to rebuild it"
         )
-    return World(root=root, train=train_split, heldout=heldout, teachers=teachers)
+    return World(
+        root=root,
+        train={d: s.train for d, s in splits.items()},
+        heldout={d: s.heldout for d, s in splits.items()},
+        validation={d: s.validation for d, s in splits.items()},
+        teachers=teachers,
+    )
