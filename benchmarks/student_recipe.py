@@ -60,6 +60,7 @@ TRAINING_ONLY = (
     "loss",
     "beta",
     "ce_weight",
+    "prompt_loss_weight",
     "curriculum",
     "checkpoint_every",
 )

@@ -211,6 +211,28 @@ def test_prompts_per_domain_sets_each_domains_share(config_file, world):
     assert repeated == [pool[i % len(pool)] for i in range(len(facts) * 3)]
 
 
+@pytest.mark.parametrize("sft", ["chosen", "gold"])
+def test_fine_tuning_baselines_learn_the_prompts_at_the_students_weight(
+    config_file, tokenizer, prompts, data, sft
+):
+    """seqkd and the oracle get the student's prompt loss too, so every model of a benchmark
+    has the same recipe: each prompt token after the first is a label at that weight."""
+    cfg = load_config(config_file, ["student.prompt_loss_weight=0.25"])
+    plan = student.ModelPlan(f"baseline:{sft}", "evidence" if sft == "chosen" else None, sft=sft)
+    batches, loss_fn = student.plan_batches(cfg, plan, tokenizer, prompts, data[0])
+    batch = batches(1)
+    encoded = {tuple(p): len(p) for p in data[0].prompts}
+    assert loss_fn is student.sft_loss
+    for ids, labels, weights in zip(
+        batch["input_ids"], batch["labels"], batch["label_weights"], strict=True
+    ):
+        prompt = next(n for p, n in encoded.items() if tuple(ids[: len(p)].tolist()) == p)
+        assert labels[0] == IGNORE and torch.equal(labels[1:prompt], ids[1:prompt])
+        assert torch.all(weights[1:prompt] == 0.25)
+        answer = labels[prompt:] != IGNORE
+        assert answer.any() and torch.all(weights[prompt:][answer] == 1.0)
+
+
 @pytest.mark.parametrize("sft", [None, "gold"])
 def test_a_curriculum_draws_its_first_steps_from_its_domains_alone(
     config_file, tokenizer, prompts, data, sft
@@ -298,6 +320,30 @@ def test_loss_fn_equals_the_dense_reference_on_a_batch(data, tokenizer):
     assert out.tokens == int(counted.sum()) == len(batch["target_ids"])
     torch.testing.assert_close(out.loss_sum, expected, rtol=1e-9, atol=0)
     assert set(out.parts) == {"divergence", "cross_entropy"}
+
+
+def test_prompt_weight_adds_the_prompt_tokens_cross_entropy(data, tokenizer):
+    rows, _ = data
+    batch = distillation_batches(rows, tokenizer.pad_token_id, 5, seed=1)(2)
+    student_model = build_model("qwen", load_config(TINY).teachers[2].model, tokenizer, 0)
+    student_model = student_model.double()
+    plain = distillation_loss("forward_kl", 0.5, 1.0, 0.0, len(tokenizer))(student_model, batch)
+    with_prompts = distillation_loss("forward_kl", 0.5, 1.0, 0.0, len(tokenizer), 0.3)(
+        student_model, batch
+    )
+    logits = student_model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).logits
+    expected, tokens = torch.zeros((), dtype=torch.float64), 0
+    for row in range(len(batch["input_ids"])):
+        prompt_length = int((batch["labels"][row] != IGNORE).nonzero()[0])
+        ids = batch["input_ids"][row, 1:prompt_length]
+        log_probs = logits[row, : prompt_length - 1].log_softmax(-1)
+        expected -= log_probs.gather(-1, ids[:, None]).sum()
+        tokens += len(ids)
+    assert tokens > 0 and with_prompts.tokens == plain.tokens
+    torch.testing.assert_close(with_prompts.loss_sum - plain.loss_sum, 0.3 * expected)
+    torch.testing.assert_close(with_prompts.parts["prompt_cross_entropy"], float(expected))
 
 
 def full_vocabulary_kl(student_model, teacher_model, rows, pad_id: int) -> float:

@@ -226,7 +226,8 @@ class StudentConfig(Strict):
     repeats them, one a mapping leaves out keeps all of its own). Every teacher answers every prompt
     `completions_per_prompt` times (greedily, then sampled); the best-ranked answers are the
     student's, and the fused `top_k` + tail of all teachers at `temperature` are the targets of
-    the `loss`; `ce_weight` mixes in cross-entropy on the answer tokens.
+    the `loss`; `ce_weight` mixes in cross-entropy on the answer tokens, `prompt_loss_weight`
+    cross-entropy on the prompt tokens (per token, relative to an answer token).
     """
 
     teachers: Annotated[list[str], Field(min_length=1)]
@@ -242,6 +243,7 @@ class StudentConfig(Strict):
     temperature: Annotated[float, Field(gt=0)] = 1.0
     top_k: Positive = 32
     ce_weight: Fraction = 0.0
+    prompt_loss_weight: Fraction = 0.0
     completions_per_prompt: Positive = 1
     curriculum: CurriculumConfig | None = None
     checkpoint_every: NonNegative = 100

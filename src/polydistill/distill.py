@@ -10,7 +10,10 @@ student's decoder runs to its final hidden states, the answer positions are pick
 chunked `losses.distill_loss_parts` (fused with the lm_head, summed over positions) gives the
 loss, so the `[tokens x vocab]` student logits never exist. Positions whose target is masked
 out (no teacher's distribution fits the student's context there) count only in the
-cross-entropy part, and only when `ce_weight` > 0.
+cross-entropy part, and only when `ce_weight` > 0. With `prompt_weight` > 0 the student is also a
+language model of the prompts (cross-entropy on each prompt token after the first, per token
+`prompt_weight` times an answer token's loss): prompts are the one text a label-free run has,
+and the world's teachers learn theirs the same way.
 """
 
 from collections.abc import Sequence
@@ -39,7 +42,9 @@ def distillation_batches(
 ) -> BatchFn:
     """`batch_at(i)`: the i-th (micro-)batch of rows (a pure function of `seed` and `i`, see
     `chat.batch_rows`, also for the curriculum of `first_rows` / `first_batches`), with labels on
-    the completion tokens and the targets of those positions, in the same row-major order."""
+    the completion tokens and the targets of those positions, in the same row-major order;
+    `prompt_labels` hold the prompt tokens after the first (for `distillation_loss`'s
+    `prompt_weight`)."""
     lengths = [len(p) + len(c) for p, c in zip(data.prompts, data.completions, strict=True)]
     rows_of = batch_rows(lengths, batch_size, seed, buckets, first_rows, first_batches)
     targets = data.targets
@@ -51,20 +56,41 @@ def distillation_batches(
             [data.prompts[r] + data.completions[r] for r in chosen], pad_id
         )
         labels = torch.full_like(input_ids, IGNORE)
+        prompt_labels = torch.full_like(input_ids, IGNORE)
         for row, r in enumerate(chosen):
             start = len(data.prompts[r])
             labels[row, start : start + len(data.completions[r])] = torch.tensor(
                 data.completions[r]
             )
+            prompt_labels[row, 1:start] = torch.tensor(data.prompts[r][1:])
         spans = [slice(data.offsets[r], data.offsets[r + 1]) for r in chosen]
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
+            "prompt_labels": prompt_labels,
             "target_ids": torch.cat([ids[s] for s in spans]),
             "target_logprobs": torch.cat([logprobs[s] for s in spans]),
             "target_tail": torch.cat([tail[s] for s in spans]),
             "target_mask": torch.cat([mask[s] for s in spans]),
+        }
+
+    return batch_at
+
+
+def with_prompt_labels(batches: BatchFn, prompt_weight: float) -> BatchFn:
+    """`batches` for `sft_loss` that also learns the prompts, as `supervised_batches` does with
+    its `prompt_weight`: the prompt tokens join the labels, weighted so (`label_weights`)."""
+    if prompt_weight <= 0:
+        return batches
+
+    def batch_at(index: int) -> Batch:
+        batch = batches(index)
+        prompt = batch["prompt_labels"] != IGNORE
+        return {
+            **batch,
+            "labels": torch.where(prompt, batch["prompt_labels"], batch["labels"]),
+            "label_weights": torch.where(prompt, prompt_weight, 1.0),
         }
 
     return batch_at
@@ -93,11 +119,36 @@ def fused_head_weight(model: PreTrainedModel) -> torch.Tensor:
     return head.weight
 
 
+def _prompt_cross_entropy(
+    hidden: torch.Tensor, head: torch.Tensor, prompt_labels: torch.Tensor, vocab_size: int
+) -> torch.Tensor:
+    """Summed cross-entropy of the prompt tokens, by the same memory-flat kernel (no targets)."""
+    counted = prompt_labels != IGNORE
+    rows = int(counted.sum())
+    no_targets = SparseTargets(
+        torch.zeros(rows, 1, dtype=torch.long),
+        torch.zeros(rows, 1, dtype=hidden.dtype),
+        torch.zeros(rows, dtype=hidden.dtype),
+        torch.zeros(rows, dtype=torch.bool),
+    )
+    # ce_weight 1 and every target masked: the total is all cross-entropy.
+    return distill_loss_parts(
+        hidden[counted], head, no_targets, ce_weight=1.0, labels=prompt_labels[counted],
+        vocab_size=vocab_size, reduction="sum",
+    ).total  # fmt: skip
+
+
 def distillation_loss(
-    kind: str, beta: float, temperature: float, ce_weight: float, vocab_size: int
+    kind: str,
+    beta: float,
+    temperature: float,
+    ce_weight: float,
+    vocab_size: int,
+    prompt_weight: float = 0.0,
 ) -> LossFn:
     """`loss_fn(model, batch)` for `train`: the summed divergence (and cross-entropy on the
-    teacher's completion tokens, weighted `ce_weight`) over the batch's completion positions."""
+    teacher's completion tokens, weighted `ce_weight`) over the batch's completion positions,
+    plus `prompt_weight` times the summed cross-entropy of the prompt tokens."""
 
     def loss_fn(model: PreTrainedModel, batch: Batch) -> LossOutput:
         hidden = final_hidden_states(model, batch["input_ids"], batch["attention_mask"])
@@ -126,6 +177,13 @@ def distillation_loss(
             "divergence": float(parts.divergence),
             "cross_entropy": float(parts.cross_entropy),
         }
-        return LossOutput(parts.total, rows.shape[0], logged)
+        total = parts.total
+        if prompt_weight > 0:
+            prompt = _prompt_cross_entropy(
+                hidden[:, :-1], fused_head_weight(model), batch["prompt_labels"][:, 1:], vocab_size
+            )
+            logged["prompt_cross_entropy"] = float(prompt.detach())
+            total = total + prompt_weight * prompt
+        return LossOutput(total, rows.shape[0], logged)
 
     return loss_fn

@@ -39,7 +39,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from polydistill.chat import supervised_batches
 from polydistill.config import RunConfig
-from polydistill.distill import distillation_batches, distillation_loss
+from polydistill.distill import distillation_batches, distillation_loss, with_prompt_labels
 from polydistill.progress import console, progress_bars
 from polydistill.store.cached import local_fingerprint, open_store, store_teachers
 from polydistill.student_targets import (
@@ -225,7 +225,8 @@ def plan_batches(
         rows = [i for i, d in enumerate(prompts.domains) if d in first]
         batches = supervised_batches(
             tokenizer, prompts.texts, prompts.gold, t.batch_size, t.seed, "oracle",
-            buckets=t.buckets, first_rows=rows, first_batches=steps,
+            prompt_weight=s.prompt_loss_weight, buckets=t.buckets, first_rows=rows,
+            first_batches=steps,
         )  # fmt: skip
         return batches, sft_loss
     rows = [r for r, i in enumerate(data.prompt_of) if prompts.domains[i] in first]
@@ -233,8 +234,10 @@ def plan_batches(
         data, tokenizer.pad_token_id, t.batch_size, t.seed, t.buckets, rows, steps
     )
     if plan.sft == "chosen":
-        return batches, sft_loss
-    return batches, distillation_loss(s.loss, s.beta, s.temperature, s.ce_weight, len(tokenizer))
+        return with_prompt_labels(batches, s.prompt_loss_weight), sft_loss
+    return batches, distillation_loss(
+        s.loss, s.beta, s.temperature, s.ce_weight, len(tokenizer), s.prompt_loss_weight
+    )
 
 
 def student_fingerprint(cfg: RunConfig, world: World, plan: ModelPlan) -> dict:
