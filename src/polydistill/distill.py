@@ -42,9 +42,7 @@ def distillation_batches(
 ) -> BatchFn:
     """`batch_at(i)`: the i-th (micro-)batch of rows (a pure function of `seed` and `i`, see
     `chat.batch_rows`, also for the curriculum of `first_rows` / `first_batches`), with labels on
-    the completion tokens and the targets of those positions, in the same row-major order;
-    `prompt_labels` hold the prompt tokens after the first (for `distillation_loss`'s
-    `prompt_weight`)."""
+    the completion tokens and the targets of those positions, in the same row-major order."""
     lengths = [len(p) + len(c) for p, c in zip(data.prompts, data.completions, strict=True)]
     rows_of = batch_rows(lengths, batch_size, seed, buckets, first_rows, first_batches)
     targets = data.targets
@@ -56,19 +54,16 @@ def distillation_batches(
             [data.prompts[r] + data.completions[r] for r in chosen], pad_id
         )
         labels = torch.full_like(input_ids, IGNORE)
-        prompt_labels = torch.full_like(input_ids, IGNORE)
         for row, r in enumerate(chosen):
             start = len(data.prompts[r])
             labels[row, start : start + len(data.completions[r])] = torch.tensor(
                 data.completions[r]
             )
-            prompt_labels[row, 1:start] = torch.tensor(data.prompts[r][1:])
         spans = [slice(data.offsets[r], data.offsets[r + 1]) for r in chosen]
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
-            "prompt_labels": prompt_labels,
             "target_ids": torch.cat([ids[s] for s in spans]),
             "target_logprobs": torch.cat([logprobs[s] for s in spans]),
             "target_tail": torch.cat([tail[s] for s in spans]),
@@ -76,6 +71,16 @@ def distillation_batches(
         }
 
     return batch_at
+
+
+def prompt_labels(batch: Batch) -> torch.Tensor:
+    """Labels of the prompt tokens after the first (IGNORE elsewhere): in a row of
+    `distillation_batches`, the attended tokens before its first answer label."""
+    labels, input_ids = batch["labels"], batch["input_ids"]
+    before_answer = (labels != IGNORE).cumsum(-1) == 0
+    prompt = before_answer & batch["attention_mask"].bool()
+    prompt[:, 0] = False
+    return torch.where(prompt, input_ids, IGNORE)
 
 
 def with_prompt_labels(batches: BatchFn, prompt_weight: float) -> BatchFn:
@@ -86,11 +91,12 @@ def with_prompt_labels(batches: BatchFn, prompt_weight: float) -> BatchFn:
 
     def batch_at(index: int) -> Batch:
         batch = batches(index)
-        prompt = batch["prompt_labels"] != IGNORE
+        prompt = prompt_labels(batch)
+        on_prompt = prompt != IGNORE
         return {
             **batch,
-            "labels": torch.where(prompt, batch["prompt_labels"], batch["labels"]),
-            "label_weights": torch.where(prompt, prompt_weight, 1.0),
+            "labels": torch.where(on_prompt, prompt, batch["labels"]),
+            "label_weights": torch.where(on_prompt, prompt_weight, 1.0),
         }
 
     return batch_at
@@ -155,6 +161,7 @@ def distillation_loss(
         labels = batch["labels"][:, 1:]
         counted = labels != IGNORE
         rows = hidden[:, :-1][counted]
+        head = fused_head_weight(model)
         targets = SparseTargets(
             batch["target_ids"],
             batch["target_logprobs"],
@@ -163,7 +170,7 @@ def distillation_loss(
         )
         parts = distill_loss_parts(
             rows,
-            fused_head_weight(model),
+            head,
             targets,
             kind,
             beta=beta,
@@ -180,7 +187,7 @@ def distillation_loss(
         total = parts.total
         if prompt_weight > 0:
             prompt = _prompt_cross_entropy(
-                hidden[:, :-1], fused_head_weight(model), batch["prompt_labels"][:, 1:], vocab_size
+                hidden[:, :-1], head, prompt_labels(batch)[:, 1:], vocab_size
             )
             logged["prompt_cross_entropy"] = float(prompt.detach())
             total = total + prompt_weight * prompt

@@ -38,7 +38,6 @@ class World:
     root: Path
     train: dict[str, list[Example]]
     heldout: dict[str, list[Example]]
-    validation: dict[str, list[Example]]
     teachers: dict[str, Path]
 
     def tokenizer_dir(self, style: str) -> Path:
@@ -269,6 +268,5 @@ def build_world(cfg: RunConfig) -> World:
         root=root,
         train={d: s.train for d, s in splits.items()},
         heldout={d: s.heldout for d, s in splits.items()},
-        validation={d: s.validation for d, s in splits.items()},
         teachers=teachers,
     )

@@ -182,10 +182,10 @@ def facts(seed: int, entities: int) -> Splits:
         for attribute, value in attributes.items():
             templates = _FACT_TEMPLATES[attribute]
             held, validation = rng.sample(range(len(templates)), 2)
+            destination = {held: splits.heldout, validation: splits.validation}
             for index, template in enumerate(templates):
                 example = Example("facts", template.format(name=name), value)
-                split = {held: splits.heldout, validation: splits.validation}.get(index)
-                (split if split is not None else splits.train).append(example)
+                destination.get(index, splits.train).append(example)
     return splits
 
 
