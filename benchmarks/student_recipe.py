@@ -16,7 +16,10 @@ in worker processes, two at a time on two cores (one thread each), while `train.
 the moving average of its weights at the recipe's `ema_decay` (or `--average`). Every `--every`
 steps and at the end, the raw and the averaged weights are scored on the held-out sets (exact
 match, greedy): the averaged score is what `ema_decay` would have returned had training stopped
-there. The targets are the benchmark's: 95% of the best teacher's accuracy per domain.
+there. The averaged weights are also scored on the validation prompts against the answers the
+student's fusion chooses among the teachers' (label-free), the score by which
+`student.validate_every` chooses a run's weights: does it choose the points held-out favours?
+The targets are the benchmark's: 95% of the best teacher's accuracy per domain.
 
 One seed per recipe (`student.train.seed` in a recipe changes it): on the specialists world,
 held-out facts moved by ~0.1 between runs differing only in batching, so repeat a recipe before
@@ -41,7 +44,7 @@ from benchmarks.results_md import machine, write_section
 from polydistill import student
 from polydistill.config import RunConfig, load_config
 from polydistill.errors import UserError
-from polydistill.evaluate import evaluate_model
+from polydistill.evaluate import exact_match
 from polydistill.pipeline import evaluate_teachers, heldout_sets
 from polydistill.report.tables import SPECIALIST_SHARE, best_teachers
 from polydistill.student_runs import save_rows
@@ -111,8 +114,9 @@ def rows_key(cfg: RunConfig) -> str:
     return json.dumps(key, sort_keys=True)
 
 
-def write_student_rows(cfg: RunConfig, world: World, path: Path) -> None:
-    """The student's fused rows, exactly as `polydistill run` builds them, saved to `path`."""
+def write_student_rows(cfg: RunConfig, world: World, path: Path) -> dict:
+    """The student's fused rows, exactly as `polydistill run` builds them, saved to `path`;
+    returns the validation references `student.validate_every` would choose its weights by."""
     tokenizer = student.student_tokenizer(cfg, world)
     prompts = student.student_prompts(cfg, world)
     teachers = student.student_teachers(cfg, world)
@@ -120,6 +124,9 @@ def write_student_rows(cfg: RunConfig, world: World, path: Path) -> None:
     plan = student.model_plans(cfg)[0]
     rows, _ = student.plan_data(cfg, plan, teachers, tokenizer, prompts, readings)
     save_rows(rows, path)
+    checking = student.validation_prompts(cfg, world)
+    checked = student.teacher_readings(cfg, teachers, checking)
+    return student.validation_references(cfg, plan, teachers, checking, checked)
 
 
 def train_recipe(spec: dict) -> dict:
@@ -137,11 +144,11 @@ def train_recipe(spec: dict) -> dict:
     averaged, average = copy.deepcopy(model), fresh_average(model)
     points, started = [], time.perf_counter()
 
-    def score(which) -> dict[str, float]:
-        result = evaluate_model(
-            which, tokenizer, heldout, cfg.eval.max_new_tokens, cfg.eval.batch_size, spec["name"]
+    def score(which, examples=heldout) -> dict[str, float]:
+        settings = cfg.eval
+        return exact_match(
+            which, tokenizer, examples, settings.max_new_tokens, settings.batch_size, spec["name"]
         )
-        return result["accuracy"]
 
     def on_step(step: int, record: dict) -> None:
         update_average(average, model, spec["decay"], step)
@@ -149,6 +156,7 @@ def train_recipe(spec: dict) -> dict:
             return
         copy_average_into(averaged, average)
         raw, smooth = score(model), score(averaged)
+        agreement = score(averaged, spec["references"])
         seconds = round(time.perf_counter() - started, 1)
         points.append(
             {
@@ -157,12 +165,14 @@ def train_recipe(spec: dict) -> dict:
                 "loss": record["loss"],
                 "raw": raw,
                 "averaged": smooth,
+                "validation": agreement,
             }
         )
         domains = list(raw)  # a line per point, so that a long run can be followed
         print(
             f"{spec['name']}: step {step}, {seconds:.0f} s, raw {_accuracies(raw, domains)}, "
-            f"averaged {_accuracies(smooth, domains)}",
+            f"averaged {_accuracies(smooth, domains)}, validation agreement "
+            f"{_accuracies(agreement, domains)}",
             flush=True,
         )
 
@@ -178,18 +188,20 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
     teachers = {m: r["accuracy"] for m, r in evaluate_teachers(first, world).items()}
     heldout = heldout_sets(world, first.eval.heldout_limit)
     rows: dict[str, Path] = {}
+    references: dict[str, dict] = {}
     specs = []
     for name, (cfg, _) in recipes.items():
         key = rows_key(cfg)
         if key not in rows:
             rows[key] = work / f"rows-{len(rows)}.pt"
-            write_student_rows(cfg, world, rows[key])
+            references[key] = write_student_rows(cfg, world, rows[key])
         specs.append(
             {
                 "name": name,
                 "run": cfg.model_dump(mode="json"),
                 "world": world,
                 "rows": rows[key],
+                "references": references[key],
                 "heldout": heldout,
                 "every": args.every,
                 "decay": args.average or cfg.student.train.ema_decay or 0.998,
@@ -221,6 +233,15 @@ def _accuracies(accuracy: dict[str, float], domains: list[str]) -> str:
     return " / ".join(f"{accuracy[d]:.3f}" for d in domains)
 
 
+def chosen_point(points: list[dict]) -> dict:
+    """The point `validate_every` would choose: the highest mean agreement, the earlier on a tie."""
+    return max(points, key=lambda p: (_mean(p["validation"]), -p["step"]))
+
+
+def _mean(values: dict[str, float]) -> float:
+    return sum(values.values()) / len(values)
+
+
 def markdown(result: dict, command: str) -> str:
     domains = result["domains"]
     names = " / ".join(domains)
@@ -234,17 +255,23 @@ def markdown(result: dict, command: str) -> str:
         + f" problems. Targets ({SPECIALIST_SHARE:.0%} of the best teacher), {names}: {targets}.",
         "One seed per recipe; see the module's docstring for how noisy that is.",
         "",
-        f"| recipe | step | seconds | loss | raw: {names} | averaged: {names} |",
-        "| --- | ---: | ---: | ---: | --- | --- |",
+        "validation: the averaged weights' agreement with the answers the student's fusion chooses",
+        "on the validation prompts (label-free); * marks the point it chooses (`validate_every`).",
+        "",
+        f"| recipe | step | seconds | loss | raw: {names} | averaged: {names} | validation |",
+        "| --- | ---: | ---: | ---: | --- | --- | --- |",
     ]
     for recipe in result["recipes"]:
         label = f"{recipe['name']} (`{'; '.join(recipe['overrides']) or 'as configured'}`, "
         label += f"decay {recipe['decay']})"
+        chosen = chosen_point(recipe["points"])
         for point in recipe["points"]:
-            raw, averaged = point["raw"], point["averaged"]
+            raw, averaged, agreement = point["raw"], point["averaged"], point["validation"]
+            mark = " *" if point is chosen else ""
             lines.append(
-                f"| {label} | {point['step']:,} | {point['seconds']:.0f} | {point['loss']:.4f} "
-                f"| {_accuracies(raw, domains)} | {_accuracies(averaged, domains)} |"
+                f"| {label} | {point['step']:,}{mark} | {point['seconds']:.0f} "
+                f"| {point['loss']:.4f} | {_accuracies(raw, domains)} "
+                f"| {_accuracies(averaged, domains)} | {_accuracies(agreement, domains)} |"
             )
             label = ""
     return "\n".join(lines) + "\n"

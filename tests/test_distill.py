@@ -626,3 +626,53 @@ def test_the_benchmarks_models_train_the_same_in_two_worker_processes(cfg, tmp_p
             for out in ("here", "apart")
         ]
         assert lines[0] == lines[1] and len(lines[0]) == 4
+
+
+def test_validation_chooses_each_models_weights_by_its_own_teachers_answers(cfg, world, tmp_path):
+    """`student.validate_every`: each model is scored on the validation prompts against the
+    answers its own plan learns from (a single teacher's: that teacher's; the oracle's: gold),
+    every 2 steps in the workers, and keeps its best weights; metrics say which step."""
+    import polydistill.pipeline as pipeline
+
+    checked = cfg.model_copy(
+        update={
+            "benchmark": BenchmarkConfig(baselines=["single", "oracle"]),
+            "threads": 2,
+            "student": cfg.student.model_copy(update={"validate_every": 2}),
+        }
+    )
+    prompts = student.validation_prompts(checked, world)
+    assert len(prompts.texts) == sum(len(world.validation[d]) for d in ("facts", "arithmetic"))
+    teachers = student.student_teachers(checked, world)
+    readings = student.teacher_readings(checked, teachers, prompts)
+    plans = {p.name: p for p in student.model_plans(checked)}
+    by_plan = {
+        name: student.validation_references(checked, plan, teachers, prompts, readings)
+        for name, plan in plans.items()
+    }
+    gold = {d: world.validation[d] for d in ("facts", "arithmetic")}
+    assert by_plan["baseline:oracle"] == gold
+    counter = teachers[1].complete(prompts.texts, samples=1, max_new_tokens=8, seed=0)[0]
+    assert [
+        e.answer for d in ("facts", "arithmetic") for e in by_plan["baseline:single:counter"][d]
+    ] == [a.strip() for a in counter]
+    assert [e.prompt for e in by_plan["student"]["facts"]] == [e.prompt for e in gold["facts"]]
+
+    metrics = pipeline.run(checked, tmp_path / "out")
+    for name in plans:
+        selection = metrics["models"][name]["selection"]
+        scores = [p["score"] for p in selection["history"]]
+        assert [p["step"] for p in selection["history"]] == [2, 4]
+        assert selection["score"] == max(scores) and 0 <= selection["score"] <= 1
+        assert selection["step"] == selection["history"][scores.index(max(scores))]["step"]
+        log = tmp_path / "out" / "train_logs" / (name.replace(":", "__") + ".jsonl")
+        records = [json.loads(line) for line in log.open()]
+        assert [r["validation"] for r in records if "validation" in r] == scores
+
+
+def test_validation_cannot_choose_from_a_store(config_file):
+    with pytest.raises(UserError) as error:
+        load_config(
+            config_file, ["student.validate_every=2", f"student.store={config_file.parent}"]
+        )
+    assert str(error.value).startswith("student.validate_every: a store (student.store) holds")

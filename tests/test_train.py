@@ -533,3 +533,74 @@ def test_supervised_batches_are_a_function_of_their_index(batch_at):
         assert torch.equal(later[key], later_again[key])
     labelled = (first["labels"] != -100) & (first["attention_mask"] == 0)
     assert not labelled.any()
+
+
+# --- choosing the weights by a score (train.selection) -------------------------------------
+
+
+def distance_from_start(tokenizer):
+    """A score of the weights alone (so that a resumed run scores as the killed one would):
+    minus their distance from the initial weights, which favours the early steps."""
+    start = weights(tiny_model(tokenizer))
+
+    def score(model) -> float:
+        return -sum(float((p - start[n]).norm()) for n, p in weights(model).items())
+
+    return score
+
+
+def test_the_run_returns_the_averaged_weights_its_score_liked_best(tokenizer, batch_at):
+    scores, scored = iter([0.2, 0.7, 0.4]), []
+
+    def select_by(model) -> float:
+        scored.append(weights(model))
+        return next(scores)
+
+    model = tiny_model(tokenizer)
+    records = train(
+        model, batch_at, sft_loss, **LOOP, ema_decay=0.5, select_every=2, select_by=select_by
+    )
+    plain, plain_records = run(tokenizer, batch_at, ema_decay=0.5)
+    assert [r.get("validation") for r in records] == [None, 0.2, None, 0.7, None, 0.4]
+    unscored = [{k: v for k, v in r.items() if k != "validation"} for r in records]
+    assert without_timing(unscored) == without_timing(plain_records)  # training is unchanged
+    assert_bit_identical(scored[2], weights(plain))  # what is scored is what the run would return
+    assert_bit_identical(weights(model), scored[1])
+    assert not torch.equal(scored[1]["model.norm.weight"], scored[2]["model.norm.weight"])
+
+
+def test_a_selecting_run_killed_midway_resumes_to_the_same_choice(tokenizer, batch_at, tmp_path):
+    options = {"ema_decay": 0.5, "select_every": 3, "select_by": distance_from_start(tokenizer)}
+    reference, _ = run(tokenizer, batch_at, tmp_path / "whole", **options)
+    state = json.loads(
+        (tmp_path / "whole/checkpoints/step-00000006/trainer_state.json").read_text()
+    )
+    assert state["selection"]["step"] == 3
+    assert [p["step"] for p in state["selection"]["history"]] == [3, 6]
+    with pytest.raises(KeyboardInterrupt):
+        run(tokenizer, batch_at, tmp_path / "killed", **options, on_step=stop_at(5))
+    assert (tmp_path / "killed/checkpoints/step-00000004/selected.safetensors").is_file()
+    resumed, records = run(tokenizer, batch_at, tmp_path / "killed", **options, resume=True)
+    assert [r["step"] for r in records] == [5, 6]
+    assert_bit_identical(weights(resumed), weights(reference))
+    finished = tmp_path / "killed/checkpoints/step-00000006"
+    assert (
+        json.loads((finished / "trainer_state.json").read_text())["selection"] == state["selection"]
+    )
+
+
+def test_selection_settings_and_scores_are_checked(tokenizer, batch_at, tmp_path):
+    with pytest.raises(UserError, match=r"select_every \(2\) must be ≥ 1 with select_by"):
+        run(tokenizer, batch_at, select_every=2)
+    with pytest.raises(UserError, match=r"select_every \(0\) must be ≥ 1 with select_by"):
+        run(tokenizer, batch_at, select_by=lambda model: 1.0)
+    with pytest.raises(UserError, match="step 3: the selection score is nan"):
+        run(tokenizer, batch_at, select_every=3, select_by=lambda model: float("nan"))
+    options = {"select_every": 3, "select_by": distance_from_start(tokenizer)}
+    with pytest.raises(KeyboardInterrupt):
+        run(tokenizer, batch_at, tmp_path, **options, on_step=stop_at(5))
+    (tmp_path / "checkpoints/step-00000004/selected.safetensors").unlink()
+    with pytest.raises(UserError, match=r"has scores but no selected\.safetensors"):
+        run(tokenizer, batch_at, tmp_path, **options, resume=True)
+    with pytest.raises(UserError, match="select_every: checkpoint 3, now 2"):
+        run(tokenizer, batch_at, tmp_path, **{**options, "select_every": 2}, resume=True)

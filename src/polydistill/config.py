@@ -247,6 +247,11 @@ class StudentConfig(Strict):
     completions_per_prompt: Positive = 1
     curriculum: CurriculumConfig | None = None
     checkpoint_every: NonNegative = 100
+    # Every `validate_every` steps (0: never) and at the end, the weights the run would return
+    # are scored on the world's validation prompts against the answers the model's own fusion
+    # chooses from its teachers (label-free: no gold; the oracle, which trains on gold, scores
+    # against gold), and the best-scoring weights become the model.
+    validate_every: NonNegative = 0
     # A store written by `polydistill capture` of this config: the teachers' answers and
     # readings come from it, no teacher model is loaded (its fingerprints must match).
     store: Path | None = None
@@ -339,6 +344,12 @@ class RunConfig(Strict):
             raise _error_at(
                 ("prompts_per_domain",),
                 f"{unknown} not among the student's domains {student.domains}",
+            )
+        if student.validate_every and student.store is not None:
+            raise _error_at(
+                ("validate_every",),
+                "a store (student.store) holds the teachers' readings of the training prompts "
+                "only, not of the validation prompts; set validate_every: 0",
             )
         _check_fusion(student)
         _check_curriculum(student)

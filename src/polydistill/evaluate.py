@@ -79,6 +79,28 @@ def answer_bits(
     return bits, size
 
 
+def exact_match(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: dict[str, list[Example]],
+    max_new_tokens: int,
+    batch_size: int,
+    who: str,
+    on_batch: Progress | None = None,
+) -> dict[str, float]:
+    """Per domain, the share of examples whose answer greedy decoding reproduces."""
+    model.eval()
+    accuracy: dict[str, float] = {}
+    for domain, rows in examples.items():
+        prompts = [e.prompt for e in rows]
+        completions = greedy_completions(
+            model, tokenizer, prompts, max_new_tokens, batch_size, who, on_batch
+        )
+        matches = sum(check(e, c) for e, c in zip(rows, completions, strict=True))
+        accuracy[domain] = matches / len(rows)
+    return accuracy
+
+
 def evaluate_model(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -89,22 +111,9 @@ def evaluate_model(
     on_batch: Progress | None = None,
 ) -> dict:
     """Accuracy and bits per byte per domain, and the parameter count."""
-    model.eval()
-    accuracy: dict[str, float] = {}
+    accuracy = exact_match(model, tokenizer, heldout, max_new_tokens, batch_size, who, on_batch)
     bits_per_byte: dict[str, float] = {}
     for domain, examples in heldout.items():
-        completions = greedy_completions(
-            model,
-            tokenizer,
-            [e.prompt for e in examples],
-            max_new_tokens,
-            batch_size,
-            who,
-            on_batch,
-        )
-        accuracy[domain] = sum(
-            check(e, c) for e, c in zip(examples, completions, strict=True)
-        ) / len(examples)
         bits, size = answer_bits(model, tokenizer, examples, batch_size, who)
         bits_per_byte[domain] = bits / size
     return {

@@ -112,6 +112,9 @@ def distil_and_evaluate(
     prompts = student.student_prompts(cfg, world)
     teachers = student.student_teachers(cfg, world)
     readings = student.teacher_readings(cfg, teachers, prompts)
+    if cfg.student.validate_every:
+        checking = student.validation_prompts(cfg, world)
+        checked = student.teacher_readings(cfg, teachers, checking)
     jobs, fused, projections, accounts = [], {}, {}, None
     for plan in student.model_plans(cfg):
         work, rows_file = student.model_work_dir(out, cfg, world, plan), None
@@ -125,7 +128,10 @@ def distil_and_evaluate(
                 fused[key] = (work / student_runs.ROWS_FILE, plan_accounts)
             rows_file, plan_accounts = fused[key]
             accounts = plan_accounts if plan.name == "student" else accounts
-        jobs.append(student_runs.PlanJob(plan, work, rows_file))
+        references = None
+        if cfg.student.validate_every:
+            references = student.validation_references(cfg, plan, teachers, checking, checked)
+        jobs.append(student_runs.PlanJob(plan, work, rows_file, references))
     del projections, readings  # the workers read their rows from the files
     heldout = heldout_sets(world, cfg.eval.heldout_limit)
     results = student_runs.train_and_score(cfg, world, jobs, heldout)

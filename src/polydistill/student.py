@@ -45,6 +45,7 @@ from polydistill.store.cached import local_fingerprint, open_store, store_teache
 from polydistill.student_targets import (
     DistillationData,
     answer_bits_per_byte,
+    choose_answers,
     example_weights,
     student_targets,
 )
@@ -56,6 +57,7 @@ from polydistill.train.checkpoint import list_checkpoints
 from polydistill.train.loop import CHECKPOINTS_DIR
 from polydistill.world.architectures import build_model
 from polydistill.world.build import World
+from polydistill.world.domains import Example
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,50 @@ def gold_bits_per_byte(teachers: list[Teacher], prompts: Prompts) -> torch.Tenso
     )
 
 
+def plan_weights(
+    cfg: RunConfig, plan: ModelPlan, teachers: list[Teacher], prompts: Prompts, readings: Readings
+) -> torch.Tensor:
+    """`[teachers, prompts]`: how much the plan's fusion hears each teacher on each prompt."""
+    gold = None
+    if plan.strategy in ("mince", "avgce"):
+        gold = gold_bits_per_byte(teachers, prompts)
+    return example_weights(
+        plan.strategy,
+        [t.name for t in teachers],
+        readings,
+        prompts.texts,
+        prompts.domains,
+        temperature=cfg.student.fusion.temperature,
+        fixed=plan.fixed,
+        routes=cfg.student.fusion.routes,
+        gold_bits_per_byte=gold,
+    )
+
+
+def validation_prompts(cfg: RunConfig, world: World) -> Prompts:
+    """Every validation prompt of the student's domains (and its gold answer, for the oracle)."""
+    examples = [e for d in cfg.student.domains for e in world.validation[d]]
+    texts, domains = [e.prompt for e in examples], [e.domain for e in examples]
+    return Prompts(texts, domains, [e.answer for e in examples])
+
+
+def validation_references(
+    cfg: RunConfig, plan: ModelPlan, teachers: list[Teacher], prompts: Prompts, readings: Readings
+) -> dict[str, list[Example]]:
+    """Per domain, each validation prompt with the answer the plan would learn for it: the one
+    its fusion chooses among the teachers' answers (label-free), or gold for the oracle."""
+    if plan.sft == "gold":
+        answers = prompts.gold
+    else:
+        weights = plan_weights(cfg, plan, teachers, prompts, readings)
+        chosen = choose_answers(readings, weights, 1)
+        answers = [readings.candidates[c].text.strip() for _, c in chosen]
+    references: dict[str, list[Example]] = {}
+    for text, domain, answer in zip(prompts.texts, prompts.domains, answers, strict=True):
+        references.setdefault(domain, []).append(Example(domain, text, answer))
+    return references
+
+
 def plan_data(
     cfg: RunConfig,
     plan: ModelPlan,
@@ -182,21 +228,7 @@ def plan_data(
     """The plan's fused rows and accounts (for `sft` plans: the rows of its chosen answers).
     `projections`: one dict for all plans of a run, so that an answer is projected once."""
     s = cfg.student
-    names = [t.name for t in teachers]
-    gold = None
-    if plan.strategy in ("mince", "avgce"):
-        gold = gold_bits_per_byte(teachers, prompts)
-    weights = example_weights(
-        plan.strategy,
-        names,
-        readings,
-        prompts.texts,
-        prompts.domains,
-        temperature=s.fusion.temperature,
-        fixed=plan.fixed,
-        routes=s.fusion.routes,
-        gold_bits_per_byte=gold,
-    )
+    weights = plan_weights(cfg, plan, teachers, prompts, readings)
     return student_targets(
         readings,
         teachers,
@@ -268,8 +300,10 @@ def train_model(
     tokenizer: PreTrainedTokenizerBase,
     work_dir: Path,
     on_step: Callable[[int, dict], None] | None = None,
+    select_by: Callable[[PreTrainedModel], float] | None = None,
 ) -> PreTrainedModel:
-    """A fresh student trained by `loss_fn` on `batches`, resuming from `work_dir`."""
+    """A fresh student trained by `loss_fn` on `batches`, resuming from `work_dir`; with
+    `student.validate_every`, the weights `select_by` scores best (`train.selection`)."""
     s, t = cfg.student, cfg.student.train
     model = build_model(s.family, s.model, tokenizer, t.seed)
     found = list_checkpoints(work_dir / CHECKPOINTS_DIR)
@@ -285,6 +319,8 @@ def train_model(
         resume=s.checkpoint_every > 0,
         fingerprint=student_fingerprint(cfg, world, plan),
         on_step=on_step,
+        select_every=s.validate_every,
+        select_by=select_by,
     )
     model.eval()
     return model

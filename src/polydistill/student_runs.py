@@ -25,11 +25,13 @@ import torch
 
 from polydistill import student
 from polydistill.config import RunConfig
-from polydistill.evaluate import evaluate_model
+from polydistill.evaluate import evaluate_model, exact_match
 from polydistill.processes import stop_workers
 from polydistill.progress import console, progress_bars
-from polydistill.train.checkpoint import save_final
+from polydistill.train.checkpoint import list_checkpoints, read_state, save_final
+from polydistill.train.loop import CHECKPOINTS_DIR
 from polydistill.world.build import World
+from polydistill.world.domains import Example
 
 FINAL_DIR = "final"
 ROWS_FILE = "rows.pt"
@@ -43,6 +45,8 @@ class PlanJob:
     plan: student.ModelPlan
     work: Path
     rows: Path | None = None
+    # Per domain, validation prompts with the answers the model is chosen by (`validate_every`).
+    references: dict[str, list[Example]] | None = None
 
 
 def save_rows(rows: student.DistillationData, path: Path) -> None:
@@ -62,22 +66,45 @@ def train_and_score_one(
     tokenizer = student.student_tokenizer(cfg, world)
     prompts = student.student_prompts(cfg, world)
     batches, loss_fn = student.plan_batches(cfg, job.plan, tokenizer, prompts, _load_rows(job))
+    name, settings = job.plan.name, cfg.eval
+    select_by = None
+    if cfg.student.validate_every:
+        if job.references is None:
+            raise ValueError(f"{name}: validate_every is set but the job has no references")
+
+        def select_by(model) -> float:
+            agreement = exact_match(
+                model, tokenizer, job.references, settings.max_new_tokens, settings.batch_size, name
+            )
+            return sum(agreement.values()) / len(agreement)
+
     model = student.train_model(
-        cfg, world, job.plan, batches, loss_fn, tokenizer, job.work, on_step
+        cfg, world, job.plan, batches, loss_fn, tokenizer, job.work, on_step, select_by
     )
     save_final(model, tokenizer, job.work / FINAL_DIR)
-    name = job.plan.name
-    settings = cfg.eval
-    return evaluate_model(
+    result = evaluate_model(
         model, tokenizer, heldout, settings.max_new_tokens, settings.batch_size, name
     )
+    if select_by is not None:
+        result["selection"] = chosen_checkpoint(job.work)
+    return result
+
+
+def chosen_checkpoint(work: Path) -> dict | None:
+    """The step whose weights a finished run chose by validation, its score and every score
+    (from its last checkpoint: None when it kept none, `student.checkpoint_every: 0`)."""
+    found = list_checkpoints(work / CHECKPOINTS_DIR)
+    selection = read_state(found[-1])["selection"] if found else None
+    if selection:
+        console.log(f"{work.name}: chose step {selection['step']} ({selection['score']:.3f})")
+    return selection
 
 
 def _worker(spec: dict, heldout: dict, threads: int, events) -> tuple[str, dict]:
     """Worker process: one job, with its steps reported through `events`."""
     torch.set_num_threads(threads)
     cfg, world = RunConfig.model_validate(spec["run"]), spec["world"]
-    job = PlanJob(student.ModelPlan(**spec["plan"]), spec["work"], spec["rows"])
+    job = PlanJob(student.ModelPlan(**spec["plan"]), spec["work"], spec["rows"], spec["references"])
     name = job.plan.name
 
     def on_step(step: int, record: dict) -> None:
@@ -136,6 +163,7 @@ def _in_workers(cfg, world, jobs, heldout, workers, threads, show) -> dict[str, 
                     "plan": asdict(j.plan),
                     "work": j.work,
                     "rows": j.rows,
+                    "references": j.references,
                 }
                 for j in jobs
             ]

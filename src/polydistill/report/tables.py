@@ -18,9 +18,9 @@ MODEL_GROUPS = ("teacher:", "student", "baseline:")
 # teacher's accuracy, and its mean over domains beats every baseline named by these prefixes.
 SPECIALIST_SHARE = 0.95
 BASELINES_TO_BEAT = ("baseline:single:", "baseline:uniform", "baseline:seqkd")
-# The keys every training record has (train.loop.RECORD_KEYS, spelled out so that the report does
+# The keys the training loop writes (train.loop.RECORD_KEYS, spelled out so that the report does
 # not import torch); any other number in a record is a loss part, per token.
-RECORD_KEYS = ("step", "loss", "lr", "grad_norm", "loss_tokens", "tokens_per_s")
+RECORD_KEYS = ("step", "loss", "lr", "grad_norm", "loss_tokens", "tokens_per_s", "validation")
 
 
 @dataclass(frozen=True)

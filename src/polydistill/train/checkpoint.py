@@ -7,7 +7,8 @@
 A checkpoint is the folder `root/step-00000050/`: the model as `save_pretrained` writes it
 (safetensors + config, so any checkpoint also loads with `from_pretrained`), `optimizer.pt`,
 `rng.pt` (python, numpy, torch and CUDA generator states), `average.safetensors` when the run
-keeps a moving average of the weights, and `trainer_state.json` (step, data
+keeps a moving average of the weights, `selected.safetensors` when it chooses its weights by a
+score (`train.selection`), and `trainer_state.json` (step, data
 position, whether the run had finished, and the settings that shaped the run). It is written in a
 hidden `.tmp-*` sibling, flushed to disk and renamed into place, so a folder named `step-*` is
 always complete; a killed write leaves only a `.tmp-*` folder, which `clear_leftovers` removes.
@@ -31,6 +32,7 @@ from transformers.utils import logging as hf_logging
 from polydistill.errors import UserError
 from polydistill.staging import staged_folder
 from polydistill.train.average import save_average
+from polydistill.train.selection import Selection, save_selected
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -67,14 +69,18 @@ def save_training_state(
     state: Mapping[str, Any],
     keep: int,
     average: dict[str, torch.Tensor] | None = None,
+    selection: Selection | None = None,
 ) -> Path:
     """Write the checkpoint of `state["step"]` atomically, then keep only the newest `keep`.
-    `average`: the weights' moving average (`train.average`), saved beside them."""
+    `average`: the weights' moving average (`train.average`), saved beside them; `selection`:
+    the best weights scored so far (`train.selection`)."""
     target = root / checkpoint_name(state["step"])
     with staged_folder(target, replace=False) as staging:
         _save_model_quietly(model, staging)
         if average is not None:
             save_average(staging, average)
+        if selection is not None:
+            save_selected(staging, selection)
         torch.save(optimizer.state_dict(), staging / OPTIMIZER_FILE)
         torch.save(capture_rng(), staging / RNG_FILE)
         record = {"format": FORMAT, **state}

@@ -22,6 +22,8 @@ distillation of students both come through `loss_fn`.
   checkpoint); when the run ends the model's weights are replaced by their average, so the
   returned model, the last checkpoint and a resumed finished run all hold it. `on_step` hooks see
   the raw weights.
+- `select_by`: every `select_every` steps and at the end, score the weights the run would return
+  (`train.selection`; the score is the step record's `validation`); the run returns the best.
 - Deterministic: a fresh run seeds python, numpy and torch with `seed`; on CPU with the same
   thread count, the same seed gives bit-identical weights, and so does a killed-and-resumed run.
 - With `run_dir`: `train_log.jsonl` (+ TensorBoard, see `train.log`) and, every
@@ -57,13 +59,14 @@ from polydistill.train.checkpoint import (
     save_training_state,
 )
 from polydistill.train.log import TrainLog
+from polydistill.train.selection import ScoreFn, consider, load_selection
 
 Batch = dict[str, torch.Tensor]
 BatchFn = Callable[[int], Batch]
 StepHook = Callable[[int, dict[str, float]], bool | None]
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 CHECKPOINTS_DIR = "checkpoints"
-RECORD_KEYS = ("step", "loss", "lr", "grad_norm", "loss_tokens", "tokens_per_s")
+RECORD_KEYS = ("step", "loss", "lr", "grad_norm", "loss_tokens", "tokens_per_s", "validation")
 
 
 class LossOutput(NamedTuple):
@@ -189,7 +192,11 @@ def _check_arguments(
     resume: bool,
     run_dir: Path | None,
     ema_decay: float | None,
+    select_every: int,
+    select_by: ScoreFn | None,
 ) -> None:
+    if (select_by is None) != (select_every == 0) or select_every < 0:
+        raise UserError(f"select_every ({select_every}) must be ≥ 1 with select_by, else 0")
     if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
         raise UserError(f"ema_decay must be in [0, 1), got {ema_decay}")
     if steps < 1 or accumulation_steps < 1:
@@ -253,6 +260,8 @@ def train(
     resume: bool = False,
     fingerprint: Mapping[str, Any] | None = None,
     on_step: StepHook | None = None,
+    select_every: int = 0,
+    select_by: ScoreFn | None = None,
 ) -> list[dict[str, float]]:
     """Run up to `steps` optimiser steps, fewer if `on_step(step, record)` returns True.
 
@@ -269,6 +278,8 @@ def train(
         resume,
         run_dir,
         ema_decay,
+        select_every,
+        select_by,
     )
     loop = {
         "steps": steps,
@@ -284,6 +295,8 @@ def train(
     }
     if ema_decay is not None:  # absent otherwise, so checkpoints from before it still resume
         loop["ema_decay"] = ema_decay
+    if select_every:
+        loop["select_every"] = select_every
     settings = {"loop": loop, "run": dict(fingerprint or {})}
     optimizer = make_optimizer(model, lr, weight_decay, betas)
     checkpoints = run_dir / CHECKPOINTS_DIR if run_dir and checkpoint_every else None
@@ -294,6 +307,7 @@ def train(
     average = None
     if ema_decay is not None:
         average = load_average(source, model) if source else fresh_average(model)
+    selection = load_selection(source, state) if select_by else None
     if gradient_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
     records: list[dict[str, float]] = []
@@ -312,12 +326,21 @@ def train(
                 }
                 if average is not None:
                     update_average(average, model, ema_decay, step + 1)
+                scored = selection is not None and (
+                    (step + 1) % select_every == 0 or step + 1 == steps
+                )
+                if scored:
+                    record["validation"] = consider(selection, model, average, step + 1, select_by)
                 records.append(record)
                 log.write(record)
                 stop = bool(on_step and on_step(step + 1, record))
                 done = stop or step + 1 == steps
+                if selection is not None and done and not scored:
+                    consider(selection, model, average, step + 1, select_by)
                 if average is not None and done:
                     copy_average_into(model, average)
+                if selection is not None and done:
+                    copy_average_into(model, selection.weights)
                 if checkpoints and (done or (step + 1) % checkpoint_every == 0):
                     state = {
                         "step": step + 1,
@@ -325,8 +348,10 @@ def train(
                         "finished": done,
                         "settings": settings,
                     }
+                    if selection is not None:
+                        state["selection"] = selection.state()
                     save_training_state(
-                        checkpoints, model, optimizer, state, keep_checkpoints, average
+                        checkpoints, model, optimizer, state, keep_checkpoints, average, selection
                     )
                 if stop:
                     break

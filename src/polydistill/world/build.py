@@ -39,6 +39,8 @@ class World:
     train: dict[str, list[Example]]
     heldout: dict[str, list[Example]]
     teachers: dict[str, Path]
+    # Where choices are made (teachers stop, students pick a checkpoint); held-out only scores.
+    validation: dict[str, list[Example]]
 
     def tokenizer_dir(self, style: str) -> Path:
         return self.root / "tokenizers" / style
@@ -269,4 +271,5 @@ def build_world(cfg: RunConfig) -> World:
         train={d: s.train for d, s in splits.items()},
         heldout={d: s.heldout for d, s in splits.items()},
         teachers=teachers,
+        validation={d: s.validation for d, s in splits.items()},
     )
