@@ -212,25 +212,38 @@ def test_prompts_per_domain_sets_each_domains_share(config_file, world):
 
 
 @pytest.mark.parametrize("sft", ["chosen", "gold"])
+@pytest.mark.parametrize("weight", ["0.25", "{facts: 0.25}"])
 def test_fine_tuning_baselines_learn_the_prompts_at_the_students_weight(
-    config_file, tokenizer, prompts, data, sft
+    config_file, tokenizer, prompts, data, sft, weight
 ):
     """seqkd and the oracle get the student's prompt loss too, so every model of a benchmark
-    has the same recipe: each prompt token after the first is a label at that weight."""
-    cfg = load_config(config_file, ["student.prompt_loss_weight=0.25"])
+    has the same recipe: each prompt token after the first is a label at its domain's weight
+    (none where that is 0)."""
+    cfg = load_config(config_file, [f"student.prompt_loss_weight={weight}"])
     plan = student.ModelPlan(f"baseline:{sft}", "evidence" if sft == "chosen" else None, sft=sft)
     batches, loss_fn = student.plan_batches(cfg, plan, tokenizer, prompts, data[0])
-    batch = batches(1)
-    encoded = {tuple(p): len(p) for p in data[0].prompts}
+    rows = data[0]
+    domain_of = {
+        tuple(p): prompts.domains[i] for p, i in zip(rows.prompts, rows.prompt_of, strict=True)
+    }
     assert loss_fn is student.sft_loss
-    for ids, labels, weights in zip(
-        batch["input_ids"], batch["labels"], batch["label_weights"], strict=True
-    ):
-        prompt = next(n for p, n in encoded.items() if tuple(ids[: len(p)].tolist()) == p)
-        assert labels[0] == IGNORE and torch.equal(labels[1:prompt], ids[1:prompt])
-        assert torch.all(weights[1:prompt] == 0.25)
-        answer = labels[prompt:] != IGNORE
-        assert answer.any() and torch.all(weights[prompt:][answer] == 1.0)
+    seen = set()
+    for index in range(4):
+        batch = batches(index)
+        for ids, labels, weights in zip(
+            batch["input_ids"], batch["labels"], batch["label_weights"], strict=True
+        ):
+            prompt = next(p for p in domain_of if tuple(ids[: len(p)].tolist()) == p)
+            n, domain = len(prompt), domain_of[prompt]
+            seen.add(domain)
+            assert labels[0] == IGNORE
+            if domain == "facts" or weight == "0.25":
+                assert torch.equal(labels[1:n], ids[1:n]) and torch.all(weights[1:n] == 0.25)
+            else:
+                assert torch.all(labels[:n] == IGNORE)
+            answer = labels[n:] != IGNORE
+            assert answer.any() and torch.all(weights[n:][answer] == 1.0)
+    assert seen == {"facts", "arithmetic"}
 
 
 @pytest.mark.parametrize("sft", [None, "gold"])
@@ -322,28 +335,40 @@ def test_loss_fn_equals_the_dense_reference_on_a_batch(data, tokenizer):
     assert set(out.parts) == {"divergence", "cross_entropy"}
 
 
-def test_prompt_weight_adds_the_prompt_tokens_cross_entropy(data, tokenizer):
+@pytest.mark.parametrize("by_domain", [{"facts": 0.3, "arithmetic": 0.7}, {"facts": 0.3}])
+def test_prompt_weights_add_each_rows_prompt_cross_entropy_at_its_weight(
+    data, tokenizer, prompts, by_domain
+):
+    """A row's prompt tokens after the first count at its domain's weight (none at 0): the
+    fused loss against a dense float64 cross-entropy, row by row."""
     rows, _ = data
-    batch = distillation_batches(rows, tokenizer.pad_token_id, 5, seed=1)(2)
+    weights = [by_domain.get(prompts.domains[i], 0.0) for i in rows.prompt_of]
+    plain_batches = distillation_batches(rows, tokenizer.pad_token_id, 5, seed=1)
+    weighted = distillation_batches(rows, tokenizer.pad_token_id, 5, 1, prompt_weights=weights)
+    index = next(i for i in range(40) if weighted(i)["prompt_weights"].unique().numel() == 2)
+    batch = weighted(index)
     student_model = build_model("qwen", load_config(TINY).teachers[2].model, tokenizer, 0)
     student_model = student_model.double()
-    plain = distillation_loss("forward_kl", 0.5, 1.0, 0.0, len(tokenizer))(student_model, batch)
-    with_prompts = distillation_loss("forward_kl", 0.5, 1.0, 0.0, len(tokenizer), 0.3)(
-        student_model, batch
-    )
+    loss_fn = distillation_loss("forward_kl", 0.5, 1.0, 0.0, len(tokenizer))
+    plain = loss_fn(student_model, plain_batches(index))
+    with_prompts = loss_fn(student_model, batch)
     logits = student_model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
     ).logits
-    expected, tokens = torch.zeros((), dtype=torch.float64), 0
-    for row in range(len(batch["input_ids"])):
+    expected, unweighted, tokens = torch.zeros((), dtype=torch.float64), 0.0, 0
+    for row, weight in enumerate(batch["prompt_weights"].tolist()):
         prompt_length = int((batch["labels"][row] != IGNORE).nonzero()[0])
         ids = batch["input_ids"][row, 1:prompt_length]
         log_probs = logits[row, : prompt_length - 1].log_softmax(-1)
-        expected -= log_probs.gather(-1, ids[:, None]).sum()
-        tokens += len(ids)
+        cross_entropy = -log_probs.gather(-1, ids[:, None]).sum()
+        expected += weight * cross_entropy
+        unweighted += float(cross_entropy.detach()) * (weight > 0)
+        tokens += len(ids) * (weight > 0)
     assert tokens > 0 and with_prompts.tokens == plain.tokens
-    torch.testing.assert_close(with_prompts.loss_sum - plain.loss_sum, 0.3 * expected)
-    torch.testing.assert_close(with_prompts.parts["prompt_cross_entropy"], expected.item())
+    torch.testing.assert_close(with_prompts.loss_sum - plain.loss_sum, expected)
+    with pytest.raises(ValueError, match="3 prompt weights for"):
+        distillation_batches(rows, tokenizer.pad_token_id, 5, 1, prompt_weights=[0.1] * 3)
+    torch.testing.assert_close(with_prompts.parts["prompt_cross_entropy"], unweighted)
 
 
 def full_vocabulary_kl(student_model, teacher_model, rows, pad_id: int) -> float:
@@ -520,6 +545,18 @@ def test_a_soft_capped_student_is_refused():
         (
             ["student.prompts_per_domain={facts: 0}"],
             "student.prompts_per_domain: facts: 0 is not a positive number of prompts",
+        ),
+        (
+            ["student.prompt_loss_weight={strings: 0.2}"],
+            "student.prompt_loss_weight: ['strings'] not among the student's domains",
+        ),
+        (
+            ["student.prompt_loss_weight={facts: 2}"],
+            "student.prompt_loss_weight: facts: 2 is not a weight between 0 and 1",
+        ),
+        (
+            ["student.prompt_loss_weight={poetry: 0.1}"],
+            "student.prompt_loss_weight: unknown domain 'poetry' (domains: arithmetic, facts",
         ),
         (
             ["student.prompts_per_domain={poetry: 3}"],

@@ -196,14 +196,15 @@ def supervised_batches(
     batch_size: int,
     seed: int,
     who: str,
-    prompt_weight: float = 0.0,
+    prompt_weight: float | Sequence[float] = 0.0,
     buckets: int = 1,
     first_rows: Sequence[int] = (),
     first_batches: int = 0,
 ) -> Callable[[int], dict[str, torch.Tensor]]:
     """`batch_at(i)`: the i-th batch of prompt + completion, labels on the completion; with a
     `prompt_weight` > 0 also on the prompt after its first token, each prompt token's loss
-    weighted so (`label_weights`), as a language model of the whole text.
+    weighted so (`label_weights`), as a language model of the whole text; `prompt_weight` is one
+    weight or one per prompt.
 
     Batches come from `batch_rows` (with `buckets`: then `batch_at(i)` is micro-batch i; with
     `first_rows` / `first_batches`: a curriculum over the prompts' indices), so
@@ -220,6 +221,11 @@ def supervised_batches(
             strict=True,
         )
     ]
+    one_weight = isinstance(prompt_weight, int | float)
+    weight_of = [prompt_weight] * len(rows) if one_weight else list(prompt_weight)
+    if len(weight_of) != len(rows):
+        raise ValueError(f"{who}: {len(weight_of)} prompt weights for {len(rows)} prompts")
+    weighted = any(w > 0 for w in weight_of)
     lengths = [len(p) + len(c) for p, c in rows]
     rows_of = batch_rows(lengths, batch_size, seed, buckets, first_rows, first_batches)
 
@@ -231,11 +237,11 @@ def supervised_batches(
         weights = torch.ones(input_ids.shape)
         for row, i in enumerate(chosen):
             prompt, answer = rows[i]
-            if prompt_weight > 0:
+            if weight_of[i] > 0:
                 labels[row, 1 : len(prompt)] = torch.tensor(prompt[1:])
-                weights[row, : len(prompt)] = prompt_weight
+                weights[row, : len(prompt)] = weight_of[i]
             labels[row, len(prompt) : len(prompt) + len(answer)] = torch.tensor(answer)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        return {**batch, "label_weights": weights} if prompt_weight > 0 else batch
+        return {**batch, "label_weights": weights} if weighted else batch
 
     return batch_at

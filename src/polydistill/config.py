@@ -227,7 +227,8 @@ class StudentConfig(Strict):
     `completions_per_prompt` times (greedily, then sampled); the best-ranked answers are the
     student's, and the fused `top_k` + tail of all teachers at `temperature` are the targets of
     the `loss`; `ce_weight` mixes in cross-entropy on the answer tokens, `prompt_loss_weight`
-    cross-entropy on the prompt tokens (per token, relative to an answer token).
+    cross-entropy on the prompt tokens (per token, relative to an answer token; one weight, or
+    one per domain, 0 for a domain a mapping leaves out).
     """
 
     teachers: Annotated[list[str], Field(min_length=1)]
@@ -243,7 +244,7 @@ class StudentConfig(Strict):
     temperature: Annotated[float, Field(gt=0)] = 1.0
     top_k: Positive = 32
     ce_weight: Fraction = 0.0
-    prompt_loss_weight: Fraction = 0.0
+    prompt_loss_weight: Fraction | dict[Domain, Fraction] = 0.0
     completions_per_prompt: Positive = 1
     curriculum: CurriculumConfig | None = None
     checkpoint_every: NonNegative = 100
@@ -256,12 +257,31 @@ class StudentConfig(Strict):
     # readings come from it, no teacher model is loaded (its fingerprints must match).
     store: Path | None = None
 
-    @field_validator("prompts_per_domain", mode="before")
+    def prompt_weight_of(self, domain: str) -> float:
+        """The prompt loss weight of `domain`'s prompts."""
+        weights = self.prompt_loss_weight
+        return weights.get(domain, 0.0) if isinstance(weights, dict) else weights
+
+    @field_validator("prompt_loss_weight", "prompts_per_domain", mode="before")
     @classmethod
-    def _counts_name_domains(cls, counts: Any) -> Any:
-        """A mapping's own one-line errors (a union's would blame its integer branch)."""
-        if not isinstance(counts, dict):
-            return counts
+    def _mapping_names_domains(cls, values: Any, info: ValidationInfo) -> Any:
+        """A mapping's own one-line errors (a union's would blame its number branch)."""
+        if not isinstance(values, dict):
+            return values
+        counts = info.field_name == "prompts_per_domain"
+        for domain, value in values.items():
+            if domain not in get_args(Domain):
+                raise ValueError(
+                    f"unknown domain {domain!r} (domains: {', '.join(get_args(Domain))})"
+                )
+            number = not isinstance(value, bool) and isinstance(
+                value, int if counts else int | float
+            )
+            if counts and not (number and value > 0):
+                raise ValueError(f"{domain}: {value!r} is not a positive number of prompts")
+            if not counts and not (number and 0 <= value <= 1):
+                raise ValueError(f"{domain}: {value!r} is not a weight between 0 and 1")
+        return values
         for domain, count in counts.items():
             if domain not in get_args(Domain):
                 raise ValueError(
@@ -338,13 +358,13 @@ class RunConfig(Strict):
                     "the student sees",
                 )
             student = student.model_copy(update={"domains": domains})
-        counts = student.prompts_per_domain
-        if isinstance(counts, dict) and set(counts) - set(student.domains):
-            unknown = sorted(set(counts) - set(student.domains))
-            raise _error_at(
-                ("prompts_per_domain",),
-                f"{unknown} not among the student's domains {student.domains}",
-            )
+        for field in ("prompts_per_domain", "prompt_loss_weight"):
+            per_domain = getattr(student, field)
+            if isinstance(per_domain, dict) and set(per_domain) - set(student.domains):
+                unknown = sorted(set(per_domain) - set(student.domains))
+                raise _error_at(
+                    (field,), f"{unknown} not among the student's domains {student.domains}"
+                )
         if student.validate_every and student.store is not None:
             raise _error_at(
                 ("validate_every",),

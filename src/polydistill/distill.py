@@ -10,10 +10,12 @@ student's decoder runs to its final hidden states, the answer positions are pick
 chunked `losses.distill_loss_parts` (fused with the lm_head, summed over positions) gives the
 loss, so the `[tokens x vocab]` student logits never exist. Positions whose target is masked
 out (no teacher's distribution fits the student's context there) count only in the
-cross-entropy part, and only when `ce_weight` > 0. With `prompt_weight` > 0 the student is also a
-language model of the prompts (cross-entropy on each prompt token after the first, per token
-`prompt_weight` times an answer token's loss): prompts are the one text a label-free run has,
-and the world's teachers learn theirs the same way.
+cross-entropy part, and only when `ce_weight` > 0. With per-row `prompt_weights` (a row's > 0)
+the student is also a language model of the prompts (cross-entropy on each prompt token after
+the first, per token its row's weight times an answer token's loss): prompts are the one text a
+label-free run has, and the world's teachers learn theirs the same way. The weight is per row so
+that it can differ by domain: the prompts of some domains carry language worth learning, others
+random digits.
 """
 
 from collections.abc import Sequence
@@ -39,10 +41,14 @@ def distillation_batches(
     buckets: int = 1,
     first_rows: Sequence[int] = (),
     first_batches: int = 0,
+    prompt_weights: Sequence[float] | None = None,
 ) -> BatchFn:
     """`batch_at(i)`: the i-th (micro-)batch of rows (a pure function of `seed` and `i`, see
     `chat.batch_rows`, also for the curriculum of `first_rows` / `first_batches`), with labels on
-    the completion tokens and the targets of those positions, in the same row-major order."""
+    the completion tokens and the targets of those positions, in the same row-major order; with
+    `prompt_weights` (one per row of `data`), each batch row's weight as `prompt_weights`."""
+    if prompt_weights is not None and len(prompt_weights) != len(data):
+        raise ValueError(f"{len(prompt_weights)} prompt weights for {len(data)} rows")
     lengths = [len(p) + len(c) for p, c in zip(data.prompts, data.completions, strict=True)]
     rows_of = batch_rows(lengths, batch_size, seed, buckets, first_rows, first_batches)
     targets = data.targets
@@ -60,7 +66,7 @@ def distillation_batches(
                 data.completions[r]
             )
         spans = [slice(data.offsets[r], data.offsets[r + 1]) for r in chosen]
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
@@ -69,6 +75,9 @@ def distillation_batches(
             "target_tail": torch.cat([tail[s] for s in spans]),
             "target_mask": torch.cat([mask[s] for s in spans]),
         }
+        if prompt_weights is not None:
+            batch["prompt_weights"] = torch.tensor([float(prompt_weights[r]) for r in chosen])
+        return batch
 
     return batch_at
 
@@ -83,20 +92,22 @@ def prompt_labels(batch: Batch) -> torch.Tensor:
     return torch.where(prompt, input_ids, IGNORE)
 
 
-def with_prompt_labels(batches: BatchFn, prompt_weight: float) -> BatchFn:
-    """`batches` for `sft_loss` that also learns the prompts, as `supervised_batches` does with
-    its `prompt_weight`: the prompt tokens join the labels, weighted so (`label_weights`)."""
-    if prompt_weight <= 0:
-        return batches
+def with_prompt_labels(batches: BatchFn) -> BatchFn:
+    """`batches` (with `prompt_weights`) for `sft_loss` that also learns the prompts, as
+    `supervised_batches` does with its `prompt_weight`: the prompt tokens of rows weighted > 0
+    join the labels, at their row's weight (`label_weights`)."""
 
     def batch_at(index: int) -> Batch:
         batch = batches(index)
+        weights = batch.pop("prompt_weights", None)
+        if weights is None or not bool((weights > 0).any()):
+            return batch
         prompt = prompt_labels(batch)
-        on_prompt = prompt != IGNORE
+        on_prompt = (prompt != IGNORE) & (weights > 0)[:, None]
         return {
             **batch,
             "labels": torch.where(on_prompt, prompt, batch["labels"]),
-            "label_weights": torch.where(on_prompt, prompt_weight, 1.0),
+            "label_weights": torch.where(on_prompt, weights[:, None], 1.0),
         }
 
     return batch_at
@@ -150,11 +161,11 @@ def distillation_loss(
     temperature: float,
     ce_weight: float,
     vocab_size: int,
-    prompt_weight: float = 0.0,
 ) -> LossFn:
     """`loss_fn(model, batch)` for `train`: the summed divergence (and cross-entropy on the
     teacher's completion tokens, weighted `ce_weight`) over the batch's completion positions,
-    plus `prompt_weight` times the summed cross-entropy of the prompt tokens."""
+    plus, with `prompt_weights` in the batch, each row's weight times the summed cross-entropy
+    of its prompt tokens."""
 
     def loss_fn(model: PreTrainedModel, batch: Batch) -> LossOutput:
         hidden = final_hidden_states(model, batch["input_ids"], batch["attention_mask"])
@@ -185,12 +196,16 @@ def distillation_loss(
             "cross_entropy": float(parts.cross_entropy),
         }
         total = parts.total
-        if prompt_weight > 0:
-            prompt = _prompt_cross_entropy(
-                hidden[:, :-1], head, prompt_labels(batch)[:, 1:], vocab_size
-            )
-            logged["prompt_cross_entropy"] = float(prompt.detach())
-            total = total + prompt_weight * prompt
+        weights = batch.get("prompt_weights")
+        if weights is not None and bool((weights > 0).any()):
+            prompts = prompt_labels(batch)[:, 1:]
+            unweighted = 0.0
+            for weight in weights[weights > 0].unique().tolist():  # one kernel call per weight
+                alike = weights == weight
+                prompt = _prompt_cross_entropy(hidden[alike, :-1], head, prompts[alike], vocab_size)
+                unweighted += float(prompt.detach())
+                total = total + weight * prompt
+            logged["prompt_cross_entropy"] = unweighted
         return LossOutput(total, rows.shape[0], logged)
 
     return loss_fn

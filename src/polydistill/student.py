@@ -253,23 +253,22 @@ def plan_batches(
 ) -> tuple[BatchFn, LossFn]:
     s, t = cfg.student, cfg.student.train
     first, steps = (s.curriculum.first, s.curriculum.steps) if s.curriculum else ([], 0)
+    weights = [s.prompt_weight_of(d) for d in prompts.domains]
     if plan.sft == "gold":
         rows = [i for i, d in enumerate(prompts.domains) if d in first]
         batches = supervised_batches(
             tokenizer, prompts.texts, prompts.gold, t.batch_size, t.seed, "oracle",
-            prompt_weight=s.prompt_loss_weight, buckets=t.buckets, first_rows=rows,
-            first_batches=steps,
+            prompt_weight=weights, buckets=t.buckets, first_rows=rows, first_batches=steps,
         )  # fmt: skip
         return batches, sft_loss
     rows = [r for r, i in enumerate(data.prompt_of) if prompts.domains[i] in first]
+    row_weights = [weights[i] for i in data.prompt_of] if any(weights) else None
     batches = distillation_batches(
-        data, tokenizer.pad_token_id, t.batch_size, t.seed, t.buckets, rows, steps
+        data, tokenizer.pad_token_id, t.batch_size, t.seed, t.buckets, rows, steps, row_weights
     )
     if plan.sft == "chosen":
-        return with_prompt_labels(batches, s.prompt_loss_weight), sft_loss
-    return batches, distillation_loss(
-        s.loss, s.beta, s.temperature, s.ce_weight, len(tokenizer), s.prompt_loss_weight
-    )
+        return with_prompt_labels(batches), sft_loss
+    return batches, distillation_loss(s.loss, s.beta, s.temperature, s.ce_weight, len(tokenizer))
 
 
 def student_fingerprint(cfg: RunConfig, world: World, plan: ModelPlan) -> dict:
