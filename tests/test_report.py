@@ -208,6 +208,10 @@ def test_training_rows_summarise_each_log():
         "cross_entropy": logs["student"][-1]["cross_entropy"],
         "divergence": logs["student"][-1]["divergence"],
     }
+    assert student.chosen is None and rows[1].chosen is None
+    for step, score in ((10, 0.5), (20, 0.75), (30, 0.75), (40, 0.25)):
+        logs["student"][step - 1]["validation"] = score
+    assert training_rows(logs)[0].chosen == (20, 0.75)  # the earlier on a tie, as the loop
 
 
 def test_record_keys_match_the_training_loop():

@@ -60,6 +60,8 @@ class TrainingRow:
     lowest_loss: float
     tokens_per_s: float | None  # median over steps; None when the log does not record it
     final_parts: tuple[tuple[str, float], ...]  # loss parts of the last step, by name
+    # (step, score) of the weights chosen on validation (`student.validate_every`), else None
+    chosen: tuple[int, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ def training_rows(logs: Mapping[str, list[dict[str, float]]]) -> list[TrainingRo
         speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
         last = records[-1]
         parts = sorted((k, v) for k, v in last.items() if k not in RECORD_KEYS and is_number(v))
+        scored = [(r["validation"], -r["step"]) for r in records if is_number(r.get("validation"))]
+        best = max(scored, default=None)  # as the training loop chooses: the earlier on a tie
         rows.append(
             TrainingRow(
                 model=model,
@@ -145,6 +149,7 @@ def training_rows(logs: Mapping[str, list[dict[str, float]]]) -> list[TrainingRo
                 lowest_loss=min(losses),
                 tokens_per_s=statistics.median(speeds) if speeds else None,
                 final_parts=tuple(parts),
+                chosen=None if best is None else (int(-best[1]), best[0]),
             )
         )
     return rows

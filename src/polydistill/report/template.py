@@ -104,7 +104,8 @@ TEMPLATE = """<!DOCTYPE html>
 {{ plot("loss", "Line plot: training loss per step for every trained model") }}
 <table id="training-table">
 <thead><tr><th>model</th><th>steps</th><th>first loss</th><th>final loss</th>
-<th>lowest loss</th><th>final loss parts</th><th>median tokens/s</th></tr></thead>
+<th>lowest loss</th><th>final loss parts</th><th>median tokens/s</th>
+<th>weights chosen on validation: step (agreement)</th></tr></thead>
 <tbody>
 {%- for row in training %}
 <tr><td>{{ row.model }}</td><td>{{ row.steps | show("count") }}</td>
@@ -112,7 +113,9 @@ TEMPLATE = """<!DOCTYPE html>
 <td>{{ row.final_loss | show("number") }}</td><td>{{ row.lowest_loss | show("number") }}</td>
 <td>{% for name, value in row.final_parts %}{{ name }} {{ value | show("number") }}
 {%- if not loop.last %}, {% endif %}{% endfor %}</td>
-<td>{{ row.tokens_per_s | show("count") }}</td></tr>
+<td>{{ row.tokens_per_s | show("count") }}</td>
+<td>{% if row.chosen %}{{ row.chosen[0] | show("count") }} ({{ row.chosen[1] | show("number") }})
+{%- else %}last{% endif %}</td></tr>
 {%- endfor %}
 </tbody></table>
 {% else %}
