@@ -19,6 +19,8 @@ match, greedy): the averaged score is what `ema_decay` would have returned had t
 there. The averaged weights are also scored on the validation prompts against the answers the
 student's fusion chooses among the teachers' (label-free), the score by which
 `student.validate_every` chooses a run's weights: does it choose the points held-out favours?
+(It scores the average at `--average` or the recipe's `ema_decay`, every `--every` steps: what
+`validate_every` = `--every` would choose for a recipe with that `ema_decay`.)
 The targets are the benchmark's: 95% of the best teacher's accuracy per domain.
 
 One seed per recipe (`student.train.seed` in a recipe changes it): on the specialists world,

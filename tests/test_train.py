@@ -580,6 +580,9 @@ def test_a_selecting_run_killed_midway_resumes_to_the_same_choice(tokenizer, bat
     with pytest.raises(KeyboardInterrupt):
         run(tokenizer, batch_at, tmp_path / "killed", **options, on_step=stop_at(5))
     assert (tmp_path / "killed/checkpoints/step-00000004/selected.safetensors").is_file()
+    before_scoring = (tmp_path / "killed/checkpoints/step-00000002/trainer_state.json").read_text()
+    strict = json.loads(before_scoring, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert strict["selection"] == {"step": 0, "score": None, "history": []}
     resumed, records = run(tokenizer, batch_at, tmp_path / "killed", **options, resume=True)
     assert [r["step"] for r in records] == [5, 6]
     assert_bit_identical(weights(resumed), weights(reference))

@@ -197,9 +197,9 @@ def distillation_loss(
         }
         total = parts.total
         weights = batch.get("prompt_weights")
-        if weights is not None and bool((weights > 0).any()):
+        if weights is not None:
             prompts = prompt_labels(batch)[:, 1:]
-            unweighted = 0.0
+            unweighted = 0.0  # logged even for a batch without weighted rows: no gaps in curves
             for weight in weights[weights > 0].unique().tolist():  # one kernel call per weight
                 alike = weights == weight
                 prompt = _prompt_cross_entropy(hidden[alike, :-1], head, prompts[alike], vocab_size)

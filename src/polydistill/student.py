@@ -203,7 +203,8 @@ def validation_references(
     cfg: RunConfig, plan: ModelPlan, teachers: list[Teacher], prompts: Prompts, readings: Readings
 ) -> dict[str, list[Example]]:
     """Per domain, each validation prompt with the answer the plan would learn for it: the one
-    its fusion chooses among the teachers' answers (label-free), or gold for the oracle."""
+    its fusion chooses among the teachers' answers (label-free, but for the gold-reading
+    `mince` / `avgce`), or gold for the oracle."""
     if plan.sft == "gold":
         answers = prompts.gold
     else:

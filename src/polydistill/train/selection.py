@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from polydistill.errors import UserError
-from polydistill.train.average import copy_average_into, fresh_average
+from polydistill.train.average import copy_average_into
 
 SELECTED_FILE = "selected.safetensors"
 ScoreFn = Callable[[PreTrainedModel], float]
@@ -41,8 +41,15 @@ class Selection:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def state(self) -> dict[str, Any]:
-        """What a checkpoint's trainer state records (the weights go in their own file)."""
-        return {"step": self.step, "score": self.score, "history": self.history}
+        """What a checkpoint's trainer state records (the weights go in their own file; no
+        score yet is None, since strict JSON has no -Infinity)."""
+        score = self.score if self.history else None
+        return {"step": self.step, "score": score, "history": self.history}
+
+
+def trainable_copy(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """A copy of every trainable parameter, in its own dtype (so it restores exactly)."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def score_weights(
@@ -52,7 +59,7 @@ def score_weights(
     put back afterwards, so training continues from them unchanged."""
     if weights is None:
         return float(select_by(model))
-    own = fresh_average(model)  # a float32 copy of the trainable weights, restored exactly below
+    own = trainable_copy(model)
     copy_average_into(model, weights)
     try:
         return float(select_by(model))
@@ -73,7 +80,7 @@ def consider(
         raise UserError(f"step {step}: the selection score is {score}, not a finite number")
     selection.history.append({"step": step, "score": score})
     if score > selection.score:
-        chosen = average if average is not None else fresh_average(model)
+        chosen = average if average is not None else trainable_copy(model)
         selection.step, selection.score = step, score
         selection.weights = {name: t.detach().clone() for name, t in chosen.items()}
     return score
@@ -90,11 +97,11 @@ def load_selection(folder: Path | None, state: dict[str, Any]) -> Selection:
     recorded = state.get("selection")
     if folder is None or recorded is None:
         return Selection()
-    weights = None
-    if recorded["history"]:
-        path = folder / SELECTED_FILE
-        if not path.is_file():
-            raise UserError(f"checkpoint {folder} has scores but no {SELECTED_FILE}")
-        weights = load_file(path)
+    if not recorded["history"]:
+        return Selection()
+    path = folder / SELECTED_FILE
+    if not path.is_file():
+        raise UserError(f"checkpoint {folder} has scores but no {SELECTED_FILE}")
+    weights = load_file(path)
     history = [dict(point) for point in recorded["history"]]
     return Selection(recorded["step"], recorded["score"], weights, history)
