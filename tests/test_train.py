@@ -20,6 +20,7 @@ from polydistill.chat import batch_rows, shuffled_stream, supervised_batches
 from polydistill.errors import UserError
 from polydistill.train import LossOutput, accumulate_gradients, cosine_lr, sft_loss, train
 from polydistill.train.checkpoint import list_checkpoints, save_final
+from polydistill.train.selection import read_selection
 from polydistill.world.tokenizers import train_tokenizer
 
 WORDS = ["ab", "cab", "dcab", "bdcae", "eabdcb", "ccabded", "abcdedcba"]
@@ -590,6 +591,20 @@ def test_a_selecting_run_killed_midway_resumes_to_the_same_choice(tokenizer, bat
     assert (
         json.loads((finished / "trainer_state.json").read_text())["selection"] == state["selection"]
     )
+
+
+def test_a_finished_selecting_run_records_its_choice_without_checkpoints(
+    tokenizer, batch_at, tmp_path
+):
+    options = {"select_every": 2, "select_by": distance_from_start(tokenizer)}
+    run(tokenizer, batch_at, tmp_path, checkpoint_every=0, **options)
+    choice = read_selection(tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+    assert choice["step"] == 2 and [p["step"] for p in choice["history"]] == [2, 4, 6]
+    assert choice["score"] == max(p["score"] for p in choice["history"])
+    with pytest.raises(KeyboardInterrupt):  # a run killed in the same folder leaves no stale one
+        run(tokenizer, batch_at, tmp_path, checkpoint_every=0, **options, on_step=stop_at(3))
+    assert read_selection(tmp_path) is None
 
 
 def test_selection_settings_and_scores_are_checked(tokenizer, batch_at, tmp_path):

@@ -30,6 +30,7 @@ from polydistill.processes import stop_workers
 from polydistill.progress import console, progress_bars
 from polydistill.train.checkpoint import list_checkpoints, read_state, save_final
 from polydistill.train.loop import CHECKPOINTS_DIR
+from polydistill.train.selection import read_selection
 from polydistill.world.build import World
 from polydistill.world.domains import Example
 
@@ -92,9 +93,11 @@ def train_and_score_one(
 
 def chosen_checkpoint(work: Path) -> dict | None:
     """The step whose weights a finished run chose by validation, its score and every score
-    (from its last checkpoint: None when it kept none, `student.checkpoint_every: 0`)."""
-    found = list_checkpoints(work / CHECKPOINTS_DIR)
-    selection = read_state(found[-1])["selection"] if found else None
+    (runs finished before `selection.json` existed have it only in their last checkpoint)."""
+    selection = read_selection(work)
+    found = list_checkpoints(work / CHECKPOINTS_DIR) if selection is None else []
+    if found:
+        selection = read_state(found[-1]).get("selection")
     if selection:
         console.log(f"{work.name}: chose step {selection['step']} ({selection['score']:.3f})")
     return selection

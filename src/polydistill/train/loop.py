@@ -59,7 +59,13 @@ from polydistill.train.checkpoint import (
     save_training_state,
 )
 from polydistill.train.log import TrainLog
-from polydistill.train.selection import ScoreFn, consider, load_selection
+from polydistill.train.selection import (
+    CHOICE_FILE,
+    ScoreFn,
+    consider,
+    load_selection,
+    write_selection,
+)
 
 Batch = dict[str, torch.Tensor]
 BatchFn = Callable[[int], Batch]
@@ -308,6 +314,8 @@ def train(
     if ema_decay is not None:
         average = load_average(source, model) if source else fresh_average(model)
     selection = load_selection(source, state) if select_by else None
+    if run_dir:  # a choice from an earlier, unfinished or other run in this folder is stale
+        (run_dir / CHOICE_FILE).unlink(missing_ok=True)
     if gradient_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
     records: list[dict[str, float]] = []
@@ -341,6 +349,8 @@ def train(
                     copy_average_into(model, average)
                 if selection is not None and done:
                     copy_average_into(model, selection.weights)
+                    if run_dir:
+                        write_selection(run_dir, selection)
                 if checkpoints and (done or (step + 1) % checkpoint_every == 0):
                     state = {
                         "step": step + 1,

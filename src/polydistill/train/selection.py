@@ -11,9 +11,12 @@ distilled on a few skills can overfit late, so the last weights are not always i
 
 The best weights and every score so far live in each checkpoint (`selected.safetensors`, and
 `selection` in its trainer state), so a killed run resumes with the choice it had made; scores
-depend only on the weights, so a resumed run scores as the killed one would have.
+depend only on the weights, so a resumed run scores as the killed one would have. A finished run
+with a `run_dir` also writes its choice to `run_dir/selection.json` (`read_selection`), so it
+is known even when the run kept no checkpoints.
 """
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from polydistill.errors import UserError
 from polydistill.train.average import copy_average_into
 
 SELECTED_FILE = "selected.safetensors"
+CHOICE_FILE = "selection.json"
 ScoreFn = Callable[[PreTrainedModel], float]
 
 
@@ -105,3 +109,17 @@ def load_selection(folder: Path | None, state: dict[str, Any]) -> Selection:
     weights = load_file(path)
     history = [dict(point) for point in recorded["history"]]
     return Selection(recorded["step"], recorded["score"], weights, history)
+
+
+def write_selection(run_dir: Path, selection: Selection) -> None:
+    """Record a finished run's choice (step, score, every score) in `run_dir`."""
+    path = run_dir / CHOICE_FILE
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(selection.state(), indent=1))
+    temporary.replace(path)
+
+
+def read_selection(run_dir: Path) -> dict[str, Any] | None:
+    """The choice a finished run recorded in `run_dir` (None when it chose nothing there)."""
+    path = run_dir / CHOICE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
