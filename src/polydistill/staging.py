@@ -3,15 +3,20 @@
 `staged_folder(target, replace)` yields a hidden sibling folder; when the block completes, its
 contents are flushed to disk and it is renamed to `target` (swapping out an existing one only if
 `replace`). On any failure the staging folder is removed and `target` is untouched. Run outputs,
-world builds, checkpoints and the final student are all written this way.
+world builds, checkpoints and the final student are all written this way. `write_json` does the
+same for one JSON file (a store's manifest, a run's chosen checkpoint).
 """
 
+import errno
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from polydistill.errors import UserError
 
 
 @contextmanager
@@ -38,6 +43,22 @@ def staged_folder(target: Path, replace: bool) -> Iterator[Path]:
         _fsync(target.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write a JSON file atomically (temporary file, then rename)."""
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as f:
+            json.dump(data, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException as error:
+        Path(temp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{path}: disk full; free some space and run again") from None
+        raise
 
 
 def _fsync(path: Path) -> None:

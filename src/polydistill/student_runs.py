@@ -95,9 +95,9 @@ def chosen_checkpoint(work: Path) -> dict | None:
     """The step whose weights a finished run chose by validation, its score and every score
     (runs finished before `selection.json` existed have it only in their last checkpoint)."""
     selection = read_selection(work)
-    found = list_checkpoints(work / CHECKPOINTS_DIR) if selection is None else []
-    if found:
-        selection = read_state(found[-1]).get("selection")
+    if selection is None:
+        found = list_checkpoints(work / CHECKPOINTS_DIR)
+        selection = read_state(found[-1]).get("selection") if found else None
     if selection:
         console.log(f"{work.name}: chose step {selection['step']} ({selection['score']:.3f})")
     return selection

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from polydistill.errors import UserError
 from polydistill.progress import console, progress_bars
-from polydistill.staging import staged_folder
+from polydistill.staging import staged_folder, write_json
 from polydistill.store.manifest import (
     MANIFEST_FILE,
     PLAN_FILE,
@@ -29,7 +29,6 @@ from polydistill.store.manifest import (
     capture_plan,
     check_same_plan,
     read_json,
-    write_json,
 )
 from polydistill.store.shards import (
     check_shard,

@@ -12,11 +12,8 @@ capture starts; `manifest.json` (the plan plus every shard's file, sha256 and co
 every block is there, so a store with a manifest is complete.
 """
 
-import errno
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -133,22 +130,6 @@ def check_same_plan(folder: Path, stored: dict, plan: dict) -> None:
         )
     for name, teacher in stored["teachers"].items():
         check_fingerprint(name, teacher["fingerprint"], plan["teachers"][name]["fingerprint"])
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write a JSON file atomically (temporary file, then rename)."""
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException as error:
-        Path(temp).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"{path}: disk full; free some space and run again") from None
-        raise
 
 
 def read_json(path: Path, what: str) -> dict:

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from polydistill.errors import UserError
+from polydistill.staging import write_json
 from polydistill.train.average import copy_average_into
 
 SELECTED_FILE = "selected.safetensors"
@@ -113,10 +114,7 @@ def load_selection(folder: Path | None, state: dict[str, Any]) -> Selection:
 
 def write_selection(run_dir: Path, selection: Selection) -> None:
     """Record a finished run's choice (step, score, every score) in `run_dir`."""
-    path = run_dir / CHOICE_FILE
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(selection.state(), indent=1))
-    temporary.replace(path)
+    write_json(run_dir / CHOICE_FILE, selection.state())
 
 
 def read_selection(run_dir: Path) -> dict[str, Any] | None:
