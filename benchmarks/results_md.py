@@ -122,7 +122,8 @@ def write_section(title: str, text: str, results: Path = RESULTS) -> None:
 
 def machine() -> str:
     env = environment()
-    return f"{env['cores_usable']} of {env['cores_total']} CPU cores, {env['memory_gib']} GiB, {env['cpu']}"
+    cores = f"{env['cores_usable']} of {env['cores_total']} CPU cores"
+    return f"{cores}, {env['memory_gib']} GiB, {env['cpu']}"
 
 
 def main(argv: list[str] | None = None) -> int:
