@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install install-dev install-vllm lint format clean
+.PHONY: demo test install install-dev install-vllm test-services lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,12 @@ install-vllm: $(VLLM_VENV)/.installed
 demo: install
 	$(BIN)/polydistill run examples/specialists.yaml --out runs/demo
 
-test: install-dev install-vllm
+# Debian's chromium and PostgreSQL server binaries for the browser and ledger tests, installed
+# when missing (as root); the tests start their own PostgreSQL cluster on loopback.
+test-services:
+	bash scripts/install-test-services.sh
+
+test: install-dev install-vllm test-services
 	$(BIN)/python -m pytest -q -ra
 
 lint: install-dev

@@ -7,8 +7,8 @@
 
 The protocol runs over `--remote-debugging-pipe`: chromium reads NUL-terminated JSON commands
 from its file descriptor 3 and writes replies and events to descriptor 4, so no port, no
-websocket library and no browser download are needed. `.ci/run` installs chromium
-(`.ci/chromium.sh`).
+websocket library and no browser download are needed. `make test` installs chromium
+(`scripts/install-test-services.sh`).
 """
 
 import base64

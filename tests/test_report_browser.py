@@ -29,8 +29,8 @@ BEST_STYLE = (
 def test_report_renders_in_headless_chromium(tmp_path):
     if chromium_path() is None:
         pytest.fail(
-            "chromium is not installed: .ci/run installs it (bash .ci/chromium.sh, Debian's "
-            "chromium package); locally: apt-get install chromium"
+            "chromium is not installed: `make test` installs it "
+            "(scripts/install-test-services.sh; apt-get install chromium)"
         )
     run = write_synthetic_run(tmp_path / "run")
     report = write_report(run)

@@ -1,8 +1,8 @@
 """A throwaway PostgreSQL cluster for the gateway's tests, on a loopback port.
 
 `pg_admin_url()` gives the URL of a server to create test databases in: the one named by
-`POLYDISTILL_TEST_PG_URL` (as `.ci/postgres.sh` prints it), else a cluster this module starts
-from Debian's binaries (`/usr/lib/postgresql/*/bin`) in a temporary directory, running as the
+`POLYDISTILL_TEST_PG_URL` (an existing server), else a cluster this module starts from Debian's
+binaries (`/usr/lib/postgresql/*/bin`) in a temporary directory, running as the
 `postgres` user when the tests run as root (PostgreSQL refuses root), stopped at exit.
 """
 
