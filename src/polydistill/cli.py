@@ -3,6 +3,7 @@
     polydistill run examples/specialists.yaml --out runs/demo [key=value ...]
     polydistill world build examples/specialists.yaml --out runs/world [key=value ...]
     polydistill report runs/demo                          (report.html and plots/ again)
+    polydistill policy check CONFIG --policy gov.yaml     (which teachers a policy allows)
     polydistill serve MODEL_DIR [--port P] [--db URL]     (and: keys, usage; see --help)
 
 Overrides set any config field: `teachers[0].train.steps=500`, `eval.heldout_limit=50`.
@@ -19,6 +20,7 @@ from typing import Annotated
 import typer
 
 from polydistill.errors import UserError
+from polydistill.lineage.command import register as register_policy
 from polydistill.serve.commands import register as register_serve
 from polydistill.store.command import register as register_capture
 
@@ -35,6 +37,7 @@ world_app = typer.Typer(help="The offline specialists world.", no_args_is_help=T
 app.add_typer(world_app, name="world")
 register_serve(app)  # serve, usage, keys
 register_capture(app)  # capture
+register_policy(app)  # policy check
 
 ConfigArg = Annotated[Path, typer.Argument(help="Run configuration (YAML).")]
 OutOption = Annotated[Path, typer.Option("--out", help="Output folder.")]

@@ -128,6 +128,29 @@ class TrainConfig(Strict):
         return {**arguments, "accumulation_steps": self.buckets}
 
 
+class TeacherLicence(Strict):
+    """What the config declares about a teacher's licence and origin; it overrides what the
+    checkpoint's files and the built-in tables say (`polydistill.lineage.facts`)."""
+
+    # a known licence id (`polydistill.lineage.licences.LICENCES`, e.g. apache-2.0, gemma,
+    # llama3.1, qwen, qwen-research), or a new one described by the fields below
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.+-]*$")] | None = None
+    # the licence's full name and the URL of its text
+    name: str | None = None
+    url: str | None = None
+    # False where the licence forbids commercial use; a limit that applies where it allows it
+    commercial: bool | None = None
+    commercial_limit: str | None = None
+    # what it asks of a distilled model: a notice to ship, a naming rule, a use policy (URL)
+    # whose restrictions pass on to the model's users
+    notice: str | None = None
+    naming: str | None = None
+    use_restrictions: str | None = None
+    # the publisher of the weights and its jurisdiction (ISO 3166-1 alpha-2, e.g. US, CN)
+    publisher: str | None = None
+    origin: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] | None = None
+
+
 class TeacherConfig(Strict):
     """A world teacher (family + domains + sizes) or a real local checkpoint (`path`).
 
@@ -142,6 +165,7 @@ class TeacherConfig(Strict):
     tokenizer: TokenizerStyle | None = None
     model: ModelSize = ModelSize()
     train: TrainConfig = TrainConfig()
+    licence: TeacherLicence | None = None
 
     @field_validator("path")
     @classmethod
@@ -324,6 +348,9 @@ class RunConfig(Strict):
     eval: EvalConfig = EvalConfig()
     threads: Positive | None = None
     student: StudentConfig | None = None
+    # A policy file (`polydistill.lineage.policy`): which teachers the student may learn from,
+    # checked before any teacher is loaded, called or read from a store.
+    policy: Path | None = None
 
     benchmark: BenchmarkConfig | None = None
 

@@ -1,6 +1,8 @@
 """`polydistill run`: the main job, top to bottom.
 
-0. Check every real checkpoint's tokenizer, so that a bad path fails at once.
+0. Check every teacher against the run's policy (`lineage.policy`: licence, origin, ...) before
+   anything is loaded, and every real checkpoint's tokenizer, so that a bad path fails at once.
+   A teacher the policy excludes is never loaded, called or read from a store.
 1. Build (or reuse) the world: domain data, tokenizers, world teachers.
 2. Evaluate every teacher (world-trained or a real local checkpoint) on every held-out domain.
 3. With a `student:` section: every teacher answers and scores the student's prompts once
@@ -31,9 +33,11 @@ from polydistill import student, student_runs
 from polydistill.config import EvalConfig, RunConfig
 from polydistill.errors import UserError
 from polydistill.evaluate import evaluate_model
+from polydistill.lineage.policy import run_gate
 from polydistill.progress import console, progress_bars
 from polydistill.report import write_report
 from polydistill.staging import staged_folder
+from polydistill.store.cached import check_store_policy
 from polydistill.teachers import load_checkpoint, load_tokenizer
 from polydistill.train.log import LOG_FILE, TENSORBOARD_DIR
 from polydistill.world.build import World, build_world
@@ -79,11 +83,13 @@ def evaluate_with_progress(
     )
 
 
-def evaluate_teachers(cfg: RunConfig, world: World) -> dict[str, dict]:
+def evaluate_teachers(
+    cfg: RunConfig, world: World, excluded: frozenset[str] = frozenset()
+) -> dict[str, dict]:
     heldout = heldout_sets(world, cfg.eval.heldout_limit)
     results: dict[str, dict] = {}
     with progress_bars() as bars:
-        for teacher in cfg.teachers:
+        for teacher in (t for t in cfg.teachers if t.name not in excluded):
             who = f"teacher {teacher.name!r}"
             model, tokenizer = load_checkpoint(teacher.path or world.teachers[teacher.name], who)
             label = f"teacher:{teacher.name}"
@@ -105,12 +111,12 @@ def keep_train_log(work: Path, staging: Path, name: str) -> None:
 
 
 def distil_and_evaluate(
-    cfg: RunConfig, world: World, out: Path, staging: Path
+    cfg: RunConfig, world: World, out: Path, staging: Path, policy: str | None
 ) -> tuple[dict, list[Path]]:
     """Train and score the student and the baselines; returns their metrics and work folders."""
     tokenizer = student.student_tokenizer(cfg, world)
     prompts = student.student_prompts(cfg, world)
-    teachers = student.student_teachers(cfg, world)
+    teachers = student.student_teachers(cfg, world, policy)
     readings = student.teacher_readings(cfg, teachers, prompts)
     if cfg.student.validate_every:
         checking = student.validation_prompts(cfg, world)
@@ -144,15 +150,22 @@ def distil_and_evaluate(
 
 def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     """The whole job; returns the metrics written to `out/metrics.json`."""
+    gate = run_gate(cfg)  # reads files only: no teacher is loaded before the policy allows it
+    cfg, policy = gate.config, gate.policy and gate.policy.digest
+    if cfg.student is not None and cfg.student.store is not None:
+        check_store_policy(cfg.student.store, policy)
     for teacher in cfg.teachers:
-        if teacher.path is not None:  # fail fast, before minutes of world building
+        if teacher.path is not None and teacher.name not in gate.excluded:  # fail fast
             load_tokenizer(teacher.path, f"teacher {teacher.name!r}")
     works: list[Path] = []
     with staged_output(out, force) as staging:
         world = build_world(cfg)
-        metrics = {"domains": list(DOMAINS), "models": evaluate_teachers(cfg, world)}
+        metrics = {
+            "domains": list(DOMAINS),
+            "models": evaluate_teachers(cfg, world, frozenset(gate.excluded)),
+        }
         if cfg.student is not None:
-            trained, works = distil_and_evaluate(cfg, world, out, staging)
+            trained, works = distil_and_evaluate(cfg, world, out, staging, policy)
             metrics["models"].update(trained)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (staging / "config.yaml").write_text(

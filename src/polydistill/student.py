@@ -111,14 +111,15 @@ def model_plans(cfg: RunConfig) -> list[ModelPlan]:
     return plans
 
 
-def student_teachers(cfg: RunConfig, world: World) -> list[Teacher]:
-    """The student's teachers: live checkpoints, or their captured readings (`student.store`)."""
+def student_teachers(cfg: RunConfig, world: World, policy: str | None = None) -> list[Teacher]:
+    """The student's teachers: live checkpoints, or their captured readings (`student.store`,
+    which must have been captured under the teacher policy whose digest is `policy`)."""
     paths = {t.name: t.path or world.teachers[t.name] for t in cfg.teachers}
     names = cfg.student.teachers
     if cfg.student.store is None:
         return [local_teacher(n, paths[n], cfg.eval.batch_size) for n in names]
     expected = {n: local_fingerprint(paths[n], f"teacher {n!r}") for n in names}
-    return store_teachers(open_store(cfg.student.store), expected)
+    return store_teachers(open_store(cfg.student.store, policy), expected)
 
 
 def _rate_task(bars: Bars) -> Callable[[str, int], Progress]:

@@ -26,6 +26,7 @@ from polydistill.store.manifest import (
     MANIFEST_FILE,
     PLAN_FILE,
     check_fingerprint,
+    check_same_policy,
     prompts_hash,
     read_json,
     short,
@@ -68,8 +69,10 @@ class Store:
         return read_shard(path, columns, verify=False)[0]
 
 
-def open_store(root: Path) -> Store:
-    """Open a complete store (one with `manifest.json`) and index its candidates."""
+def open_store(root: Path, policy: str | None = None) -> Store:
+    """Open a complete store (one with `manifest.json`) and index its candidates. `policy`: the
+    digest of the teacher policy the caller runs under; a store captured under another is
+    refused before any shard is opened."""
     if not (root / MANIFEST_FILE).exists():
         if (root / PLAN_FILE).exists():
             raise UserError(
@@ -78,6 +81,7 @@ def open_store(root: Path) -> Store:
             )
         raise UserError(f"store {root}: not a store (no {MANIFEST_FILE})")
     store = Store(root, read_json(root / MANIFEST_FILE, f"store {root}"), [], [], {})
+    check_same_policy(root, store.manifest, policy)
     for shard in range(len(store.manifest["shards"])):
         table = store.read(shard, INDEX_COLUMNS)
         prompt_texts = table.column("prompt_text").to_pylist()
@@ -87,6 +91,13 @@ def open_store(root: Path) -> Store:
             store.candidates.append(candidate)
             store.locations.append((shard, row))
     return store
+
+
+def check_store_policy(root: Path, policy: str | None) -> None:
+    """Before anything else of a run: the store at `root` was captured under `policy` (a
+    digest), read from its manifest alone."""
+    if (root / MANIFEST_FILE).is_file():
+        check_same_policy(root, read_json(root / MANIFEST_FILE, f"store {root}"), policy)
 
 
 def _check_setting(store: Store, what: str, asked: object) -> None:

@@ -143,6 +143,7 @@ def capture_store(
     shard: tuple[int, int] = (0, 1),
     show_progress: bool = True,
     on_block: Callable[[int], None] | None = None,
+    policy: str | None = None,
 ) -> bool:
     """Capture this worker's blocks that are not yet in `out`; True when the store is complete
     (manifest written). `on_block(b)` runs after block b's shard is in place."""
@@ -158,6 +159,7 @@ def capture_store(
         max_new_tokens=max_new_tokens,
         seed=seed,
         block_size=block_size,
+        policy=policy,
     )
     start_store(out, teachers, plan)
     index, count = shard

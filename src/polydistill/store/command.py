@@ -25,6 +25,7 @@ def capture_from_config(
     cfg: "RunConfig", out: Path, shard: tuple[int, int], block_size: int
 ) -> bool:
     """Capture the config's teachers on the student's prompts; True when the store is complete."""
+    from polydistill.lineage.policy import run_gate
     from polydistill.store.capture import capture_store
     from polydistill.student import student_prompts, student_teachers
     from polydistill.world.build import build_world
@@ -35,9 +36,11 @@ def capture_from_config(
             "capture: the config has no student: section (it names the teachers, and whose "
             "prompts, top_k, temperature and answers per prompt to capture)"
         )
+    gate = run_gate(cfg)  # before any teacher is loaded or called
+    cfg, policy = gate.config, gate.policy and gate.policy.digest
     world = build_world(cfg)
     return capture_store(
-        student_teachers(cfg, world),
+        student_teachers(cfg, world, policy),
         student_prompts(cfg, world).texts,
         out,
         top_k=student.top_k,
@@ -47,6 +50,7 @@ def capture_from_config(
         seed=student.train.seed,
         block_size=block_size,
         shard=shard,
+        policy=policy,
     )
 
 

@@ -54,6 +54,7 @@ def capture_plan(
     max_new_tokens: int,
     seed: int,
     block_size: int,
+    policy: str | None = None,
 ) -> dict:
     for t in teachers:
         if "/" in t.name or not t.name:
@@ -68,6 +69,8 @@ def capture_plan(
         "seed": seed,
         "block_size": block_size,
         "blocks": -(-len(prompts) // block_size),
+        # the digest of the teacher policy the capture ran under (`lineage.policy`), or None
+        "policy": policy,
         "teachers": {
             t.name: {
                 "fingerprint": t.fingerprint(),
@@ -123,6 +126,7 @@ def check_same_plan(folder: Path, stored: dict, plan: dict) -> None:
                 f"store {folder}: captured with {key} {stored[key]}, now {plan[key]}; "
                 "use the same settings or another --out folder"
             )
+    check_same_policy(folder, stored, plan.get("policy"))
     if list(stored["teachers"]) != list(plan["teachers"]):
         raise UserError(
             f"store {folder}: captured teachers {list(stored['teachers'])}, now "
@@ -130,6 +134,17 @@ def check_same_plan(folder: Path, stored: dict, plan: dict) -> None:
         )
     for name, teacher in stored["teachers"].items():
         check_fingerprint(name, teacher["fingerprint"], plan["teachers"][name]["fingerprint"])
+
+
+def check_same_policy(folder: Path, stored: dict, policy: str | None) -> None:
+    """The store was captured under the teacher policy (its digest) that is asked now."""
+    held = stored.get("policy")
+    if held != policy:
+        words = {None: "no policy"}
+        raise UserError(
+            f"store {folder}: captured under {words.get(held, f'policy {short(held)}')}, but the "
+            f"run is under {words.get(policy, f'policy {short(policy)}')}; capture again under it"
+        )
 
 
 def read_json(path: Path, what: str) -> dict:
