@@ -161,7 +161,14 @@ class TeacherConfig(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     family: Family
     domains: list[Domain] = []
+    # a real checkpoint: a Hugging Face folder (config.json, safetensors, tokenizer) or a GGUF
+    # file (dequantised on loading; needs the `gguf` package)
     path: Path | None = None
+    # the dtype a real checkpoint is loaded and run in (bfloat16 halves memory, also on CPU)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # a chat template for a checkpoint that has none (a base model, a GGUF file), or to replace
+    # its own: a Jinja file, or a built-in (`gemma`, `chatml`; `teachers.templates`)
+    template: str | None = None
     tokenizer: TokenizerStyle | None = None
     model: ModelSize = ModelSize()
     train: TrainConfig = TrainConfig()
@@ -172,6 +179,10 @@ class TeacherConfig(Strict):
     def _is_checkpoint(cls, path: Path | None) -> Path | None:
         if path is None:
             return None
+        if path.suffix.lower() == ".gguf":
+            if not path.is_file():
+                raise ValueError(f"no such GGUF file: {path}")
+            return path
         if not path.is_dir():
             raise ValueError(f"no such directory: {path}")
         if not (path / "config.json").is_file():
@@ -184,6 +195,10 @@ class TeacherConfig(Strict):
             raise ValueError(f"world teacher {self.name!r} needs domains (or a checkpoint path)")
         if self.path is not None and self.tokenizer is not None:
             raise ValueError(f"teacher {self.name!r}: a checkpoint (path) brings its own tokenizer")
+        if self.path is None and (self.template is not None or self.dtype != "float32"):
+            raise ValueError(
+                f"world teacher {self.name!r}: template and dtype are for checkpoints (path)"
+            )
         return self
 
     @property

@@ -39,6 +39,7 @@ from polydistill.report import write_report
 from polydistill.staging import staged_folder
 from polydistill.store.cached import check_store_policy
 from polydistill.teachers import load_checkpoint, load_tokenizer
+from polydistill.teachers.checkpoint import DTYPES
 from polydistill.train.log import LOG_FILE, TENSORBOARD_DIR
 from polydistill.world.build import World, build_world
 from polydistill.world.domains import DOMAINS
@@ -91,7 +92,9 @@ def evaluate_teachers(
     with progress_bars() as bars:
         for teacher in (t for t in cfg.teachers if t.name not in excluded):
             who = f"teacher {teacher.name!r}"
-            model, tokenizer = load_checkpoint(teacher.path or world.teachers[teacher.name], who)
+            path = teacher.path or world.teachers[teacher.name]
+            dtype = DTYPES[teacher.dtype]
+            model, tokenizer = load_checkpoint(path, who, dtype, teacher.template)
             label = f"teacher:{teacher.name}"
             results[label] = evaluate_with_progress(
                 bars, label, model, tokenizer, heldout, cfg.eval, who
@@ -156,7 +159,7 @@ def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
         check_store_policy(cfg.student.store, policy)
     for teacher in cfg.teachers:
         if teacher.path is not None and teacher.name not in gate.excluded:  # fail fast
-            load_tokenizer(teacher.path, f"teacher {teacher.name!r}")
+            load_tokenizer(teacher.path, f"teacher {teacher.name!r}", teacher.template)
     works: list[Path] = []
     with staged_output(out, force) as staging:
         world = build_world(cfg)

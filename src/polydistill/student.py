@@ -49,6 +49,7 @@ from polydistill.student_targets import (
     example_weights,
     student_targets,
 )
+from polydistill.teachers.checkpoint import DTYPES
 from polydistill.teachers.local import local_teacher
 from polydistill.teachers.protocol import Progress, Teacher
 from polydistill.teachers.readings import Readings, gather_readings
@@ -115,10 +116,18 @@ def student_teachers(cfg: RunConfig, world: World, policy: str | None = None) ->
     """The student's teachers: live checkpoints, or their captured readings (`student.store`,
     which must have been captured under the teacher policy whose digest is `policy`)."""
     paths = {t.name: t.path or world.teachers[t.name] for t in cfg.teachers}
+    configs = {t.name: t for t in cfg.teachers}
     names = cfg.student.teachers
     if cfg.student.store is None:
-        return [local_teacher(n, paths[n], cfg.eval.batch_size) for n in names]
-    expected = {n: local_fingerprint(paths[n], f"teacher {n!r}") for n in names}
+        return [
+            local_teacher(
+                n, paths[n], cfg.eval.batch_size, DTYPES[configs[n].dtype], configs[n].template
+            )
+            for n in names
+        ]
+    expected = {
+        n: local_fingerprint(paths[n], f"teacher {n!r}", configs[n].template) for n in names
+    }
     return store_teachers(open_store(cfg.student.store, policy), expected)
 
 

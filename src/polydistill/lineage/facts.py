@@ -7,6 +7,7 @@ Where each fact comes from, first found wins:
 1. the run config's `teachers[i].licence` (id, publisher, origin, or a whole licence);
 2. the checkpoint: its model card's front matter (`README.md`: `license`, `license_name`,
    `license_link`) and its `LICENSE` / `NOTICE` files, matched against `licences.LICENCES`;
+   a GGUF file's `general.license` metadata, and those files beside it;
 3. for a world teacher (no `path`), its family's facts (`licences.FAMILIES`): it stands in for
    that family's checkpoints. Publisher and origin of a real checkpoint come from its family too.
 A real checkpoint whose licence none of these determines, or whose files name two licences,
@@ -51,10 +52,28 @@ def model_card_front_matter(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def gguf_licence(path: Path) -> str | None:
+    """The `general.license` metadata of a GGUF file, or None."""
+    try:
+        from gguf import GGUFReader
+    except ImportError as error:
+        raise UserError(f"{path}: reading a GGUF file needs `pip install gguf`") from error
+    try:
+        field = GGUFReader(path).fields.get("general.license")
+    except (ValueError, OSError) as error:
+        raise UserError(f"{path}: not a readable GGUF file ({error})") from error
+    return str(field.contents()) if field is not None else None
+
+
 def checkpoint_licences(path: Path) -> dict[str, str | None]:
     """Each file of the checkpoint that speaks of a licence -> the known licence id it names
     (None where it names one that is not in the table)."""
     found: dict[str, str | None] = {}
+    if path.is_file():  # a GGUF file: its metadata, then the files of its folder
+        named = gguf_licence(path)
+        if named is not None:
+            found[f"{path.name} metadata"] = licence_id(named)
+        path = path.parent
     card = model_card_front_matter(path)
     if card.get("license"):
         named = str(card["license"])

@@ -213,9 +213,9 @@ def _stored_tokenizer(store: Store, name: str, fingerprint: dict) -> PreTrainedT
     return tokenizer
 
 
-def local_fingerprint(path: Path, who: str) -> dict[str, str]:
+def local_fingerprint(path: Path, who: str, template: str | None = None) -> dict[str, str]:
     """What a local checkpoint's `LocalTeacher.fingerprint()` says, without loading the model."""
-    tokenizer = load_tokenizer(path, who)
+    tokenizer = load_tokenizer(path, who, template)
     return {"source": "local", "weights": weights_hash(path), **tokenizer_fingerprint(tokenizer)}
 
 

@@ -1,6 +1,8 @@
-"""Loading a teacher checkpoint: a world teacher or a real Gemma, gpt-oss or Qwen checkpoint
-directory on local disk, through `AutoModelForCausalLM` with `HF_HUB_OFFLINE=1`, so nothing
-reaches a hub.
+"""Loading a teacher checkpoint: a world teacher, a real Gemma, gpt-oss or Qwen checkpoint
+directory on local disk, or a GGUF file (dequantised by transformers' GGUF loader, which needs
+the `gguf` package), through `AutoModelForCausalLM` with `HF_HUB_OFFLINE=1`, so nothing
+reaches a hub. A checkpoint without a chat template (a base model; GGUF files carry none) is
+given one by `template` (a Jinja file or a built-in, `teachers.templates`).
 """
 
 import os
@@ -15,26 +17,56 @@ from transformers import (
 )
 
 from polydistill.errors import UserError
+from polydistill.teachers.templates import BUILTIN, apply_template
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def load_tokenizer(path: Path, who: str) -> PreTrainedTokenizerBase:
-    """The checkpoint's tokenizer, checked for what alignment and chat rendering need."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def is_gguf(path: Path) -> bool:
+    return path.suffix.lower() == ".gguf"
+
+
+def _source(path: Path, who: str) -> tuple[Path, dict]:
+    """The folder `from_pretrained` reads, and its keyword arguments for this checkpoint."""
+    if is_gguf(path):
+        if not path.is_file():
+            raise UserError(f"{who}: no such GGUF file: {path}")
+        return path.parent, {"gguf_file": path.name}
     if not (path / "config.json").is_file():
         raise UserError(f"{who}: not a Hugging Face checkpoint (no config.json): {path}")
+    return path, {}
+
+
+def _gguf_problem(error: Exception) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, ImportError):
+        return f"{text} (GGUF files need `pip install gguf accelerate`)"
+    return text
+
+
+def load_tokenizer(path: Path, who: str, template: str | None = None) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer, checked for what alignment and chat rendering need; with
+    `template`, that chat template replaces the checkpoint's own."""
+    folder, extra = _source(path, who)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise UserError(f"{who}: cannot load the tokenizer from {path}: {error}") from None
+        tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
+    except (OSError, ValueError, ImportError) as error:
+        problem = _gguf_problem(error) if extra else error
+        raise UserError(f"{who}: cannot load the tokenizer from {path}: {problem}") from None
     if not tokenizer.is_fast:
         raise UserError(
             f"{who}: tokenizer has no fast backend; convert it with "
             "AutoTokenizer.from_pretrained(path, use_fast=True).save_pretrained(path)"
         )
+    if template is not None:
+        apply_template(tokenizer, template, who)
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(
-            f"{who}: tokenizer has no chat template; add one to {path}/tokenizer_config.json"
+            f"{who}: tokenizer has no chat template; give one with teachers[].template (a Jinja "
+            f"file, or a built-in: {', '.join(BUILTIN)})"
         )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -42,13 +74,15 @@ def load_tokenizer(path: Path, who: str) -> PreTrainedTokenizerBase:
 
 
 def load_checkpoint(
-    path: Path, who: str, dtype: torch.dtype = torch.float32
+    path: Path, who: str, dtype: torch.dtype = torch.float32, template: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer of a local checkpoint, in evaluation mode."""
-    tokenizer = load_tokenizer(path, who)
+    """Model and tokenizer of a local checkpoint (a folder or a GGUF file), in evaluation mode."""
+    tokenizer = load_tokenizer(path, who, template)
+    folder, extra = _source(path, who)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError) as error:
-        raise UserError(f"{who}: cannot load the model from {path}: {error}") from None
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
+    except (OSError, ValueError, ImportError) as error:
+        problem = _gguf_problem(error) if extra else error
+        raise UserError(f"{who}: cannot load the model from {path}: {problem}") from None
     model.eval()
     return model, tokenizer

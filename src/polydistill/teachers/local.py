@@ -23,9 +23,9 @@ from polydistill.teachers.protocol import Progress, TeacherRows, tokenizer_finge
 
 
 def weights_hash(path: Path) -> str:
-    """sha256 over the checkpoint's weight files, in name order."""
+    """sha256 over the checkpoint's weight files, in name order (a GGUF file: that file)."""
     digest = hashlib.sha256()
-    files = sorted([*path.glob("*.safetensors"), *path.glob("*.bin")])
+    files = [path] if path.is_file() else sorted([*path.glob("*.safetensors"), *path.glob("*.bin")])
     for file in files:
         digest.update(file.name.encode())
         with file.open("rb") as f:
@@ -165,8 +165,12 @@ class LocalTeacher:
 
 
 def local_teacher(
-    name: str, path: Path, batch_size: int, dtype: torch.dtype = torch.float32
+    name: str,
+    path: Path,
+    batch_size: int,
+    dtype: torch.dtype = torch.float32,
+    template: str | None = None,
 ) -> LocalTeacher:
-    """A checkpoint directory as a teacher."""
-    model, tokenizer = load_checkpoint(path, f"teacher {name!r}", dtype)
+    """A checkpoint directory or GGUF file as a teacher (`template`: see `load_tokenizer`)."""
+    model, tokenizer = load_checkpoint(path, f"teacher {name!r}", dtype, template)
     return LocalTeacher(name, model, tokenizer, batch_size, path)

@@ -82,7 +82,9 @@ def world_key(cfg: RunConfig) -> str:
         # exclude_none: a teacher on its family's tokenizer keeps the key it had before
         # `tokenizer` existed, so earlier worlds stay cached.
         "teachers": [
-            t.model_dump(mode="json", exclude={"path", "licence"}, exclude_none=True)
+            t.model_dump(
+                mode="json", exclude={"path", "licence", "dtype", "template"}, exclude_none=True
+            )
             for t in world_teachers(cfg)
         ],
         # 2: a validation split, on which teachers stop (facts gained a fourth template).
