@@ -6,8 +6,9 @@
 3. With a `student:` section: every teacher answers and scores the student's prompts once
    (`student.teacher_readings`); then the student and each baseline of `benchmark:` are trained
    on their fused targets (`student`), evaluated like the teachers, and their training logs kept
-   in `train_logs/`. The student is saved to `student/` as a standard checkpoint, and who
-   supplied its targets to `contributions.json`.
+   in `train_logs/`. The student is saved to `student/` as a standard checkpoint with its
+   lineage (`student/lineage.json`: its teachers, their families and shares, which
+   `polydistill serve` shows), and who supplied its targets to `contributions.json`.
 4. Write `metrics.json`, the resolved config and the world's location into the output folder,
    and the report (`report.html`).
 
@@ -31,6 +32,7 @@ from polydistill import student, student_runs
 from polydistill.config import EvalConfig, RunConfig
 from polydistill.errors import UserError
 from polydistill.evaluate import evaluate_model
+from polydistill.lineage import lineage_of_run, write_lineage
 from polydistill.progress import console, progress_bars
 from polydistill.report import write_report
 from polydistill.staging import staged_folder
@@ -139,6 +141,8 @@ def distil_and_evaluate(
         keep_train_log(job.work, staging, job.plan.name)
     shutil.copytree(jobs[0].work / student_runs.FINAL_DIR, staging / "student")
     (staging / "contributions.json").write_text(json.dumps(accounts, indent=1))
+    families = {t.name: t.family for t in cfg.teachers}
+    write_lineage(staging / "student", lineage_of_run("student", families, accounts))
     return results, [job.work for job in jobs]
 
 
