@@ -1,15 +1,17 @@
 """The product's main path end to end, as README.md gives it: `polydistill run` distils a
 student from the tiny world's three teachers, `polydistill keys create` makes a key,
 `polydistill serve RUN/student --port P --price-input 0.50 --price-output 1.50` serves it, and
-the `openai` client buys a completion and a chat completion, streamed and not. Usage is checked
-against the student's own tokenizer and against the ledger (`polydistill usage --format csv`),
-the lineage on `/v1/models` against the run's accounting; then a key is listed, rotated and
-revoked. Every command runs through the `polydistill` entry point in a subprocess."""
+the `openai` client buys a completion and a chat completion, streamed and not (and the README's
+Python example runs as printed, but for the port and key). Usage is checked against the
+student's own tokenizer and against the ledger (`polydistill usage --format csv`), the lineage
+on `/v1/models` against the run's accounting; then a key is listed, rotated and revoked. Every
+command runs through the `polydistill` entry point in a subprocess."""
 
 import csv
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,6 +26,7 @@ from transformers import AutoTokenizer
 
 pytestmark = pytest.mark.slow
 TINY = Path(__file__).parent / "tiny.yaml"
+README = Path(__file__).parents[1] / "README.md"
 # A student of all three teachers of the tiny world, a few seconds of training.
 STUDENT = [
     "threads=1",
@@ -179,6 +182,7 @@ def test_the_openai_client_buys_completions_and_streams_with_exact_usage(run_dir
     # The ledger, as `polydistill usage --format csv` exports it, bills exactly these figures.
     rows = list(csv.DictReader(io.StringIO(polydistill("usage", "--db", gateway["db"],
                                                        "--format", "csv").stdout)))  # fmt: skip
+    rows = [r for r in rows if r["key"] == "alice"]  # other tests bill other keys
     billed = [(r["endpoint"], int(r["prompt_tokens"]), int(r["completion_tokens"])) for r in rows]
     usages = [completion.usage, reply.usage, last.usage]
     assert [b[1:] for b in billed] == [(u.prompt_tokens, u.completion_tokens) for u in usages]
@@ -210,3 +214,17 @@ def test_a_key_is_listed_rotated_and_revoked_through_the_cli(gateway):
             client(gateway, key).completions.create(model="student", prompt="ab", max_tokens=1)
     again = polydistill("keys", "revoke", "--db", db, "--name", "bob", check=False)
     assert again.returncode == 2 and again.stderr == "error: the key 'bob' is revoked\n"
+
+
+def test_the_readme_python_example_runs_against_the_gateway(gateway, capsys):
+    (example,) = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    key = polydistill("keys", "create", "--db", gateway["db"], "--name", "carol").stdout.strip()
+    for shown, real in (
+        ("http://127.0.0.1:8000/v1", f"http://127.0.0.1:{gateway['port']}/v1"),
+        ("pd_3f9c0a1b2c4d_...", key),
+    ):
+        assert shown in example
+        example = example.replace(shown, real)
+    exec(compile(example, str(README), "exec"), {})
+    printed = capsys.readouterr().out
+    assert "CompletionUsage(completion_tokens=" in printed and "prompt_tokens=" in printed
