@@ -214,6 +214,9 @@ def test_a_key_is_listed_rotated_and_revoked_through_the_cli(gateway):
             client(gateway, key).completions.create(model="student", prompt="ab", max_tokens=1)
     again = polydistill("keys", "revoke", "--db", db, "--name", "bob", check=False)
     assert again.returncode == 2 and again.stderr == "error: the key 'bob' is revoked\n"
+    log = gateway["log"].read_text()
+    assert "serving student on" in log
+    assert not [k for k in (first, second, gateway["key"]) if k in log or k[16:] in log]
 
 
 def test_the_readme_python_example_runs_against_the_gateway(gateway, capsys):
