@@ -98,3 +98,13 @@ def test_malformed_configs(tmp_path, content, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(UserError, match="no such file"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_a_runs_resolved_config_loads_again_the_same(tmp_path):
+    """`config.yaml` as `polydistill run` writes it is a valid config, however strict the types."""
+    import yaml
+
+    overrides = ["student={teachers: [gemma, qwen]}", "student.train.lr=1e-5", "threads=1"]
+    cfg = load_config(TINY, [*overrides, f"world.cache_dir={tmp_path}"])
+    written = write(tmp_path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    assert load_config(written) == cfg

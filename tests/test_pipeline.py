@@ -80,7 +80,7 @@ def test_world_record_lists_teachers(tiny_world):
         assert (tiny_world.tokenizer_dir(style) / "tokenizer.json").is_file()
 
 
-def test_run_writes_metrics(cli, tmp_path, tiny_cache):
+def test_run_writes_metrics_and_replaces_them_only_with_force(cli, tmp_path, tiny_cache):
     out = tmp_path / "run"
     result = cli("run", str(TINY), "--out", str(out), f"world.cache_dir={tiny_cache}")
     assert result.returncode == 0, result.stderr
@@ -100,6 +100,14 @@ def test_run_writes_metrics(cli, tmp_path, tiny_cache):
     assert again.stderr.strip().splitlines() == [
         f"error: output folder {out} already exists and is not empty; pass --force to replace it"
     ]
+
+    (out / "stale.txt").write_text("from the run before")
+    args = ["--out", str(out), "--force", f"world.cache_dir={tiny_cache}", "eval.heldout_limit=1"]
+    forced = cli("run", str(TINY), *args)
+    assert forced.returncode == 0, forced.stderr
+    assert not (out / "stale.txt").exists()  # replaced whole, not merged
+    assert "heldout_limit: 1" in (out / "config.yaml").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_run_with_a_real_checkpoint_path(cli, tmp_path, tiny_world, tiny_cache):

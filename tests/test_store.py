@@ -278,9 +278,12 @@ def test_store_teachers_refuse_what_was_not_captured(captured, prompts):
 
 
 @pytest.mark.slow
-def test_capture_command_with_shards_then_merge(
+def test_capture_command_with_shards_then_merge_then_a_run_from_the_store(
     tmp_path, tiny_cache, tiny_world, monkeypatch, capsys
 ):
+    """The README's three store commands: `capture --shard i/n`, `capture --merge`, and
+    `run ... student.store=STORE`, which trains the student without loading a teacher to read."""
+    import polydistill.student as student_module
     from polydistill.cli import main
 
     tiny = Path(__file__).parent / "tiny.yaml"
@@ -295,7 +298,7 @@ def test_capture_command_with_shards_then_merge(
     ]
 
     def invoke(*args: str) -> int:
-        monkeypatch.setattr(sys, "argv", ["polydistill", "capture", *args])
+        monkeypatch.setattr(sys, "argv", ["polydistill", *args])
         try:
             main()
         except SystemExit as exit:
@@ -304,12 +307,28 @@ def test_capture_command_with_shards_then_merge(
 
     out = tmp_path / "store"
     for shard in ("0/2", "1/2"):
-        assert invoke(*config, "--out", str(out), "--shard", shard, "--block-size", "8") == 0
-    assert invoke("--merge", "--out", str(out)) == 0
+        assert (
+            invoke("capture", *config, "--out", str(out), "--shard", shard, "--block-size", "8")
+            == 0
+        )
+    assert invoke("capture", "--merge", "--out", str(out)) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["top_k"] == 8 and list(manifest["teachers"]) == list(NAMES)
-    assert invoke(str(tiny), "--out", str(out), "--shard", "2/2") == 2
+    assert invoke("capture", str(tiny), "--out", str(out), "--shard", "2/2") == 2
     assert "--shard '2/2': expected i/n" in capsys.readouterr().err
+
+    def no_live_teacher(*args, **kwargs):
+        raise AssertionError("a teacher was loaded to read the student's prompts")
+
+    monkeypatch.setattr(student_module, "local_teacher", no_live_teacher)
+    run = tmp_path / "run"
+    small = ["student.model={hidden_size: 64, layers: 1, heads: 1, kv_heads: 1, head_dim: 64, "
+             "intermediate_size: 64}", "student.train={steps: 2, batch_size: 4, warmup_steps: 1}",
+             "eval.heldout_limit=2"]  # fmt: skip
+    assert invoke("run", *config, "--out", str(run), f"student.store={out}", *small) == 0
+    assert "student" in json.loads((run / "metrics.json").read_text())["models"]
+    lineage = json.loads((run / "student" / "lineage.json").read_text())
+    assert [t["name"] for t in lineage["teachers"]] == list(NAMES)
 
 
 def test_benchmark_kl_matches_a_dense_float64_reconstruction():

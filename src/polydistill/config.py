@@ -3,9 +3,12 @@
     cfg = load_config("examples/specialists.yaml", ["teachers[0].train.steps=300"])
 
 Every mistake becomes a `UserError` whose one line names the key path, e.g.
-`teachers[1].path: no such directory: /models/qwen`.
+`teachers[1].path: no such directory: /models/qwen`. Values are strictly typed: a number is
+never taken from `true`, a boolean never from `1`, a count never from `"3"` (`overrides` reads
+the YAML, this module checks it).
 """
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -22,6 +25,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from polydistill.errors import UserError
+from polydistill.overrides import apply_override, key_path, read_yaml
 
 Family = Literal["gemma", "qwen", "gpt-oss"]
 Domain = Literal["arithmetic", "facts", "strings"]
@@ -32,8 +36,16 @@ NonNegative = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
+# A path is the one value YAML cannot spell as its own type.
+LaxPath = Annotated[Path, Field(strict=False)]
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Every config section: unknown keys are errors, and values are taken as their own YAML
+    types only (strict), so that `true` is never a number, nor `1` a boolean, nor `"3"` a count.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class ArithmeticConfig(Strict):
@@ -163,7 +175,7 @@ class TeacherConfig(Strict):
     domains: list[Domain] = []
     # a real checkpoint: a Hugging Face folder (config.json, safetensors, tokenizer) or a GGUF
     # file (dequantised on loading; needs the `gguf` package)
-    path: Path | None = None
+    path: LaxPath | None = None
     # the dtype a real checkpoint is loaded and run in (bfloat16 halves memory, also on CPU)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # a chat template for a checkpoint that has none (a base model, a GGUF file), or to replace
@@ -209,7 +221,7 @@ class TeacherConfig(Strict):
 
 class WorldConfig(Strict):
     seed: int = 0
-    cache_dir: Path = Path(".cache/polydistill/worlds")
+    cache_dir: LaxPath = Path(".cache/polydistill/worlds")
     domains: DomainsConfig = DomainsConfig()
     vocab: VocabSizes = VocabSizes()
     eval_every: Positive = 100
@@ -295,7 +307,7 @@ class StudentConfig(Strict):
     validate_every: NonNegative = 0
     # A store written by `polydistill capture` of this config: the teachers' answers and
     # readings come from it, no teacher model is loaded (its fingerprints must match).
-    store: Path | None = None
+    store: LaxPath | None = None
 
     def prompt_weight_of(self, domain: str) -> float:
         """The prompt loss weight of `domain`'s prompts."""
@@ -365,7 +377,7 @@ class RunConfig(Strict):
     student: StudentConfig | None = None
     # A policy file (`polydistill.lineage.policy`): which teachers the student may learn from,
     # checked before any teacher is loaded, called or read from a store.
-    policy: Path | None = None
+    policy: LaxPath | None = None
 
     benchmark: BenchmarkConfig | None = None
 
@@ -476,52 +488,17 @@ def _check_fusion(student: StudentConfig) -> None:
             raise _error_at(("fusion", "routes"), f"no teacher for domain(s) {missing}")
 
 
-def _key_path(location: tuple) -> str:
-    path = ""
-    for part in location:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "config"
+# What pydantic adds to an error's location besides keys: validator and union branch tags.
+_SCHEMA_TAG = re.compile(r"^(function-.*|(constrained-)?(int|float|str|bool)|(dict|list)\[.*)$")
 
 
 def _first_error(error: ValidationError) -> str:
     first = error.errors()[0]
-    location = tuple(p for p in first["loc"] if not str(p).startswith("function-"))
+    location = tuple(p for p in first["loc"] if not _SCHEMA_TAG.match(str(p)))
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
-    return f"{_key_path(location)}: {message}"
-
-
-def _split_key(key: str) -> list[str | int]:
-    parts: list[str | int] = []
-    for piece in key.replace("]", "").replace("[", ".").split("."):
-        if not piece:
-            raise UserError(f"override {key!r}: empty key part")
-        parts.append(int(piece) if piece.isdigit() else piece)
-    return parts
-
-
-def apply_override(raw: dict, override: str) -> None:
-    """Set `a.b[0].c=value` in the raw mapping; the value is read as a YAML scalar."""
-    key, sep, text = override.partition("=")
-    if not sep or not key:
-        raise UserError(f"override {override!r}: expected key=value")
-    parts = _split_key(key.strip())
-    node: Any = raw
-    for depth, part in enumerate(parts[:-1]):
-        here = _key_path(tuple(parts[: depth + 1]))
-        if isinstance(part, int):
-            if not isinstance(node, list) or part >= len(node):
-                raise UserError(f"override {key}: {here} does not exist")
-            node = node[part]
-        else:
-            if not isinstance(node, dict):
-                raise UserError(f"override {key}: {here} is not a mapping")
-            node = node.setdefault(part, {})
-    last = parts[-1]
-    if isinstance(last, int) and (not isinstance(node, list) or last >= len(node)):
-        raise UserError(f"override {key}: index {last} does not exist")
-    node[last] = yaml.safe_load(text) if text.strip() else None
+    return f"{key_path(location)}: {message}"
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -530,7 +507,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if not path.is_file():
         raise UserError(f"config: no such file: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as error:
         raise UserError(f"config {path}: not UTF-8 text ({error.reason})") from None
     except yaml.YAMLError as error:

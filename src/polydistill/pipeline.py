@@ -8,8 +8,10 @@
 3. With a `student:` section: every teacher answers and scores the student's prompts once
    (`student.teacher_readings`); then the student and each baseline of `benchmark:` are trained
    on their fused targets (`student`), evaluated like the teachers, and their training logs kept
-   in `train_logs/`. The student is saved to `student/` as a standard checkpoint, and who
-   supplied its targets to `contributions.json`.
+   in `train_logs/`. The student is saved to `student/` as a standard checkpoint with its
+   signed lineage (`lineage.write`: `lineage.json` with its teachers' facts, fingerprints and
+   shares, the policy, data and config hashes; `bom.cdx.json`, `NOTICE`, the model card
+   `README.md`), and who supplied its targets to `contributions.json`.
 4. Write `metrics.json`, the resolved config and the world's location into the output folder,
    and the report (`report.html`).
 
@@ -18,6 +20,7 @@ failed or interrupted run leaves no half-written folder and never touches an ear
 unless `force` is given (then the old folder is replaced only once the new one is complete).
 """
 
+import hashlib
 import json
 import shutil
 import time
@@ -33,11 +36,13 @@ from polydistill import student, student_runs
 from polydistill.config import EvalConfig, RunConfig
 from polydistill.errors import UserError
 from polydistill.evaluate import evaluate_model
-from polydistill.lineage.policy import run_gate
+from polydistill.lineage.policy import Gate, run_gate
+from polydistill.lineage.write import write_student_lineage
 from polydistill.progress import console, progress_bars
 from polydistill.report import write_report
 from polydistill.staging import staged_folder
 from polydistill.store.cached import check_store_policy
+from polydistill.store.manifest import prompts_hash
 from polydistill.teachers import load_checkpoint, load_tokenizer
 from polydistill.teachers.checkpoint import DTYPES
 from polydistill.train.log import LOG_FILE, TENSORBOARD_DIR
@@ -114,12 +119,12 @@ def keep_train_log(work: Path, staging: Path, name: str) -> None:
 
 
 def distil_and_evaluate(
-    cfg: RunConfig, world: World, out: Path, staging: Path, policy: str | None
+    cfg: RunConfig, world: World, out: Path, staging: Path, gate: Gate
 ) -> tuple[dict, list[Path]]:
     """Train and score the student and the baselines; returns their metrics and work folders."""
     tokenizer = student.student_tokenizer(cfg, world)
     prompts = student.student_prompts(cfg, world)
-    teachers = student.student_teachers(cfg, world, policy)
+    teachers = student.student_teachers(cfg, world, gate.policy and gate.policy.digest)
     readings = student.teacher_readings(cfg, teachers, prompts)
     if cfg.student.validate_every:
         checking = student.validation_prompts(cfg, world)
@@ -148,15 +153,24 @@ def distil_and_evaluate(
         keep_train_log(job.work, staging, job.plan.name)
     shutil.copytree(jobs[0].work / student_runs.FINAL_DIR, staging / "student")
     (staging / "contributions.json").write_text(json.dumps(accounts, indent=1))
+    write_student_lineage(  # signed, bound to the weights now in staging/student
+        gate,
+        accounts,
+        staging / "student",
+        fingerprints={t.name: t.fingerprint() for t in teachers},
+        prompts={"count": len(prompts.texts), "sha256": prompts_hash(prompts.texts)},
+        config_sha256=hashlib.sha256(cfg.model_dump_json().encode()).hexdigest(),
+        accuracy=results["student"]["accuracy"],
+    )
     return results, [job.work for job in jobs]
 
 
 def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     """The whole job; returns the metrics written to `out/metrics.json`."""
     gate = run_gate(cfg)  # reads files only: no teacher is loaded before the policy allows it
-    cfg, policy = gate.config, gate.policy and gate.policy.digest
+    cfg = gate.config
     if cfg.student is not None and cfg.student.store is not None:
-        check_store_policy(cfg.student.store, policy)
+        check_store_policy(cfg.student.store, gate.policy and gate.policy.digest)
     for teacher in cfg.teachers:
         if teacher.path is not None and teacher.name not in gate.excluded:  # fail fast
             load_tokenizer(teacher.path, f"teacher {teacher.name!r}", teacher.template)
@@ -168,7 +182,7 @@ def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
             "models": evaluate_teachers(cfg, world, frozenset(gate.excluded)),
         }
         if cfg.student is not None:
-            trained, works = distil_and_evaluate(cfg, world, out, staging, policy)
+            trained, works = distil_and_evaluate(cfg, world, out, staging, gate)
             metrics["models"].update(trained)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (staging / "config.yaml").write_text(

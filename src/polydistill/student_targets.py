@@ -15,8 +15,9 @@
    student's rendering and projected into the student's vocabulary (`align`).
 4. Fusion: per student position, the teachers' projected targets are combined with the weights
    (`fusion.mix` or `fusion.product`), or per-position confidence weights.
-5. Accounting: per domain, the share of target mass each teacher supplied and who wrote the
-   chosen answers; per teacher, the mass its projection left in the tail.
+5. Accounting: per domain and over all positions, the share of target mass each teacher
+   supplied; per domain, who wrote the chosen answers; per teacher, the mass its projection
+   left in the tail. The student's lineage (`polydistill.lineage`) takes its shares from it.
 
 Only prompts and the teachers' own answers come in (gold answers only for the marked `mince` /
 `avgce` baselines, through their weights), so a gold answer never reaches the student.
@@ -215,9 +216,13 @@ def contributions(
         if bool(here.any()):
             share = supplied[:, here].mean(dim=1)
             mass[domain] = {n: round(float(share[t]), 6) for t, n in enumerate(names)}
+    supervised = supplied.sum(0) > 0  # as per domain above, over every position
+    overall = supplied[:, supervised].mean(dim=1).tolist() if bool(supervised.any()) else []
+    shares = {n: round(s, 6) for n, s in zip(names, overall, strict=False)}
     tail = {n: round(project.tail_share(t), 6) for n, t in zip(names, per_teacher, strict=True)}
     return {
         "teachers": list(names),
+        "share": shares,
         "mass": mass,
         "completions": written,
         "tail": tail,

@@ -27,13 +27,14 @@ CONTRIBUTIONS = {
     "mass": {"strings": {"gemma": 0.9, "gptoss": 0.1}, "arithmetic": {"gemma": 0.2, "gptoss": 0.8}},
     "completions": {"strings": {"gemma": 3, "gptoss": 0}, "arithmetic": {"gemma": 0, "gptoss": 1}},
     "tail": {"gemma": 0.01, "gptoss": 0.2},
+    "share": {"gemma": 0.725, "gptoss": 0.275},
     "strategy": "evidence",
 }
 
 
-def test_contribution_weights_each_tag_by_its_rows():
+def test_contribution_of_each_teacher_from_the_accounting():
     gemma = contribution("gemma", CONTRIBUTIONS)
-    assert gemma["share"] == pytest.approx((0.9 * 3 + 0.2 * 1) / 4)
+    assert gemma["share"] == 0.725 and gemma["mass"] == {"strings": 0.9, "arithmetic": 0.2}
     assert gemma["completions"] == {"strings": 3, "arithmetic": 0} and gemma["tail"] == 0.01
     assert contribution("qwen", CONTRIBUTIONS)["share"] == 0.0
 
@@ -152,3 +153,22 @@ def test_lineage_verify_command(student_dir, monkeypatch):
     assert bad.stderr.strip().splitlines() == [
         f"error: {student_dir}: the weights are not the ones the lineage signs (model.safetensors)"
     ]
+
+
+def test_lineage_keygen_command(tmp_path):
+    out = tmp_path / "lineage.pem"
+    result = subprocess.run(
+        [sys.executable, "-m", "polydistill", "lineage", "keygen", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote {out} (keep it secret) and {out}.pub.pem"
+    assert "PRIVATE KEY" not in result.stdout + result.stderr
+    again = subprocess.run(
+        [sys.executable, "-m", "polydistill", "lineage", "keygen", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 2
+    assert again.stderr.strip() == f"error: {out} exists; not overwriting a key"

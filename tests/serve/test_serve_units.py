@@ -207,20 +207,25 @@ def test_engine_stops_at_stop_strings_and_cancels(served, causal_lm) -> None:
 def test_lineage_files_and_settings(tmp_path) -> None:
     model = tmp_path / "run" / "student"
     model.mkdir(parents=True)
-    assert load_lineage(model) is None
     teachers = [{"name": "g", "family": "gemma", "share": 0.75}, {"name": "o", "family": "gpt-oss"}]
+    # A run's fusion accounting is not a lineage: never read as one (issue 22).
     (tmp_path / "run" / "contributions.json").write_text(
-        json.dumps({"teachers": teachers, "extra": 1})
+        json.dumps({"teachers": ["g", "o"], "strategy": "evidence", "mass": {}})
     )
+    assert load_lineage(model) is None
+    (tmp_path / "run" / "lineage.json").write_text(json.dumps({"teachers": teachers, "extra": 1}))
     summary = lineage_summary(load_lineage(model))
     assert summary == {
         "student": None,
+        "strategy": None,
         "teachers": ["g", "o"],
         "families": ["gemma", "gpt-oss"],
         "shares": {"g": 0.75},
     }
     (model / "lineage.json").write_text(json.dumps({"teachers": [{"name": "g"}]}))
-    with pytest.raises(UserError, match=r"teachers\.0\.family"):
+    with pytest.raises(
+        UserError, match=r"^lineage file .*/student/lineage\.json: teachers\.0\.family"
+    ):
         load_lineage(model)
     config = tmp_path / "gateway.yaml"
     config.write_text("prices:\n  student: {input: '0.50', output: 1.5}\ncaps: {max_n: 2}\n")

@@ -99,7 +99,7 @@ def lineage_bom(record: dict[str, Any], accuracy: dict[str, float] | None = None
                 "weights": weights,
                 "excluded": record["excluded"],
                 "policy": record["policy"] and record["policy"]["name"],
-                "fusion": record.get("fusion"),
+                "strategy": record.get("strategy"),
                 "config-sha256": record["config"]["sha256"],
             }
         ),

@@ -7,7 +7,7 @@ weights, and signed (`lineage.signing`). It holds:
 - `weights`: the sha256 of every weights file, so the record is bound to these weights;
 - `teachers`: per teacher its facts (family, publisher, origin, licence and its obligations),
   fingerprint (weights, tokenizer and chat-template hashes) and measured contribution from the
-  fusion accounting (`contributions.json`): `share` of the fused target mass over all rows,
+  fusion accounting (`contributions.json`): `share` of the fused target mass over all positions,
   `mass` per tag, `completions` (chosen answers it wrote) per tag, and `tail` (the share of
   its projected mass that fell outside the student's top-k);
 - `excluded`: teachers the policy kept out, with the rule, and a contribution of exactly zero;
@@ -24,8 +24,8 @@ from typing import Any
 
 from polydistill.lineage.facts import TeacherFacts
 from polydistill.lineage.policy import Gate
+from polydistill.lineage.schema import LINEAGE_FILE
 
-LINEAGE_FILE = "lineage.json"
 FORMAT = "polydistill.lineage/2"
 
 
@@ -63,14 +63,10 @@ def contribution(name: str, contributions: dict) -> dict[str, Any]:
     """A teacher's measured part in the student's targets, from the fusion accounting."""
     mass = {tag: shares.get(name, 0.0) for tag, shares in contributions.get("mass", {}).items()}
     written = contributions.get("completions", {})
-    completions = {tag: counts.get(name, 0) for tag, counts in written.items()}
-    rows = {tag: sum(counts.values()) for tag, counts in written.items()}
-    total = sum(rows.get(tag, 0) for tag in mass)
-    share = sum(mass[tag] * rows.get(tag, 0) for tag in mass) / total if total else 0.0
     return {
-        "share": round(share, 6),
+        "share": contributions.get("share", {}).get(name, 0.0),
         "mass": mass,
-        "completions": completions,
+        "completions": {tag: counts.get(name, 0) for tag, counts in written.items()},
         "tail": contributions.get("tail", {}).get(name, 0.0),
     }
 
@@ -118,7 +114,7 @@ def lineage_record(
         "data": {"prompts": prompts},
         "config": {"sha256": config_sha256},
         "code": code,
-        "fusion": contributions.get("strategy"),
+        "strategy": contributions.get("strategy"),
     }
 
 

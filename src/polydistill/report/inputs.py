@@ -79,6 +79,7 @@ class Contributions(BaseModel):
 
     strategy: str
     teachers: Annotated[list[str], Field(min_length=1)]
+    share: dict[str, Share] = {}  # over all positions; runs before it have per-domain mass only
     mass: dict[str, dict[str, Share]]
     completions: dict[str, dict[str, Annotated[int, Field(ge=0)]]] = {}
     tail: dict[str, Share] = {}
