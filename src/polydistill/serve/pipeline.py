@@ -42,6 +42,7 @@ from polydistill.serve.metering import Meter, Ticket
 from polydistill.serve.protocol import Usage
 
 REPLAY_HEADER = "idempotent-replayed"
+_DEADLINE_GRACE_S = 2.0
 
 
 class ResponseShape(Protocol):
@@ -235,9 +236,12 @@ class MeteredStream(StreamingResponse):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
-            with anyio.move_on_after(max(self._deadline - time.monotonic(), 0)) as scope_:
+            # The body ends itself at the deadline; this cuts a stream whose client stopped
+            # reading (the body then waits on a full socket buffer).
+            remaining = self._deadline + _DEADLINE_GRACE_S - time.monotonic()
+            with anyio.move_on_after(max(remaining, 0)) as scope_:
                 await super().__call__(scope, receive, send)
-            if scope_.cancelled_caught:  # blocked past the deadline (a client not reading)
+            if scope_.cancelled_caught:
                 self._ticket.cut = "timeout"
         finally:
             with anyio.CancelScope(shield=True):
@@ -245,11 +249,16 @@ class MeteredStream(StreamingResponse):
                 await self._meter.release(self._ticket)  # a no-op once settled
 
 
+_PAST_DEADLINE = ApiError(
+    504, "the stream reached its deadline", type="server_error", code="timeout"
+)
+
+
 def _cut_off(ticket: Ticket, deadline: float) -> ApiError | None:
     """Why a running stream must end now, if it must."""
     if time.monotonic() >= deadline:
         ticket.cut = "timeout"
-        return ApiError(504, "the stream reached its deadline", type="server_error", code="timeout")
+        return _PAST_DEADLINE
     if ticket.lost:
         ticket.cut = "reservation_lost"
         return ApiError(
@@ -274,7 +283,7 @@ async def _stream(
     try:
         for chunk in shape.opening_chunks():
             yield sse(chunk)
-        async with contextlib.aclosing(merged(engine, request.jobs)) as events:
+        async with contextlib.aclosing(merged(engine, request.jobs, deadline)) as events:
             async for index, event in events:
                 if isinstance(event, TextDelta):
                     produced[index] = produced.get(index, 0) + event.tokens
@@ -296,6 +305,11 @@ async def _stream(
         yield sse("[DONE]")
         finish = ticket.cut or ",".join(sorted(finishes))
         await meter.settle(ticket, request.prompt_tokens, completion_tokens, finish)
+    except TimeoutError:  # no event before the deadline
+        ticket.cut = "timeout"
+        yield sse(_PAST_DEADLINE.body())
+        yield sse("[DONE]")
+        await meter.settle(ticket, request.prompt_tokens, sum(produced.values()), "timeout")
     except EngineError as error:
         await meter.release(ticket)
         failure = ApiError(503, str(error), type="server_error", code="engine_error")
