@@ -109,7 +109,10 @@ async def try_fast_path(
         request = model.model_validate(json.loads(body))
     except (ValueError, ValidationError):  # JSON and UTF-8 errors are ValueErrors
         return None
-    key = await gateway.keys.lookup(presented)
+    try:
+        key = await gateway.keys.lookup(presented)
+    except Exception:  # the database, most likely: the routes answer it (a 503)
+        return None
     if key is None:
         return None
     try:
