@@ -5,9 +5,17 @@ reservation outlives the restart's sweep). Neither the database password nor an 
 appears in any body, log or stream."""
 
 import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from serve_harness import SERVER_SECRET, client_for, make_gateway
 from serve_outage import TEST_PASSWORD, outage
@@ -15,8 +23,9 @@ from serve_outage import TEST_PASSWORD, outage
 from polydistill.serve import ledger
 from polydistill.serve.accounts import create_key, list_keys
 from polydistill.serve.fixed_engine import FixedEngine
+from polydistill.serve.keys import SECRET_ENV
 from polydistill.serve.settings import GatewaySettings
-from polydistill.serve.storage import reservations
+from polydistill.serve.storage import open_database, reservations
 
 NOW = 1_800_000_000_000
 
@@ -86,3 +95,100 @@ def test_the_database_goes_away_mid_request_and_comes_back(served, db_url: str, 
         gateway.db.dispose()
     outputs = [r.text for r in responses] + [caplog.text]
     assert not any(TEST_PASSWORD in text or key in text for text in outputs)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_gateway(model_dir: Path, url: str, work: Path) -> tuple[subprocess.Popen, str]:
+    """`polydistill serve` as a subprocess on free loopback ports, once it answers /health."""
+    port = _free_port()
+    command = [sys.executable, "-m", "polydistill.serve", "serve", str(model_dir),
+               "--port", str(port), "--admin-port", str(_free_port()), "--db", url,
+               "--config", str(work / "gateway.yaml")]  # fmt: skip
+    env = {**os.environ, SECRET_ENV: SERVER_SECRET.decode()}
+    with (work / "server.log").open("a") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 120
+    while True:
+        assert server.poll() is None, (work / "server.log").read_text()
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/health").json()["status"] == "ok":
+                return server, f"http://127.0.0.1:{port}"
+        assert time.monotonic() < deadline, "the gateway did not start"
+        time.sleep(0.2)
+
+
+def _wait_until(condition, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_gateway_killed_mid_stream_leaves_a_balanced_ledger(
+    tiny_model_dir: Path, db_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL while a stream is running, then a restart on the same database: the ledger
+    holds exactly the requests that were answered, the dead stream's reservation is swept
+    by the restarted gateway, spend equals the ledger; no log line holds the database
+    password or the API key."""
+    url = sa.engine.make_url(db_url)
+    if url.get_backend_name() == "postgresql":
+        url = url.set(password=TEST_PASSWORD)  # trusted on loopback, but in every URL
+    url_text = url.render_as_string(hide_password=False)
+    db = open_database(url_text)
+    key = create_key(db, SERVER_SECRET, "acme", NOW, budget_micros=10**9)
+    (tmp_path / "gateway.yaml").write_text(
+        f"prices:\n  {tiny_model_dir.name}: {{input: '0.50', output: '1.50'}}\n"
+        "sweep_interval_s: 1\nreservation_ttl_s: 10\ntorch_threads: 1\n"
+    )
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": tiny_model_dir.name, "prompt": "The quick brown", "max_tokens": 4}
+    server, api = _start_gateway(tiny_model_dir, url_text, tmp_path)
+    answered = []
+    try:
+        plain = httpx.post(f"{api}/v1/completions", json=body, headers=headers, timeout=60)
+        assert plain.status_code == 200, plain.text
+        answered.append(plain.headers["x-request-id"])
+        streamed = httpx.post(
+            f"{api}/v1/completions", json={**body, "stream": True}, headers=headers, timeout=60
+        )
+        assert streamed.status_code == 200 and streamed.text.endswith("[DONE]\n\n")
+        answered.append(streamed.headers["x-request-id"])
+        # Four choices of 200 tokens: still running after three events.
+        long = {**body, "max_tokens": 200, "n": 4, "stream": True}
+        with httpx.stream(
+            "POST", f"{api}/v1/completions", json=long, headers=headers, timeout=60
+        ) as response:
+            events = (line for line in response.iter_lines() if line.startswith("data: "))
+            for _ in range(3):
+                next(events)
+            server.send_signal(signal.SIGKILL)
+            assert server.wait(timeout=30) == -signal.SIGKILL
+            with contextlib.suppress(httpx.HTTPError):
+                assert "[DONE]" not in "".join(events)
+        assert _held(db) == 1  # the dead stream's reservation outlived its gateway
+
+        server, api = _start_gateway(tiny_model_dir, url_text, tmp_path)
+        _wait_until(lambda: _held(db) == 0)  # swept once 10 s without a heartbeat pass
+        again = httpx.post(f"{api}/v1/completions", json=body, headers=headers, timeout=60)
+        assert again.status_code == 200
+        answered.append(again.headers["x-request-id"])
+        refused = httpx.post(f"{api}/v1/completions", json=body, headers={"Authorization": "x"})
+        assert refused.status_code == 401 and key not in refused.text
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    rows = ledger.usage_rows(db)
+    assert [r["request_id"] for r in rows] == answered
+    [summary] = list_keys(db, NOW)
+    assert summary.spent_micros == sum(r["cost_micros"] for r in rows)
+    assert summary.reserved_micros == 0 and _held(db) == 0
+    log = (tmp_path / "server.log").read_text()
+    assert "serving" in log and TEST_PASSWORD not in log and key not in log
+    db.dispose()
