@@ -232,6 +232,15 @@ def test_lineage_files_and_settings(tmp_path) -> None:
         load_settings(config)
 
 
+def test_settings_keep_the_heartbeat_ahead_of_the_sweep(tmp_path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("reservation_ttl_s: 30\nsweep_interval_s: 10\n")
+    assert load_settings(config).sweep_interval_s == 10
+    config.write_text("reservation_ttl_s: 30\nsweep_interval_s: 11\n")
+    with pytest.raises(UserError, match=r"gateway.yaml: sweep_interval_s must be at most a third"):
+        load_settings(config)
+
+
 def test_times_and_durations() -> None:
     assert duration_seconds("15m") == 900 and duration_seconds("2w") == 1_209_600
     assert parse_time_ms("7d", 10**12, future=False) == 10**12 - 7 * 86_400_000

@@ -86,7 +86,10 @@ def load_settings(path: Path | None) -> GatewaySettings:
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise UserError(f"settings file {path}: {where}: {first['msg']}") from error
+        message = first["msg"].removeprefix("Value error, ")  # a check across fields
+        raise UserError(
+            f"settings file {path}: {where + ': ' if where else ''}{message}"
+        ) from error
 
 
 def price_of(settings: GatewaySettings, model_id: str) -> Price:
