@@ -189,3 +189,37 @@ def test_a_client_gone_before_the_first_byte_releases_at_once(served, db_url: st
     asyncio.run(go())
     assert _balanced(gateway) == []
     assert engine.cancelled >= 2  # the generations that had started were stopped
+
+
+def test_a_stream_whose_reservation_was_swept_is_cut_off_within_budget(served, db_url: str) -> None:
+    """The sweep frees a running stream's reservation (as another replica would after the
+    gateway lost the database for longer than the TTL) and another request takes most of
+    the freed budget: the next heartbeat flags the stream, which is cut off, and billed at
+    most what the budget still allows."""
+    gateway = make_gateway(served, FixedEngine(delay_s=0.02), db_url)
+    prompt_tokens = len(served.encode("hello"))
+    worst = request_cost(TEST_PRICE, prompt_tokens, 150)
+    key = create_key(gateway.db, SERVER_SECRET, "acme", NOW, budget_micros=worst)
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": served.model_id, "prompt": "hello", "max_tokens": 150, "stream": True}
+
+    async def scenario() -> httpx.Response:
+        async with client_for(gateway) as client:
+            stream = asyncio.create_task(client.post("/v1/completions", json=body, headers=headers))
+            await asyncio.sleep(0.5)
+            assert await asyncio.to_thread(ledger.sweep_stale, gateway.db, 2 * NOW) == 1
+            taken = await asyncio.to_thread(
+                ledger.reserve, gateway.db, 1, "other", worst - 10, 1, NOW, 60, "replica"
+            )
+            assert taken.refusal is None
+            await gateway.meter.heartbeat()
+            return await stream
+
+    events = _events(asyncio.run(scenario()))
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "reservation_lost"
+    [row] = ledger.usage_rows(gateway.db)
+    assert row["finish"] == "reservation_lost" and row["completion_tokens"] < 150
+    assert row["cost_micros"] <= 10  # the headroom beside the other reservation
+    [summary] = list_keys(gateway.db, NOW)
+    assert summary.spent_micros == row["cost_micros"]
+    assert summary.spent_micros + summary.reserved_micros <= worst
