@@ -94,7 +94,7 @@ async def require_key(
 Key = Annotated[KeyRecord, Depends(require_key)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
 _errors: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponseDoc} for code in (400, 401, 403, 404, 409, 413, 429, 503)
+    code: {"model": ErrorResponseDoc} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503, 504)
 }
 
 
