@@ -139,7 +139,7 @@ def test_streams_and_requests_end_at_their_deadline(served, db_url: str) -> None
             return streamed, took, plain
 
     streamed, took, plain = asyncio.run(calls())
-    assert 1.0 <= took < 4.0
+    assert 1.0 <= took < 8.0  # generous: the cores are shared
     events = _events(streamed)
     assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "timeout"
     sent = sum(len(e["choices"][0]["text"]) // len(engine.token) for e in events[:-2])
@@ -183,7 +183,7 @@ def test_a_client_gone_before_the_first_byte_releases_at_once(served, db_url: st
             started = time.monotonic()
             await _disconnected(gateway, {**body, "stream": streamed}, headers, send_fails)
             # Released now, not after the 10 s the generation would take (or a sweep).
-            assert time.monotonic() - started < 2.0
+            assert time.monotonic() - started < 5.0
             assert _held(gateway.db) == 0, (streamed, send_fails)
 
     asyncio.run(go())
