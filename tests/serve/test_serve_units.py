@@ -62,6 +62,8 @@ def test_keys_are_random_prefixed_and_checked_by_hmac(tmp_path, monkeypatch) -> 
     secret = load_server_secret(f"sqlite:///{tmp_path / 'g.db'}")
     assert (tmp_path / "g.db.secret").stat().st_mode & 0o777 == 0o600
     assert load_server_secret(f"sqlite:///{tmp_path / 'g.db'}") == secret
+    # The same file whatever the URL's query (a busy timeout, say).
+    assert load_server_secret(f"sqlite:///{tmp_path / 'g.db'}?timeout=1") == secret
     digest = key_digest(secret, key)
     assert len(digest) == 64 and key not in digest
     assert digest_matches(secret, key, digest) and not digest_matches(secret, key + "x", digest)
