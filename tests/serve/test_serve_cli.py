@@ -1,7 +1,12 @@
 """The gateway's commands through typer's runner: keys create/list/revoke/rotate, usage
-export, their errors, and registration on another typer app."""
+export, their errors (never with a database password), and registration on another typer
+app."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import typer
@@ -10,6 +15,7 @@ from typer.testing import CliRunner
 from polydistill.errors import UserError
 from polydistill.serve import ledger
 from polydistill.serve.commands import keys_app, register, serve_app
+from polydistill.serve.keys import SECRET_ENV
 from polydistill.serve.storage import open_database
 
 runner = CliRunner()
@@ -68,6 +74,38 @@ def test_bad_input_is_a_user_error(tmp_path, app, args, message) -> None:
     result = runner.invoke(app, args)
     assert isinstance(result.exception, UserError), result.output
     assert message in str(result.exception)
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # nothing listens there once the probe is closed
+
+
+def test_database_passwords_never_reach_an_error(tmp_path, tiny_model_dir) -> None:
+    """A password-bearing URL that cannot be opened, and one of an unsupported kind: the
+    one-line errors name the database with the password masked, through typer's runner and
+    through a real `serve` process's stderr."""
+    password = "pw-Secr3t-do-not-print"
+    unreachable = f"postgresql://admin:{password}@127.0.0.1:{_closed_port()}/gateway"
+    for url, expected in (
+        (unreachable, "cannot open database postgresql+psycopg://admin:***@127.0.0.1:"),
+        (f"mysql://admin:{password}@db/gateway", "unsupported database URL scheme 'mysql'"),
+    ):
+        result = runner.invoke(keys_app, ["create", "--db", url, "--name", "x"])
+        assert isinstance(result.exception, UserError), result.output
+        assert expected in str(result.exception)
+        assert password not in str(result.exception) + result.output
+    env = {**os.environ, SECRET_ENV: "s" * 32}
+    served = subprocess.run(
+        [sys.executable, "-m", "polydistill.serve", "serve", str(tiny_model_dir),
+         "--db", unreachable, "--port", str(_closed_port())],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert served.returncode == 2, served.stderr
+    [line] = [line for line in served.stderr.splitlines() if line.startswith("error: ")]
+    assert "cannot open database postgresql+psycopg://admin:***@" in line
+    assert password not in served.stdout + served.stderr
 
 
 def test_register_adds_serve_usage_and_keys() -> None:

@@ -20,7 +20,7 @@ from polydistill.serve.accounts import (
 )
 from polydistill.serve.fixed_engine import FixedEngine
 from polydistill.serve.money import request_cost
-from polydistill.serve.storage import api_keys, open_database, reservations
+from polydistill.serve.storage import api_keys, open_database, raw_write_transaction, reservations
 
 NOW = 1_800_000_000_000
 
@@ -200,3 +200,60 @@ def test_idempotency_key_replays_without_billing_twice(db_url: str, served) -> N
     )
     rows = ledger.usage_rows(gateway.db)
     assert len(rows) == 2 and json.loads(first.text)["usage"]["completion_tokens"] == 3
+
+
+def test_the_heartbeat_keeps_a_reservation_from_the_sweep(db_url: str) -> None:
+    db = open_database(db_url)
+    create_key(db, SERVER_SECRET, "acme", NOW, budget_micros=1000)
+    key_id = _key_id(db, "acme")
+    for request_id in ("alive", "dead"):
+        ledger.reserve(db, key_id, request_id, 300, 1, NOW, 60, "gw")
+    with raw_write_transaction(db) as run:
+        lost = ledger.refresh_in(run, ["alive", "gone"], NOW + 20_000)
+    assert lost == {"gone"}
+    assert ledger.sweep_stale(db, NOW + 10_000) == 1  # "dead" was not refreshed
+    assert _key_row(db, "acme").reserved_micros == 300
+    assert ledger.settle(db, "alive", key_id, "acme", "m", "completions", 1, 1, 200, True,
+                         "stop", NOW)  # fmt: skip
+    row = _key_row(db, "acme")
+    assert (row.spent_micros, row.reserved_micros) == (200, 0)
+
+
+def test_settling_a_swept_request_never_passes_the_budget(db_url: str) -> None:
+    db = open_database(db_url)
+    create_key(db, SERVER_SECRET, "acme", NOW, budget_micros=1000)
+    key_id = _key_id(db, "acme")
+    ledger.reserve(db, key_id, "swept", 900, 1, NOW, 60, "gw")
+    assert ledger.sweep_stale(db, NOW + 1) == 1
+    ledger.reserve(db, key_id, "other", 600, 1, NOW, 60, "gw")  # takes the freed budget
+    args = ("acme", "m", "completions", 1, 1, 800, True, "stop", NOW)
+    assert ledger.settle(db, "swept", key_id, *args)
+    row = _key_row(db, "acme")
+    # 400 of headroom was left beside the live reservation of 600: billed 400, not 800.
+    assert (row.spent_micros, row.reserved_micros) == (400, 600)
+    assert [r["cost_micros"] for r in ledger.usage_rows(db)] == [400]
+    assert row.spent_micros + row.reserved_micros <= row.budget_micros
+
+
+def test_an_idempotency_key_is_bound_to_its_body(db_url: str) -> None:
+    db = open_database(db_url)
+    create_key(db, SERVER_SECRET, "acme", NOW, budget_micros=10_000)
+    key_id = _key_id(db, "acme")
+
+    def reserve(fingerprint: str) -> str | None:
+        return ledger.reserve(db, key_id, "idem", 100, 1, NOW, 60, "gw", fingerprint).refusal
+
+    assert reserve("a" * 64) is None
+    assert reserve("b" * 64) == "mismatch"
+    assert reserve("a" * 64) == "duplicate"  # in flight
+    ledger.settle(db, "idem", key_id, "acme", "m", "completions", 1, 1, 50, False, "stop", NOW)
+    assert reserve("a" * 64) == "settled"  # billed: no second generation
+    assert reserve("b" * 64) == "mismatch"
+    stored = ledger.stored_response(db, "idem")
+    assert stored.billed and stored.fingerprint == "a" * 64
+    row = _key_row(db, "acme")
+    assert (row.spent_micros, row.reserved_micros) == (50, 0)
+    # A request released unbilled (it failed) may be retried with its own body.
+    assert ledger.reserve(db, key_id, "idem2", 100, 1, NOW, 60, "gw", "c" * 64).refusal is None
+    ledger.release(db, "idem2")
+    assert ledger.reserve(db, key_id, "idem2", 100, 1, NOW, 60, "gw", "c" * 64).refusal is None

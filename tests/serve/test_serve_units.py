@@ -62,6 +62,8 @@ def test_keys_are_random_prefixed_and_checked_by_hmac(tmp_path, monkeypatch) -> 
     secret = load_server_secret(f"sqlite:///{tmp_path / 'g.db'}")
     assert (tmp_path / "g.db.secret").stat().st_mode & 0o777 == 0o600
     assert load_server_secret(f"sqlite:///{tmp_path / 'g.db'}") == secret
+    # The same file whatever the URL's query (a busy timeout, say).
+    assert load_server_secret(f"sqlite:///{tmp_path / 'g.db'}?timeout=1") == secret
     digest = key_digest(secret, key)
     assert len(digest) == 64 and key not in digest
     assert digest_matches(secret, key, digest) and not digest_matches(secret, key + "x", digest)
@@ -234,6 +236,15 @@ def test_lineage_files_and_settings(tmp_path) -> None:
     assert price_of(loaded, "other") == Price()
     config.write_text("caps: {max_logprobs: 9}\n")
     with pytest.raises(UserError, match=r"caps\.max_logprobs"):
+        load_settings(config)
+
+
+def test_settings_keep_the_heartbeat_ahead_of_the_sweep(tmp_path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("reservation_ttl_s: 30\nsweep_interval_s: 10\n")
+    assert load_settings(config).sweep_interval_s == 10
+    config.write_text("reservation_ttl_s: 30\nsweep_interval_s: 11\n")
+    with pytest.raises(UserError, match=r"gateway.yaml: sweep_interval_s must be at most a third"):
         load_settings(config)
 
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -43,6 +44,9 @@ from polydistill.serve.protocol import (
     TokenizeResponse,
 )
 from polydistill.serve.settings import GatewaySettings
+from polydistill.serve.storage import is_unavailable
+
+log = logging.getLogger("polydistill.serve")
 
 
 @dataclass
@@ -90,7 +94,7 @@ async def require_key(
 Key = Annotated[KeyRecord, Depends(require_key)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
 _errors: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponseDoc} for code in (400, 401, 403, 404, 409, 413, 429, 503)
+    code: {"model": ErrorResponseDoc} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503, 504)
 }
 
 
@@ -169,12 +173,16 @@ def _register_generation_routes(app: FastAPI) -> None:
         return await generation_response(gateway, chat_request, body, key, state, idempotency_key)
 
 
-async def _sweep_forever(gateway: Gateway) -> None:
+async def _maintain_forever(gateway: Gateway) -> None:
+    """Every `sweep_interval_s`: retried writes, the heartbeat, the sweep (`Meter.maintain`)."""
     settings = gateway.settings
     while True:
         await asyncio.sleep(settings.sweep_interval_s)
-        with contextlib.suppress(sa.exc.SQLAlchemyError):  # try again at the next interval
-            await gateway.meter.sweep(settings.reservation_ttl_s)
+        try:
+            await gateway.meter.maintain(settings.reservation_ttl_s)
+        except Exception as error:  # try again at the next interval
+            if not is_unavailable(error):
+                log.exception("metering maintenance failed")
 
 
 def create_app(gateway: Gateway) -> ASGIApp:
@@ -185,7 +193,7 @@ def create_app(gateway: Gateway) -> ASGIApp:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.engine.start()
         await gateway.meter.sweep(gateway.settings.reservation_ttl_s)
-        sweeper = asyncio.create_task(_sweep_forever(gateway))
+        sweeper = asyncio.create_task(_maintain_forever(gateway))
         # torch, transformers and the model are about 250,000 objects; a full collection walks
         # them all (240 ms measured) while every request in flight waits. Frozen after
         # start-up, they are left out of collections, which then see only newer objects.

@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from polydistill.serve.storage import is_unavailable
+
 log = logging.getLogger("polydistill.serve")
 
 
@@ -90,8 +92,24 @@ def _http_error(_: Request, error: Exception) -> JSONResponse:
     return ApiError(status, str(error.detail), type=kind, code=code).response()
 
 
+def database_unavailable() -> ApiError:
+    """The 503 of a request the gateway could not meter because its database is down."""
+    return ApiError(
+        503,
+        "the gateway's database is unavailable; retry later",
+        type="server_error",
+        code="database_unavailable",
+        headers={"retry-after": "1"},
+    )
+
+
 def unexpected_error_response(error: Exception) -> JSONResponse:
-    """A 500 in the OpenAI shape for an error nobody expected; the traceback goes to the log."""
+    """A 503 in the OpenAI shape when the database cannot be reached, else a 500 for an error
+    nobody expected (the traceback goes to the log). Neither body says more: driver messages
+    name hosts and statements."""
+    if is_unavailable(error):
+        log.warning("database unavailable: %s", type(error).__name__)
+        return database_unavailable().response()
     log.exception("unhandled error", exc_info=error)
     return ApiError(500, "internal error", type="server_error", code="internal_error").response()
 

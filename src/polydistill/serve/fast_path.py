@@ -22,7 +22,7 @@ from polydistill.serve.chat import chat_request
 from polydistill.serve.completions import completion_request
 from polydistill.serve.errors import ApiError, unexpected_error_response
 from polydistill.serve.limits import caps_for
-from polydistill.serve.pipeline import idempotent_request_id, run_generation
+from polydistill.serve.pipeline import idempotent_request_id, request_fingerprint, run_generation
 from polydistill.serve.protocol import ChatCompletionRequest, CompletionRequest
 
 if TYPE_CHECKING:
@@ -47,8 +47,10 @@ async def generation_response(
     """Validate `body` for `key`, then admit, run and bill it (both paths call this)."""
     caps = caps_for(key, gateway.settings.caps)
     generation, shape = build(body, key, gateway.served, caps, idempotency_key)
+    fingerprint = None
     if idempotency_key is not None:
         state["request_id"] = idempotent_request_id(key.id, idempotency_key)
+        fingerprint = request_fingerprint(generation.endpoint, body)
     return await run_generation(
         gateway.engine,
         gateway.meter,
@@ -56,6 +58,7 @@ async def generation_response(
         shape,
         state["request_id"],
         gateway.settings.request_timeout_s,
+        fingerprint,
     )
 
 
@@ -106,7 +109,10 @@ async def try_fast_path(
         request = model.model_validate(json.loads(body))
     except (ValueError, ValidationError):  # JSON and UTF-8 errors are ValueErrors
         return None
-    key = await gateway.keys.lookup(presented)
+    try:
+        key = await gateway.keys.lookup(presented)
+    except Exception:  # the database, most likely: the routes answer it (a 503)
+        return None
     if key is None:
         return None
     try:

@@ -7,6 +7,7 @@ local engine can batch them. If any sequence fails, the others are cancelled.
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -79,9 +80,12 @@ async def collect(engine: Engine, jobs: list[Job], timeout_s: float) -> list[Cho
     return [task.result() for task in tasks]
 
 
-async def merged(engine: Engine, jobs: list[Job]) -> AsyncIterator[tuple[int, EngineEvent]]:
-    """Events of all jobs as they come, tagged with their choice index. Closing the iterator
-    cancels the sequences still running."""
+async def merged(
+    engine: Engine, jobs: list[Job], deadline: float = math.inf
+) -> AsyncIterator[tuple[int, EngineEvent]]:
+    """Events of all jobs as they come, tagged with their choice index; TimeoutError if none
+    comes before `deadline` (`time.monotonic()`, the event loop's clock). Closing the
+    iterator cancels the sequences still running."""
     events: asyncio.Queue[tuple[int, EngineEvent] | BaseException | None] = asyncio.Queue()
 
     async def pump(job: Job) -> None:
@@ -97,7 +101,8 @@ async def merged(engine: Engine, jobs: list[Job]) -> AsyncIterator[tuple[int, En
     running = len(tasks)
     try:
         while running:
-            item = await events.get()
+            async with asyncio.timeout_at(deadline if deadline < math.inf else None):
+                item = await events.get()  # the timeout never spans a yield
             if item is None:
                 running -= 1
             elif isinstance(item, BaseException):

@@ -15,6 +15,8 @@ import os
 import secrets
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from polydistill.errors import UserError
 
 KEY_PREFIX = "pd_"
@@ -50,10 +52,12 @@ def digest_matches(server_secret: bytes, key: str, stored_digest: str) -> bool:
 
 def default_secret_file(db_url: str) -> Path | None:
     """`<database file>.secret` for a SQLite file URL, None for other databases."""
-    prefix = "sqlite:///"
-    if not db_url.startswith(prefix) or db_url == prefix + ":memory:":
+    if not db_url.startswith("sqlite:///"):
         return None
-    return Path(db_url[len(prefix) :] + ".secret")
+    database = sa.engine.make_url(db_url).database  # without a ?timeout= query
+    if not database or database == ":memory:":
+        return None
+    return Path(database + ".secret")
 
 
 def load_server_secret(db_url: str, secret_file: Path | None = None) -> bytes:

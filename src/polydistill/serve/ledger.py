@@ -5,7 +5,19 @@ Every admission is one conditional `UPDATE` of the key's row, which checks revoc
 and both rate-limit windows and adds the reservation in the same statement, so that concurrent
 requests, on one gateway or several sharing a PostgreSQL database, can never together pass a
 limit that each passes alone. Settling inserts the ledger row first: its primary key, the
-request id, makes a second settlement of the same request a no-op that only releases.
+request id, makes a second settlement of the same request a no-op that only releases, so a
+settlement retried after a lost connection never bills twice.
+
+A reservation lives as long as its request: the gateway that made it refreshes it
+(`refresh_in`, the heartbeat) while the request runs, and `sweep_stale` frees only those not
+refreshed for the reservation TTL, i.e. those of requests whose gateway died. A settlement
+that finds its reservation gone anyway (swept while the gateway could not reach the database)
+is billed at most the key's remaining headroom, so that settling never takes a key past its
+budget.
+
+An `Idempotency-Key` is claimed with the fingerprint of its request body at admission: the
+same key with another body is refused (`mismatch`), a key whose request is in flight or
+already billed is refused (`duplicate`, `settled`) before anything is generated.
 
 Each operation exists twice: `reserve_in(run, ...)` inside a transaction the caller holds
 (the gateway batches many requests' operations into one), and `reserve(db, ...)` in a
@@ -20,6 +32,7 @@ import sqlalchemy as sa
 from polydistill.serve.storage import (
     Run,
     Statement,
+    idempotency_keys,
     idempotent_responses,
     raw_write_transaction,
     read_transaction,
@@ -27,7 +40,9 @@ from polydistill.serve.storage import (
     usage_ledger,
 )
 
-Refusal = Literal["revoked", "budget", "requests", "tokens", "too_large", "duplicate"]
+Refusal = Literal[
+    "revoked", "budget", "requests", "tokens", "too_large", "duplicate", "settled", "mismatch"
+]
 
 
 @dataclass(frozen=True)
@@ -95,6 +110,18 @@ _RECORD = Statement(
     " :key_id, :key_name, :model, :endpoint, :prompt_tokens, :completion_tokens, :cost_micros,"
     " :streamed, :finish, :created_ms) ON CONFLICT (request_id) DO NOTHING"
 )
+_LOCK_ACCOUNT = Statement(
+    "UPDATE api_keys SET spent_micros = spent_micros WHERE id = :key_id"
+    " RETURNING budget_micros, spent_micros, reserved_micros"
+)
+_CAP_ROW = Statement("UPDATE usage_ledger SET cost_micros = :cost WHERE request_id = :request_id")
+_CLAIM = Statement(
+    "INSERT INTO idempotency_keys (request_id, fingerprint, created_ms)"
+    " VALUES (:request_id, :fingerprint, :now) ON CONFLICT (request_id) DO NOTHING"
+)
+_CLAIMED = Statement("SELECT fingerprint FROM idempotency_keys WHERE request_id = :request_id")
+_BILLED = Statement("SELECT 1 FROM usage_ledger WHERE request_id = :request_id")
+_REFRESH = Statement("UPDATE reservations SET created_ms = :now WHERE request_id = :request_id")
 _KEEP_BODY = Statement(
     "INSERT INTO idempotent_responses (request_id, body) VALUES (:request_id, :body)"
     " ON CONFLICT (request_id) DO NOTHING"
@@ -128,14 +155,27 @@ def reserve_in(
     now_ms: int,
     window_s: int,
     owner: str,
+    fingerprint: str | None = None,
 ) -> Admission:
     """Hold `cost_micros` and `tokens` for `request_id` if the key's limits allow it, within
-    the caller's transaction."""
+    the caller's transaction. `fingerprint` (of the request body) marks an idempotent
+    request id, which is claimed by its first body and refused while or after it runs."""
     window, reset_ms = _window(now_ms, window_s)
     values = {"cost": cost_micros, "tokens": tokens, "window": window, "key_id": key_id}
     hold = {**values, "request_id": request_id, "owner": owner, "now": now_ms}
+    if fingerprint is not None:
+        claim = {"request_id": request_id, "fingerprint": fingerprint, "now": now_ms}
+        if run(_CLAIM, claim).rowcount == 0:
+            (claimed,) = run(_CLAIMED, {"request_id": request_id}).fetchone()
+            if claimed != fingerprint:
+                return Admission("mismatch", None, None, 0, 0, reset_ms)
     if run(_HOLD, hold).rowcount == 0:
         return Admission("duplicate", None, None, 0, 0, reset_ms)
+    # Checked after the hold: on PostgreSQL the hold waits for a settlement of the same id in
+    # flight, whose ledger row this statement's fresh snapshot then sees.
+    if fingerprint is not None and run(_BILLED, {"request_id": request_id}).fetchone():
+        run(_DROP_HOLD, {"request_id": request_id})
+        return Admission("settled", None, None, 0, 0, reset_ms)
     admitted = run(_ADMIT, values).fetchone()
     if admitted is not None:
         rpm, tpm, window_requests, window_tokens = admitted
@@ -154,10 +194,13 @@ def reserve(
     now_ms: int,
     window_s: int,
     owner: str,
+    fingerprint: str | None = None,
 ) -> Admission:
     """`reserve_in` in a transaction of its own."""
     with raw_write_transaction(db) as run:
-        return reserve_in(run, key_id, request_id, cost_micros, tokens, now_ms, window_s, owner)
+        return reserve_in(
+            run, key_id, request_id, cost_micros, tokens, now_ms, window_s, owner, fingerprint
+        )
 
 
 def _refusal(row: _Account, window: int, cost: int, tokens: int, reset_ms: int) -> Admission:
@@ -233,11 +276,22 @@ def settle_in(run: Run, usage: Usage, response_body: str | None = None) -> bool:
         return False
     tokens = usage.prompt_tokens + usage.completion_tokens
     if not _unhold(run, request_id, tokens, usage.cost_micros):
-        # The reservation was swept as stale: the tokens were still produced.
-        run(_SPEND_UNRESERVED, {"spent": usage.cost_micros, "key_id": usage.key_id})
+        _spend_unreserved(run, usage)
     if response_body is not None:
         run(_KEEP_BODY, {"request_id": request_id, "body": response_body})
     return True
+
+
+def _spend_unreserved(run: Run, usage: Usage) -> None:
+    """Bill a request whose reservation was swept (its gateway lost the database for longer
+    than the TTL): at most the key's headroom, never past its budget."""
+    budget, spent, reserved = run(_LOCK_ACCOUNT, {"key_id": usage.key_id}).fetchone()
+    cost = usage.cost_micros
+    if budget is not None:
+        cost = max(0, min(cost, budget - spent - reserved))
+    if cost != usage.cost_micros:
+        run(_CAP_ROW, {"cost": cost, "request_id": usage.request_id})
+    run(_SPEND_UNRESERVED, {"spent": cost, "key_id": usage.key_id})
 
 
 def settle(
@@ -275,6 +329,16 @@ def release(db: sa.Engine, request_id: str) -> bool:
         return release_in(run, request_id)
 
 
+def refresh_in(run: Run, request_ids: list[str], now_ms: int) -> set[str]:
+    """The heartbeat: mark the reservations of `request_ids` (requests still running) alive
+    at `now_ms`. Returns the ids whose reservation is gone (swept)."""
+    return {
+        request_id
+        for request_id in request_ids
+        if run(_REFRESH, {"now": now_ms, "request_id": request_id}).rowcount == 0
+    }
+
+
 def _release_where(db: sa.Engine, condition: sa.ColumnElement[bool]) -> int:
     with read_transaction(db) as conn:
         ids = conn.execute(sa.select(reservations.c.request_id).where(condition)).scalars().all()
@@ -282,7 +346,8 @@ def _release_where(db: sa.Engine, condition: sa.ColumnElement[bool]) -> int:
 
 
 def sweep_stale(db: sa.Engine, older_than_ms: int) -> int:
-    """Release reservations made before `older_than_ms`: their requests died with a gateway."""
+    """Release reservations last refreshed before `older_than_ms`: their requests died with a
+    gateway."""
     return _release_where(db, reservations.c.created_ms < older_than_ms)
 
 
@@ -291,8 +356,17 @@ def release_owned(db: sa.Engine, owner: str) -> int:
     return _release_where(db, reservations.c.owner == owner)
 
 
-def stored_response(db: sa.Engine, request_id: str) -> tuple[bool, str | None]:
-    """(whether `request_id` is in the ledger, the response body kept for replay if any)."""
+class StoredRequest(NamedTuple):
+    """What the database knows of an idempotent request id."""
+
+    billed: bool
+    body: str | None
+    fingerprint: str | None
+
+
+def stored_response(db: sa.Engine, request_id: str) -> StoredRequest:
+    """Whether `request_id` is in the ledger, the response body kept for replay if any, and
+    the fingerprint of the body that claimed it."""
     with read_transaction(db) as conn:
         billed = conn.execute(
             sa.select(usage_ledger.c.request_id).where(usage_ledger.c.request_id == request_id)
@@ -302,7 +376,12 @@ def stored_response(db: sa.Engine, request_id: str) -> tuple[bool, str | None]:
                 idempotent_responses.c.request_id == request_id
             )
         ).scalar()
-    return billed is not None, body
+        fingerprint = conn.execute(
+            sa.select(idempotency_keys.c.fingerprint).where(
+                idempotency_keys.c.request_id == request_id
+            )
+        ).scalar()
+    return StoredRequest(billed is not None, body, fingerprint)
 
 
 def usage_rows(

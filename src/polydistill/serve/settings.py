@@ -11,8 +11,12 @@ Example (`polydistill serve MODEL_DIR --config gateway.yaml`)::
       max_top_logprobs: 20       # chat `top_logprobs` (the API allows at most 20)
     max_body_bytes: 1000000
     rate_window_s: 60            # length of the rpm/tpm window
-    reservation_ttl_s: 1800      # reservations older than this are swept as dead
-    request_timeout_s: 600       # a non-streamed generation still running then is a 504, unbilled
+    reservation_ttl_s: 1800      # reservations not refreshed for this long are swept as dead
+    sweep_interval_s: 60         # heartbeat of live reservations, retries and sweep; at most
+                                 # a third of reservation_ttl_s
+    request_timeout_s: 600       # deadline of every request: a non-streamed generation still
+                                 # running then is a 504, unbilled; a stream is cut off and
+                                 # billed for what it produced
     auth_cache_s: 5              # how long a valid key is remembered (revocation at admission
                                  # is immediate regardless)
     torch_threads: 4             # CPU threads of the in-process model (default: torch's choice;
@@ -24,7 +28,7 @@ A model without a price is served at no charge (a warning says so at start-up).
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from polydistill.errors import UserError
 from polydistill.serve.money import Price, usd_to_micros
@@ -59,6 +63,14 @@ class GatewaySettings(BaseModel):
     auth_cache_s: float = Field(default=5.0, ge=0.0, le=300.0)
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
 
+    @model_validator(mode="after")
+    def _heartbeat_outpaces_the_sweep(self) -> "GatewaySettings":
+        # A live request's reservation is refreshed every sweep_interval_s; with fewer than
+        # three refreshes per TTL, one slow heartbeat would let another replica sweep it.
+        if self.sweep_interval_s * 3 > self.reservation_ttl_s:
+            raise ValueError("sweep_interval_s must be at most a third of reservation_ttl_s")
+        return self
+
 
 def load_settings(path: Path | None) -> GatewaySettings:
     """Settings from a YAML file, or the defaults when `path` is None."""
@@ -74,7 +86,10 @@ def load_settings(path: Path | None) -> GatewaySettings:
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise UserError(f"settings file {path}: {where}: {first['msg']}") from error
+        message = first["msg"].removeprefix("Value error, ")  # a check across fields
+        raise UserError(
+            f"settings file {path}: {where + ': ' if where else ''}{message}"
+        ) from error
 
 
 def price_of(settings: GatewaySettings, model_id: str) -> Price:

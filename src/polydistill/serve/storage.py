@@ -2,9 +2,12 @@
 
 Tables: `api_keys` (one per named key: budget, spend, live reservations, limits and the
 current rate window), `key_secrets` (the HMAC digests of a key's credentials; rotation adds
-one), `reservations` (worst-case holds of requests in flight), `usage_ledger` (append-only,
-one row per billed request, keyed by request id), `idempotent_responses` (bodies replayed for
-a repeated `Idempotency-Key`) and `audit_log` (admin actions). Money columns are integer
+one), `reservations` (worst-case holds of requests in flight; `created_ms` is the last time
+the owning gateway said the request was alive: set at admission, refreshed by its heartbeat),
+`usage_ledger` (append-only, one row per billed request, keyed by request id),
+`idempotency_keys` (the fingerprint of the body first sent with an `Idempotency-Key`),
+`idempotent_responses` (bodies replayed for a repeated `Idempotency-Key`) and `audit_log`
+(admin actions). Money columns are integer
 micro-dollars; times are integer milliseconds since the epoch.
 
 SQLite runs in WAL mode and takes its write lock at `BEGIN IMMEDIATE`, so that a transaction
@@ -20,7 +23,9 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import psycopg
 import sqlalchemy as sa
 
 from polydistill.errors import UserError
@@ -87,6 +92,14 @@ usage_ledger = sa.Table(
     sa.Column("created_ms", sa.BigInteger, nullable=False, index=True),
 )
 
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("request_id", sa.String(80), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+)
+
 idempotent_responses = sa.Table(
     "idempotent_responses",
     metadata,
@@ -111,6 +124,30 @@ _sqlite_write_locks: dict[str, threading.Lock] = {}
 _sqlite_locks_guard = threading.Lock()
 
 
+def redacted_url(url: str) -> str:
+    """`url` with its password (if any) shown as `***`: the only form a URL is ever printed
+    or logged in."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        scheme = url.partition("://")[0] if "://" in url else "?"
+        return f"{scheme}://(unparsable URL)"
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (a driver's error message, say) with the password of `url` cut out, in the
+    forms it may take (as written, percent-decoded, percent-encoded)."""
+    try:
+        password = sa.engine.make_url(url).password
+    except (sa.exc.ArgumentError, ValueError):
+        password = None
+    if not password:
+        return text
+    for form in sorted({password, quote(password, safe="")}, key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
+
+
 def database_url(value: str) -> str:
     """A SQLAlchemy URL from a URL or a plain path (a SQLite file); PostgreSQL via psycopg 3."""
     if "://" not in value:
@@ -120,7 +157,10 @@ def database_url(value: str) -> str:
             return "postgresql+psycopg://" + value[len(scheme) :]
     if value.startswith(("sqlite:///", "postgresql+psycopg://")):
         return value
-    raise UserError(f"unsupported database URL {value!r}: use a path, sqlite:/// or postgresql://")
+    scheme = value.partition("://")[0]
+    raise UserError(
+        f"unsupported database URL scheme {scheme!r}: use a path, sqlite:/// or postgresql://"
+    )
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:
@@ -144,17 +184,37 @@ def open_database(url: str) -> sa.Engine:
     url = database_url(url)
     try:
         if url.startswith("sqlite"):
-            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+            Path(sa.engine.make_url(url).database or "").parent.mkdir(parents=True, exist_ok=True)
+            # How long a writer waits for another's lock: 60 s unless the URL says (?timeout=).
+            timeout = {} if "timeout=" in url else {"timeout": 60}
             engine = sa.create_engine(
-                url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=8
+                url, connect_args={**timeout, "check_same_thread": False}, pool_size=8
             )
             _configure_sqlite(engine)
         else:
             engine = sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
         metadata.create_all(engine)
-    except sa.exc.OperationalError as error:
-        raise UserError(f"cannot open database {url}: {error.orig}") from error
+    except (sa.exc.OperationalError, sa.exc.ArgumentError, ValueError) as error:
+        reason = scrub(str(getattr(error, "orig", None) or error), url)
+        reason = " ".join(reason.split())
+        raise UserError(f"cannot open database {redacted_url(url)}: {reason}") from error
     return engine
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` says the database cannot be reached or used right now (connection
+    lost or refused, file locked past the busy timeout, pool exhausted), as opposed to a bug
+    in a statement."""
+    unavailable = (
+        sa.exc.OperationalError,
+        sa.exc.InterfaceError,
+        sa.exc.TimeoutError,
+        sqlite3.OperationalError,
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
+        DatabaseBusy,
+    )
+    return isinstance(error, unavailable)
 
 
 def _sqlite_write_lock(engine: sa.Engine) -> "threading.Lock | None":
