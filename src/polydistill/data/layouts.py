@@ -5,7 +5,7 @@
   turn (earlier assistant turns stay, as the conversation so far). In CSV the column holds the
   list as JSON text.
 - `prompt`: a prompt string, asked as one user turn; `reference`, else `completion`, is the
-  reference answer.
+  reference answer (an empty one is none: CSV cannot tell empty from null).
 - `text`: a plain text split by `data.text_split` into a completion-style prompt and its
   continuation, which becomes the reference.
 
@@ -83,13 +83,9 @@ def parse_row(row: dict, layout: Layout, config: DataConfig, origin: str) -> Par
         prompt = normalise(text)
         if not prompt:
             return "empty"
-        reference = row.get(columns.reference)
+        reference = _optional(row, columns.reference, origin)
         if reference is None:
-            reference = row.get(columns.completion)
-            name = columns.completion
-        else:
-            name = columns.reference
-        reference = None if reference is None else _string(reference, origin, name)
+            reference = _optional(row, columns.completion, origin)
         return Parsed((Turn("user", prompt),), None, reference, tag)
     text = normalise(text)
     if not text:
@@ -116,7 +112,7 @@ def _messages(value: object, tag: str | None, origin: str, column: str) -> Parse
     turns = [_turn(turn, origin, f"{column}[{i}]") for i, turn in enumerate(value)]
     reference = None
     if turns and turns[-1].role == "assistant":
-        reference = turns.pop().content
+        reference = turns.pop().content or None
     if not turns or turns[-1].role != "user":
         raise UserError(
             f"data: {origin}: {column!r} must end with a user turn (then optionally the "
@@ -142,6 +138,12 @@ def _string(value: object, origin: str, column: str) -> str:
     if not isinstance(value, str):
         raise UserError(f"data: {origin}: {column!r} holds {type(value).__name__}, expected text")
     return value
+
+
+def _optional(row: dict, column: str, origin: str) -> str | None:
+    """An optional text column: absent, null and empty (CSV's null) are all None."""
+    value = row.get(column)
+    return None if value is None or value == "" else _string(value, origin, column)
 
 
 def _tag(value: object, origin: str, column: str) -> str | None:
