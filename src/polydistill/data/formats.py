@@ -100,10 +100,11 @@ def _parquet(path: Path, batch_rows: int) -> Iterator[Row]:
 def _csv(path: Path, batch_rows: int) -> Iterator[Row]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
-        with path.open(encoding="utf-8", newline="") as text:
-            header = next(csv.reader(text, delimiter=delimiter), None)
+        with path.open("rb") as raw:  # decoded line by line: only the header's lines are read
+            lines = (line.decode("utf-8") for line in raw)
+            header = next(csv.reader(lines, delimiter=delimiter), None)
     except UnicodeDecodeError:
-        header = None
+        raise UserError(f"data: {path} line 1: not UTF-8 text") from None
     if not header:
         raise UserError(f"data: {path} line 1: no CSV header (the column names)")
     try:
