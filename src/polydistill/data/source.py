@@ -8,8 +8,8 @@
 Files are read test first, then validation, then train, so that a prompt in a held-out file and
 in a training file stays held out. Each row in turn: its layout's prompt (rows without one are
 dropped: `empty`, `unsplittable`); its split (its files' split, or by hash for train files when
-a split has no files); exact duplicates of an earlier prompt dropped (memory: one 64-bit digest
-per kept prompt); the split's `max_prompts`; then the length limit of every model. Reading
+a split has no files); exact duplicates of an earlier prompt dropped (memory: about 8 bytes per
+kept prompt, `dedup`); the split's `max_prompts`; then the length limit of every model. Reading
 stops early once every split is full. Memory is otherwise flat in the number of prompts.
 
 Once the stream ends, a split that should have prompts but kept none is a `UserError`.
@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from polydistill.data.config import DataConfig
+from polydistill.data.dedup import SeenIds
 from polydistill.data.formats import read_rows
 from polydistill.data.layouts import Parsed, detect_layout, parse_row
 from polydistill.data.lengths import ContextLimit, too_long_for
@@ -39,15 +40,14 @@ def read_prompts(
     """Every kept prompt of every split, streamed; `summary` (if given) counts what happened."""
     summary = DataSummary() if summary is None else summary
     limits = limits or {}
-    seen: set[int] = set()
+    seen = SeenIds()
     expected = expected_splits(config)
+    capped = all(getattr(config.max_prompts, split) is not None for split in expected)
     for split, path in ((s, p) for s in _READ_ORDER for p in getattr(config, s)):
         for record in _records(path, split, config, summary):
-            key = int(record.id, 16)
-            if key in seen:
+            if not seen.add(int(record.id, 16)):
                 summary.duplicates += 1
                 continue
-            seen.add(key)
             cap = getattr(config.max_prompts, record.split)
             if cap is not None and summary.kept[record.split] >= cap:
                 summary.over_limit += 1
@@ -60,9 +60,9 @@ def read_prompts(
             summary.tags[record.split, record.tag] += 1
             summary.layouts[record.layout] += 1
             yield record
-            if _all_full(config, summary, expected):
+            if capped and _all_full(config, summary, expected):
                 break
-        if _all_full(config, summary, expected):
+        if capped and _all_full(config, summary, expected):
             break
     for split in expected:
         if not summary.kept[split]:
