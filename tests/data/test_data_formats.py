@@ -112,3 +112,13 @@ def test_format_override_reads_a_file_whatever_its_suffix(tmp_path):
     renamed = path.rename(tmp_path / "prompts.txt")
     (record,) = read_prompts(DataConfig(train=renamed, format="jsonl", fractions=ALL_TRAIN))
     assert record.messages == (Turn("user", "hi"),)
+
+
+def test_a_csv_row_longer_than_a_read_block_is_read_whole(tmp_path):
+    long = "word " * 60_000  # 300 kB: several of the reader's first blocks
+    rows = [{"prompt": f"short {i}"} for i in range(3000)] + [{"prompt": long}, {"prompt": "end"}]
+    path = write_prompts(rows, tmp_path / "p", "csv")
+    records = list(read_prompts(DataConfig(train=path, fractions=ALL_TRAIN)))
+    assert len(records) == 3002
+    assert records[3000].messages[0].content == long.strip()
+    assert records[3001].origin.endswith("row 3002")
