@@ -39,6 +39,7 @@ def _chat(*turns):
     [
         (['{"prompt": "a"}', "", '{"prompt": "b",}'], r"p\.jsonl line 3: malformed JSON"),
         (['[{"prompt": "a"}]'], r"line 1: a list, not a JSON object; JSONL holds one object"),
+        (["[", '  {"prompt": "a"}', "]"], r"line 1: a JSON array, not JSON lines; write one"),
         (['{"prompt": "a"}', '{"question": "b"}'], r"line 2: no column 'prompt', which the file"),
         (['{"prompt": 7}'], r"line 1: 'prompt' holds int, expected text"),
         (['{"prompt": "a", "reference": ["x"]}'], r"line 1: 'reference' holds list"),

@@ -1,9 +1,13 @@
 """Every format x every layout reads back as the records its rows describe."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prompt_files import FORMATS, write_prompts
 
 from polydistill.data import DataConfig, DataSummary, Turn, read_prompts
+from polydistill.data.records import normalise
+from polydistill.errors import UserError
 
 ALL_TRAIN = {"validation": 0, "test": 0}
 
@@ -122,3 +126,25 @@ def test_a_csv_row_longer_than_a_read_block_is_read_whole(tmp_path):
     assert len(records) == 3002
     assert records[3000].messages[0].content == long.strip()
     assert records[3001].origin.endswith("row 3002")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    prompts=st.lists(st.text(max_size=30), min_size=1, max_size=8),
+    format=st.sampled_from(["jsonl", "parquet", "csv"]),
+)
+def test_any_text_round_trips_normalised(tmp_path_factory, prompts, format):
+    """Quotes, commas, newlines, tabs, surrogate-free Unicode: each prompt reads back as its
+    normalised self, empty ones are counted, duplicates dropped."""
+    path = write_prompts(
+        [{"prompt": p} for p in prompts], tmp_path_factory.mktemp("t") / "p", format
+    )
+    summary = DataSummary()
+    try:
+        records = list(read_prompts(DataConfig(train=path, fractions=ALL_TRAIN), summary=summary))
+    except UserError as error:
+        assert "prompts left" in str(error)
+        records = []
+    kept = list(dict.fromkeys(normalise(p) for p in prompts if normalise(p)))
+    assert [r.messages[0].content for r in records] == kept
+    assert summary.empty == sum(not normalise(p) for p in prompts)

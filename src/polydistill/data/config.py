@@ -128,7 +128,7 @@ class DataConfig(_Strict):
     max_prompts: SplitLimits = SplitLimits()
     """The most prompts kept per split, after every filter."""
     batch_rows: Positive = 1024
-    """Rows decoded at a time from Parquet, CSV and `datasets` folders (memory against speed)."""
+    """Rows decoded at a time from Parquet files and `datasets` folders (memory against speed)."""
 
     @model_validator(mode="after")
     def _paths_exist(self) -> "DataConfig":

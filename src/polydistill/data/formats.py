@@ -78,6 +78,10 @@ def _jsonl(path: Path, batch_rows: int) -> Iterator[Row]:
             except UnicodeDecodeError:
                 raise UserError(f"data: {where}: not UTF-8 text") from None
             except json.JSONDecodeError as error:
+                if number == 1 and raw.lstrip().startswith(b"["):
+                    raise UserError(
+                        f"data: {where}: a JSON array, not JSON lines; write one object per line"
+                    ) from None
                 raise UserError(f"data: {where}: malformed JSON ({error.msg})") from None
             if not isinstance(row, dict):
                 kind = "a list" if isinstance(row, list) else type(row).__name__
