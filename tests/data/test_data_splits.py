@@ -10,6 +10,7 @@ from prompt_files import write_prompts
 
 from polydistill.data import DataConfig, DataSummary, read_prompts
 from polydistill.data.records import normalise
+from polydistill.data.splits import hashed_split, position
 from polydistill.errors import UserError
 
 prompt_lists = st.lists(st.text(min_size=1, max_size=12).filter(str.strip), min_size=1, max_size=40)
@@ -90,3 +91,12 @@ def test_a_fraction_for_a_split_with_files_is_refused(tmp_path):
     path = write_prompts([{"prompt": "a"}], tmp_path / "p", "jsonl")
     with pytest.raises(ValueError, match=r"fractions\.test applies only when test has no files"):
         DataConfig(train=path, test=path, fractions={"test": 0.2})
+
+
+def test_positions_are_fixed_forever():
+    """Splits must not move between versions or machines: the hash and its reading are pinned."""
+    assert position("7b874d7e1a39d460", 0) == pytest.approx(0.16771263657300978, abs=1e-15)
+    assert position("7b874d7e1a39d460", 1) == pytest.approx(0.054372227123749985, abs=1e-15)
+    assert hashed_split("7b874d7e1a39d460", 1, {"test": 0.06}) == "test"
+    assert hashed_split("7b874d7e1a39d460", 0, {"test": 0.06, "validation": 0.10}) == "train"
+    assert hashed_split("7b874d7e1a39d460", 0, {"test": 0.06, "validation": 0.11}) == "validation"

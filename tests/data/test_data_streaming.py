@@ -74,7 +74,7 @@ def _peaks(items) -> tuple[int, int, int]:
 
 
 @pytest.mark.parametrize("format", ["jsonl", "parquet"])
-def test_reading_rows_and_prompts_keeps_memory_flat(tmp_path, format, capsys):
+def test_reading_rows_and_prompts_keeps_memory_flat(tmp_path, format):
     measured = {}
     for n in SIZES:
         path = _write(tmp_path, n, format)
@@ -82,13 +82,12 @@ def test_reading_rows_and_prompts_keeps_memory_flat(tmp_path, format, capsys):
         prompts = _peaks(read_prompts(DataConfig(train=path)))
         assert rows[0] == prompts[0] == n
         measured[n] = (rows, prompts, path.stat().st_size)
-    with capsys.disabled():
-        for n, (rows, prompts, size) in measured.items():
-            print(
-                f"\n{format} {n} rows ({size / 1e6:.1f} MB): read_rows peak python "
-                f"{rows[1] / 1e6:.2f} MB arrow {rows[2] / 1e6:.2f} MB; read_prompts peak python "
-                f"{prompts[1] / 1e6:.2f} MB arrow {prompts[2] / 1e6:.2f} MB"
-            )
+    for n, (rows, prompts, size) in measured.items():  # shown with -s, or when a bound fails
+        print(
+            f"{format} {n} rows ({size / 1e6:.1f} MB): read_rows peak python "
+            f"{rows[1] / 1e6:.2f} MB arrow {rows[2] / 1e6:.2f} MB; read_prompts peak python "
+            f"{prompts[1] / 1e6:.2f} MB arrow {prompts[2] / 1e6:.2f} MB"
+        )
     (small_rows, small_prompts, _), (large_rows, large_prompts, _) = measured.values()
     held = 385 * SIZES[1]  # the least that holding the large set's prompts would cost
     assert large_rows[1] < 1.2 * small_rows[1] + 100_000
@@ -98,14 +97,13 @@ def test_reading_rows_and_prompts_keeps_memory_flat(tmp_path, format, capsys):
 
 
 @pytest.mark.parametrize("format", ["csv", "datasets"])
-def test_reading_csv_and_datasets_rows_keeps_memory_flat(tmp_path, format, capsys):
+def test_reading_csv_and_datasets_rows_keeps_memory_flat(tmp_path, format):
     measured = {n: _peaks(read_rows(_write(tmp_path, n, format), "auto", 1024)) for n in SIZES}
-    with capsys.disabled():
-        for n, (_, python, arrow) in measured.items():
-            print(
-                f"\n{format} {n} rows: read_rows peak python {python / 1e6:.2f} MB arrow "
-                f"{arrow / 1e6:.2f} MB"
-            )
+    for n, (_, python, arrow) in measured.items():
+        print(
+            f"{format} {n} rows: read_rows peak python {python / 1e6:.2f} MB arrow "
+            f"{arrow / 1e6:.2f} MB"
+        )
     (count, small_python, small_arrow), (_, large_python, large_arrow) = measured.values()
     assert count == SIZES[0]
     assert large_python < 1.2 * small_python + 100_000
