@@ -138,3 +138,11 @@ def test_config_mistakes_are_named(tmp_path, config, expected):
     with pytest.raises(ValidationError) as caught:
         DataConfig.model_validate({"train": str(path)} | config)
     assert _match(str(caught.value), expected)
+
+
+def test_a_parquet_file_damaged_past_its_footer_is_named(tmp_path):
+    path = write_prompts([{"prompt": f"p{i}" * 50} for i in range(2000)], tmp_path / "p", "parquet")
+    data = bytearray(path.read_bytes())
+    data[8:4000] = b"\x00" * 3992  # the first page, after the magic bytes; footer intact
+    path.write_bytes(bytes(data))
+    assert _match(_error(path), r"p\.parquet: not a readable Parquet file \(")

@@ -104,9 +104,10 @@ def _parquet(path: Path, batch_rows: int) -> Iterator[Row]:
         # Buffered, not pre-buffered: pages are read as decoded, so memory holds a batch, not
         # the row group (measured in tests/data/test_data_streaming.py).
         parquet = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+        yield from _batches(path, parquet.iter_batches(batch_size=batch_rows))
     except (pa.ArrowException, OSError) as error:
-        raise UserError(f"data: {path}: not a readable Parquet file ({error})") from None
-    yield from _batches(path, parquet.iter_batches(batch_size=batch_rows))
+        first = str(error).splitlines()[0]
+        raise UserError(f"data: {path}: not a readable Parquet file ({first})") from None
 
 
 def _csv(path: Path, batch_rows: int) -> Iterator[Row]:
