@@ -111,7 +111,9 @@ def test_run_writes_metrics_and_replaces_them_only_with_force(cli, tmp_path, tin
 
 
 def test_run_with_a_real_checkpoint_path(cli, tmp_path, tiny_world, tiny_cache):
-    """A teacher given by `path` is evaluated like the world's own; the world is reused."""
+    """A teacher given by `path` is evaluated like the world's own; the world is reused. A
+    checkpoint whose files say no licence is refused before anything is loaded, until the
+    config declares one."""
     import yaml
 
     raw = yaml.safe_load(TINY.read_text())
@@ -121,14 +123,15 @@ def test_run_with_a_real_checkpoint_path(cli, tmp_path, tiny_world, tiny_cache):
     config = tmp_path / "with-local.yaml"
     config.write_text(yaml.safe_dump(raw))
     out = tmp_path / "run"
-    result = cli(
-        "run",
-        str(config),
-        "--out",
-        str(out),
-        f"world.cache_dir={tiny_cache}",
-        "eval.heldout_limit=2",
-    )
+    args = ["--out", str(out), f"world.cache_dir={tiny_cache}", "eval.heldout_limit=2"]
+    refused = cli("run", str(config), *args)
+    assert refused.returncode == 2 and not out.exists()
+    assert refused.stderr.strip().splitlines() == [
+        f"error: teacher 'local': cannot determine the licence of {tiny_world.teachers['qwen']}; "
+        "declare it in teachers[].licence.id (known: apache-2.0, mit, gemma, llama3.1, qwen, "
+        "qwen-research, cc-by-nc-4.0)"
+    ]
+    result = cli("run", str(config), *args, "teachers[3].licence={id: apache-2.0}")
     assert result.returncode == 0, result.stderr
     models = json.loads((out / "metrics.json").read_text())["models"]
     assert models["teacher:local"] == models["teacher:qwen"]  # the same checkpoint, read by path
