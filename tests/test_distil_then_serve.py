@@ -148,6 +148,7 @@ def test_the_openai_client_buys_completions_and_streams_with_exact_usage(run_dir
     shares = json.loads((run_dir / "contributions.json").read_text())["share"]
     assert card.id == "student" and card.to_dict()["lineage"] == {
         "student": "student",
+        "verified": True,  # the gateway checked the signature and the weights at start
         "strategy": "evidence",
         "teachers": ["gemma", "gptoss", "qwen"],
         "families": ["gemma", "gpt-oss", "qwen"],

@@ -172,3 +172,14 @@ def test_lineage_keygen_command(tmp_path):
     )
     assert again.returncode == 2
     assert again.stderr.strip() == f"error: {out} exists; not overwriting a key"
+
+
+def test_the_gateway_refuses_weights_its_lineage_does_not_sign(student_dir, monkeypatch):
+    from polydistill.serve.lineage import lineage_summary, load_lineage
+
+    written(student_dir, monkeypatch)
+    summary = lineage_summary(load_lineage(student_dir))
+    assert summary["verified"] and summary["teachers"] == ["gemma", "gptoss"]
+    (student_dir / "model.safetensors").write_bytes(b"swapped weights")
+    with pytest.raises(UserError, match="the weights are not the ones the lineage signs"):
+        load_lineage(student_dir)

@@ -219,6 +219,7 @@ def test_lineage_files_and_settings(tmp_path) -> None:
     summary = lineage_summary(load_lineage(model))
     assert summary == {
         "student": None,
+        "verified": False,  # a hand-written, unsigned lineage
         "strategy": None,
         "teachers": ["g", "o"],
         "families": ["gemma", "gpt-oss"],
