@@ -173,6 +173,7 @@ def test_a_teacher_that_is_not_a_checkpoint(cli, tmp_path, tiny_cache):
         str(tmp_path / "run"),
         f"world.cache_dir={tiny_cache}",
         f"teachers[0].path={fake}",
+        "teachers[0].licence={id: gemma}",  # past the policy gate, to the tokenizer check
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
