@@ -25,7 +25,7 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "RESULTS.md"
 RESULTS_DIR = HERE / "results"
 # The order of the sections in RESULTS.md; each name is a module of `benchmarks/`.
-MODULES = ("align", "loss", "store", "gateway", "student_recipe")
+MODULES = ("demo", "align", "loss", "store", "gateway", "student_recipe")
 PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "polydistill")
 HEADER = (
     "# Benchmark results\n\n"
@@ -93,6 +93,19 @@ def environment_lines(result: dict[str, Any]) -> str:
     )
 
 
+def load_sentence(result: dict[str, Any]) -> str:
+    """Whether other work shared the cores, read from the 1-minute load average when the run
+    started (before it loaded the machine itself)."""
+    env = result["environment"]
+    load, cores = env["load_start"][0], env["cores_usable"]
+    if load >= 0.5 * cores:
+        return (
+            f"Other work was running when this run started (1-minute load average {load:g} on "
+            f"{cores} cores): compare figures within this run, not with other runs."
+        )
+    return f"The machine was nearly idle when this run started (load {load:g} on {cores} cores)."
+
+
 def render(results_dir: Path = RESULTS_DIR) -> str:
     """RESULTS.md from the JSON files in `results_dir`, one section per module, in order."""
     found = {path.stem: path for path in sorted(results_dir.glob("*.json"))}
@@ -108,8 +121,8 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
     return "\n".join(sections)
 
 
-# The old way, each module rewriting its own section in place; goes once every module renders
-# from its JSON.
+# The old way, each module rewriting its own section in place; only benchmarks/gateway.py still
+# uses these two, until its rewrite on the convention above lands; then they go.
 def write_section(title: str, text: str, results: Path = RESULTS) -> None:
     current = results.read_text() if results.exists() else "# Benchmark results\n"
     if title in current:
