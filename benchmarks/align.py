@@ -279,6 +279,8 @@ def markdown(result: dict) -> str:
         SECTION,
         "",
         results_md.environment_lines(result),
+        results_md.load_sentence(result),
+        "",
         f"ms per text (best of {samples} samples, {3 * samples} for calls under 20 ms; medians "
         "in the JSON), from the two tokenizations to the chunks (and targets); `tokenize` is the "
         "two encodes every implementation starts from. Ratios are within this run.",
@@ -297,9 +299,9 @@ def markdown(result: dict) -> str:
         )
     lines += [
         "",
-        f"Tail mass with bigram-model teachers (top-{TOP_K}) on the text of "
-        f"{' / '.join(f'{t:,}' for t in tail_tokens)} teacher tokens, mean over the student rows "
-        "in the loss:",
+        f"Tail mass with bigram-model teachers (top-{TOP_K}) on one text of "
+        f"{min(tail_tokens):,}-{max(tail_tokens):,} tokens (by the teacher's tokenizer), mean "
+        "over the student rows in the loss:",
         "",
         "| teacher -> student | teacher's own tail | projected tail | projected tail, top-k "
         "renormalised (own tail 0) |",

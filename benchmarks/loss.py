@@ -276,6 +276,8 @@ def markdown(result: dict) -> str:
         results_md.environment_lines(result).rstrip("\n") + "  ",
         f"torch threads: {result['threads']}, float32 on the CPU",
         "",
+        results_md.load_sentence(result),
+        "",
         "Generalized JSD (β = 0.5), hidden 512, float32, forward + backward from hidden states "
         "and lm_head to their gradients. peak_mb = peak RSS of the case's process during the "
         "step minus its RSS before (live data only: the allocator's free pages are handed back "

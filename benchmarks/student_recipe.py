@@ -255,6 +255,8 @@ def markdown(result: dict) -> str:
         SECTION,
         "",
         results_md.environment_lines(result),
+        results_md.load_sentence(result),
+        "",
         f"{result['workers']} students at a time on {result['threads']} thread(s) each. Config "
         f"{result['config']}; held-out "
         + ", ".join(f"{n} {d}" for d, n in result["heldout"].items())
