@@ -273,10 +273,9 @@ def markdown(result: dict) -> str:
     lines = [
         SECTION,
         "",
-        results_md.environment_lines(result).rstrip("\n") + "  ",
-        f"torch threads: {result['threads']}, float32 on the CPU",
-        "",
-        results_md.load_sentence(result),
+        results_md.environment_lines(result),
+        f"{results_md.load_sentence(result)} torch threads: {result['threads']}, float32 on "
+        "the CPU.",
         "",
         "Generalized JSD (β = 0.5), hidden 512, float32, forward + backward from hidden states "
         "and lm_head to their gradients. peak_mb = peak RSS of the case's process during the "

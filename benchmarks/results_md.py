@@ -94,16 +94,24 @@ def environment_lines(result: dict[str, Any]) -> str:
 
 
 def load_sentence(result: dict[str, Any]) -> str:
-    """Whether other work shared the cores, read from the 1-minute load average when the run
-    started (before it loaded the machine itself)."""
+    """Whether other work shared the cores, from the load averages: the 1-minute one when the run
+    started (before it loaded the machine itself), and the 15-minute one at the end, which this
+    run alone keeps at most at the number of cores."""
     env = result["environment"]
-    load, cores = env["load_start"][0], env["cores_usable"]
-    if load >= 0.5 * cores:
+    cores, start = env["cores_usable"], env["load_start"][0]
+    end = env["load_end"][2] if env.get("load_end") else None
+    if start >= 0.5 * cores or (end is not None and end > cores):
+        during = f", 15-minute load average {end:g} at the end" if end is not None else ""
         return (
-            f"Other work was running when this run started (1-minute load average {load:g} on "
-            f"{cores} cores): compare figures within this run, not with other runs."
+            f"Other work shared the {cores} cores (1-minute load average {start:g} at the start"
+            f"{during}): compare figures within this run, not with other runs."
         )
-    return f"The machine was nearly idle when this run started (load {load:g} on {cores} cores)."
+    return (
+        f"The machine was nearly idle (1-minute load average {start:g} at the start, 15-minute "
+        f"{end:g} at the end, on {cores} cores)."
+        if end is not None
+        else f"The machine was nearly idle when this run started (load {start:g} on {cores} cores)."
+    )
 
 
 def render(results_dir: Path = RESULTS_DIR) -> str:
