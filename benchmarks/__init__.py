@@ -1,1 +1,2 @@
-"""Benchmarks: each module answers one question, `python -m benchmarks.NAME --json OUT.json`."""
+"""Benchmarks: each module answers one question, `python -m benchmarks.NAME` writes
+`benchmarks/results/NAME.json`, and `python -m benchmarks.results_md` renders RESULTS.md."""

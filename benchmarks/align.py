@@ -1,7 +1,10 @@
 """How fast are cross-tokenizer alignment and projection on real vocabularies, next to TRL GOLD?
 
-    python -m benchmarks.align --json OUT.json            # 512 / 4k / 16k tokens
-    python -m benchmarks.align --json OUT.json --quick    # 512 / 4k, fewer repeats
+    python -m benchmarks.align              # 512 / 4k / 16k tokens
+    python -m benchmarks.align --quick      # 512 / 4k, fewer repeats
+
+The result goes to benchmarks/results/align.json (`python -m benchmarks.results_md` renders it
+into RESULTS.md) unless `--json` names another file.
 
 Texts are prefixes of 512, 4,096 and 16,384 gpt-oss (o200k_harmony) tokens of one document that
 interleaves Python standard-library source (English and code) with generated multilingual lines
@@ -30,18 +33,15 @@ round; a sample repeats a call until it lasts 20 ms.
 """
 
 import argparse
-import datetime
-import json
 import math
 import os
 import statistics
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.results_md import machine, write_section
+from benchmarks import results_md
 from polydistill.align import vocabmap
 from polydistill.align.chunks import AlignedSequence, aligned_sequence
 from polydistill.align.project import project, tail_share
@@ -269,20 +269,21 @@ def ratios(records: list[dict], sizes: tuple[int, ...]) -> list[str]:
     return lines
 
 
-def section(records: list[dict], command: str, sizes: tuple[int, ...]) -> str:
+def markdown(result: dict) -> str:
+    """The section for one run (`result` as `main` saves it)."""
+    records, sizes, samples = result["records"], tuple(result["sizes"]), result["samples"]
     maps = [r for r in records if r["impl"].startswith("vocab-map")]
     tails = [r for r in records if r["impl"] == "tail"]
+    tail_tokens = sorted({r["tokens"] for r in tails})
     lines = [
         SECTION,
         "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine()} (trl {version('trl')}, tokenizers {version('tokenizers')})  ",
-        f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+        results_md.environment_lines(result),
+        results_md.load_sentence(result),
         "",
-        "ms per text (best of 9 samples, 27 under 20 ms; medians in the JSON), from the two "
-        "tokenizations to the "
-        "chunks (and targets); `tokenize` is the two encodes every implementation starts from. "
-        "Ratios are within this run.",
+        f"ms per text (best of {samples} samples, {3 * samples} for calls under 20 ms; medians "
+        "in the JSON), from the two tokenizations to the chunks (and targets); `tokenize` is the "
+        "two encodes every implementation starts from. Ratios are within this run.",
         "",
         *table(records),
         "",
@@ -298,8 +299,9 @@ def section(records: list[dict], command: str, sizes: tuple[int, ...]) -> str:
         )
     lines += [
         "",
-        f"Tail mass with bigram-model teachers (top-{TOP_K}) on the 4,096-token text (counted in "
-        "o200k tokens), mean over the student rows in the loss:",
+        f"Tail mass with bigram-model teachers (top-{TOP_K}) on one text of "
+        f"{min(tail_tokens):,}-{max(tail_tokens):,} tokens (by the teacher's tokenizer), mean "
+        "over the student rows in the loss:",
         "",
         "| teacher -> student | teacher's own tail | projected tail | projected tail, top-k "
         "renormalised (own tail 0) |",
@@ -315,11 +317,23 @@ def section(records: list[dict], command: str, sizes: tuple[int, ...]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", required=True, help="write the records here")
+    parser.add_argument(
+        "--json", type=Path, help="write the result here instead of benchmarks/results/align.json"
+    )
     parser.add_argument("--quick", action="store_true", help="512 and 4k tokens, fewer repeats")
-    parser.add_argument("--no-results-md", action="store_true", help="leave RESULTS.md alone")
     args = parser.parse_args(argv)
+    command = "python -m benchmarks.align" + (" --quick" if args.quick else "")
+    result = {"command": command, "environment": results_md.environment(("trl",))}
     sizes = SIZES[:2] if args.quick else SIZES
+    samples = 3 if args.quick else 9
+    result |= {"sizes": list(sizes), "samples": samples, "records": measure(sizes, samples)}
+    path = results_md.save("align", result, args.json)
+    for line in table(result["records"]) + ratios(result["records"], sizes):
+        print(line)
+    print(f"wrote {path}")
+
+
+def measure(sizes: tuple[int, ...], samples: int) -> list[dict]:
     tokenizers = {name: factory() for name, factory in REAL_TOKENIZERS.items()}
     document = corpus(6000, seed=1, skip=0)
     fit_text = corpus(20000, seed=2, skip=6000)
@@ -334,17 +348,11 @@ def main(argv: list[str] | None = None) -> None:
             for impl, run in pair_runs.items():
                 key = (pair_facts["pair"], size, impl)
                 runs[key], facts[key] = run, pair_facts
-    for (pair, size, impl), samples in sample_ms(runs, 3 if args.quick else 9).items():
-        timing = {"ms": min(samples), "ms_median": statistics.median(samples)}
+    for (pair, size, impl), times in sample_ms(runs, samples).items():
+        timing = {"ms": min(times), "ms_median": statistics.median(times)}
         records.append({**facts[(pair, size, impl)], "impl": impl, "tokens": size, **timing})
     text_4k = tokenizers["o200k_harmony"].decode(anchor[:4096])
-    records += tail_records(tokenizers, text_4k, fit)
-    Path(args.json).write_text(json.dumps(records, indent=1))
-    if not args.no_results_md:
-        command = "python -m benchmarks.align --json OUT.json" + (" --quick" if args.quick else "")
-        write_section(SECTION, section(records, command, sizes))
-    for line in table(records) + ratios(records, sizes):
-        print(line)
+    return records + tail_records(tokenizers, text_4k, fit)
 
 
 if __name__ == "__main__":

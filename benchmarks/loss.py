@@ -3,8 +3,12 @@
 The step is: student hidden states `[tokens, 512]` and lm_head `[V, 512]` → generalized JSD
 (β = 0.5) against a full-vocabulary teacher distribution → gradients of both, float32 on CPU.
 
-    python -m benchmarks.loss --json OUT.json          # V ∈ {151936, 201088, 262144} × {512, 2048}
-    python -m benchmarks.loss --json OUT.json --quick  # V = 151936, 512 tokens only
+    python -m benchmarks.loss                # V ∈ {151936, 201088, 262144} × {512, 2048}
+    python -m benchmarks.loss --quick        # V = 151936, 512 tokens only
+    python -m benchmarks.loss --json OUT.json --sizes 600:16   # elsewhere than the results
+
+The result goes to benchmarks/results/loss.json (`python -m benchmarks.results_md` renders it
+into RESULTS.md) unless `--json` names another file.
 
 Implementations, each case in its own process:
 - `polydistill_chunked`: `polydistill.losses.distill_loss` on k = V targets (the teacher's full
@@ -29,12 +33,10 @@ dense reference's; `grad_rel_err_vs_dense` the gradients (hidden, and every 64th
 import argparse
 import contextlib
 import ctypes
-import datetime
 import gc
 import json
 import math
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -44,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.results_md import machine
+from benchmarks import results_md
 from polydistill.losses import default_memory_budget_mb
 
 VOCABS = (151936, 201088, 262144)
@@ -67,7 +69,6 @@ GRAD_ROW_STRIDE = 64
 MAX_REPEATS = 3
 REPEAT_WITHIN_S = 20.0
 REROUND_UNDER_MS = 60_000
-RESULTS = Path(__file__).parent / "RESULTS.md"
 SECTION = "## Loss step (benchmarks/loss.py)"
 
 
@@ -199,6 +200,11 @@ def run_case(
         budget = default_memory_budget_mb(vocab, HIDDEN) if budget_mb is None else budget_mb
         record["budget_mb"] = round(budget, 1)
     record["loss"] = None if loss is None else float(loss)
+    if "targets" in inputs:  # distill_loss ran: which full-vocabulary kernel (warm-up included)
+        from polydistill.losses import full_vocab
+
+        record["kernel_calls"] = dict(full_vocab.kernel_calls)
+        record["compile_error"] = full_vocab.compile_error()
     if loss is not None:
         sampled_weight = inputs["weight"].grad[::GRAD_ROW_STRIDE].clone()
         torch.save({"hidden": inputs["hidden"].grad, "weight": sampled_weight}, grads_out)
@@ -258,35 +264,35 @@ RATIO_COLUMNS = (
     "vocab | tokens | mem / dense | mem / trl_chunked | time / floor | time / dense | "
     "time / trl_gkd | time / trl_chunked"
 )
-EARLIER = (
-    "Earlier measurements kept (cases not re-run since, each with the date of its run; "
-    "polydistill's rows ran its code of that date):"
-)
 
 
-def markdown(records: list[dict], command: str, kept: tuple[list, list] = ([], [])) -> str:
-    """The section for this run's records, then `kept` earlier rows (see `kept_rows`)."""
+def markdown(result: dict) -> str:
+    """The section for one run (`result` as `main` saves it)."""
+    records = result["records"]
+    budget = result.get("memory_budget_mb")
     lines = [
         SECTION,
         "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        "float32 on the CPU  ",
-        f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+        results_md.environment_lines(result),
+        f"{results_md.load_sentence(result)} torch threads: {result['threads']}, float32 on "
+        "the CPU.",
         "",
         "Generalized JSD (β = 0.5), hidden 512, float32, forward + backward from hidden states "
         "and lm_head to their gradients. peak_mb = peak RSS of the case's process during the "
         "step minus its RSS before (live data only: the allocator's free pages are handed back "
         "first); it includes the gradients the step returns (lm_head and hidden, the same for "
-        "every implementation). polydistill's chunk budget is its default "
-        "`default_memory_budget_mb` (a share of the lm_head gradient) unless the command sets "
-        "`--memory-budget-mb`. Times move with the machine's load: "
-        "compare within a run. ms = best of `runs` (quick cases are repeated in their process "
-        "and in later rounds). Errors are relative, of the loss and "
-        "(norm-wise, worst of hidden and every "
+        "every implementation). polydistill's chunk budget is "
+        + (
+            "its default `default_memory_budget_mb` (a share of the lm_head gradient)"
+            if budget is None
+            else f"{budget:g} MB (`--memory-budget-mb`)"
+        )
+        + ". Times move with the machine's load: compare within a run. ms = best of `runs` "
+        "(quick cases are repeated in their process and in later rounds). Errors are relative, of "
+        "the loss and (norm-wise, worst of hidden and every "
         f"{GRAD_ROW_STRIDE}th lm_head row) of the gradients, against `dense_reference` (float32) "
-        "and `float64_reference` (polydistill's loss in float64 on the same float32 inputs; the "
-        "tests hold it to the dense reference within 1e-10). Ratios are within this run.",
+        "and `float64_reference` (polydistill's loss in float64 on the same float32 inputs). "
+        "Ratios are within this run.",
         "",
         f"| {CASE_COLUMNS} |",
         "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -297,48 +303,28 @@ def markdown(records: list[dict], command: str, kept: tuple[list, list] = ([], [
         cells += [_cell(r.get(key)) for key in ("peak_mb", "grads_mb", "ms", "repeats")]
         cells += [_cell(r.get(key)) for key in errors]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    lines += ["", *ratio_lines(records), ""]
-    cases, ratios = kept
-    if cases or ratios:
-        lines += [EARLIER, "", f"| {CASE_COLUMNS} | measured |"]
-        lines.append("|---:|---:|---|---|" + "---:|" * 8 + "---|")
-        lines += ["| " + " | ".join(cells) + " |" for cells in cases]
-        lines += ["", f"| {RATIO_COLUMNS} | measured |", "|---:|---:|" + "---:|" * 6 + "---|"]
-        lines += ["| " + " | ".join(cells) + " |" for cells in ratios]
-        lines.append("")
-    return "\n".join(lines)
+    lines += ["", kernel_line(records), "", *ratio_lines(records)]
+    return "\n".join(lines) + "\n"
 
 
-def current_section(results: Path | None = None) -> str:
-    """This benchmark's section of RESULTS.md as it stands ("" if none)."""
-    results = RESULTS if results is None else results
-    text = results.read_text() if results.exists() else ""
-    if SECTION not in text:
-        return ""
-    rest = text.split(SECTION, 1)[1]
-    return rest[: rest.index("\n## ")] if "\n## " in rest else rest
-
-
-def kept_rows(section: str, records: list[dict]) -> tuple[list[list[str]], list[list[str]]]:
-    """The rows of `section`'s tables that this run does not replace, each ending with the
-    date of the run that measured it: cases this run did not measure, and the ratio rows of
-    sizes where `polydistill_chunked` was not re-run (ratios describe it)."""
-    found = re.search(r"^Date: (.+?)\s*$", section, re.MULTILINE)
-    date = found.group(1) if found else "date unknown"
-    fresh = {(str(r["vocab"]), str(r["tokens"]), r["impl"]) for r in records}
-    rerun = {(vocab, tokens) for vocab, tokens, impl in fresh if impl == "polydistill_chunked"}
-    cases, ratios = [], []
-    for line in section.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if not line.startswith("| ") or not cells[0].isdigit():
-            continue
-        if len(cells) in (12, 8):  # a row of that run's own tables
-            cells.append(date)
-        if len(cells) == 13 and tuple(cells[:3]) not in fresh:
-            cases.append(cells)
-        elif len(cells) == 9 and tuple(cells[:2]) not in rerun:
-            ratios.append(cells)
-    return cases, ratios
+def kernel_line(records: list[dict]) -> str:
+    """Which full-vocabulary kernel polydistill_chunked ran (compile may have fallen back)."""
+    chunked = [r for r in records if r["impl"] == "polydistill_chunked" and "kernel_calls" in r]
+    if not chunked:
+        return "No polydistill_chunked case finished: no kernel to report."
+    fell_back = [r for r in chunked if r["kernel_calls"]["eager"] or r.get("compile_error")]
+    if not fell_back:
+        calls = sum(r["kernel_calls"]["compiled"] for r in chunked)
+        return (
+            f"polydistill_chunked ran the compiled full-vocabulary kernel in all {calls} "
+            f"kernel calls of its {len(chunked)} case(s), warm-up included."
+        )
+    sizes = ", ".join(f"{r['vocab']} x {r['tokens']}" for r in fell_back)
+    errors = sorted({r.get("compile_error") or "compile not asked" for r in fell_back})
+    return (
+        f"polydistill_chunked ran the eager kernel (compile fell back) at {sizes}: "
+        f"{'; '.join(errors)}. Its times there are not the compiled kernel's."
+    )
 
 
 def _cell(value) -> str:
@@ -365,20 +351,11 @@ def _ratio(a, b) -> str:
     return "–" if a is None or b is None else f"{a / b:.3f}"
 
 
-def write_results(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if SECTION in text:
-        head, rest = text.split(SECTION, 1)
-        tail = rest[rest.index("\n## ") :] if "\n## " in rest else ""
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text.rstrip("\n") + "\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", help="write the records here")
+    parser.add_argument(
+        "--json", type=Path, help="write the result here instead of benchmarks/results/loss.json"
+    )
     parser.add_argument("--quick", action="store_true", help="V=151936, 512 tokens only")
     parser.add_argument("--sizes", nargs="+", help="VOCAB:TOKENS pairs instead of the grid")
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
@@ -390,12 +367,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds", type=int, default=1, help="run the grid again, cases under a minute only"
     )
-    parser.add_argument("--no-results-md", action="store_true", help="leave RESULTS.md alone")
     parser.add_argument("--case", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--grads-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if not args.case and not args.json:
-        parser.error("--json OUT.json is required")
     return args
 
 
@@ -428,6 +402,16 @@ def main(argv: list[str] | None = None) -> None:
         limits = (args.memory_limit_gb, args.memory_budget_mb)
         print(json.dumps(run_case(impl, vocab, tokens, args.grads_out, *limits)))
         return
+    command = "python -m benchmarks.loss " + " ".join(sys.argv[1:] if argv is None else argv)
+    result = {"command": command.strip(), "environment": results_md.environment(("trl",))}
+    result |= {"threads": torch.get_num_threads(), "memory_budget_mb": args.memory_budget_mb}
+    result["records"] = measure(args)
+    path = results_md.save("loss", result, args.json)
+    print(f"wrote {path}")
+
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    """Every case of the grid, `args.rounds` times, with their errors."""
     child_flags = ["--memory-limit-gb", str(args.memory_limit_gb)]
     if args.memory_budget_mb is not None:
         child_flags += ["--memory-budget-mb", str(args.memory_budget_mb)]
@@ -445,10 +429,7 @@ def main(argv: list[str] | None = None) -> None:
                     records[impl, vocab, tokens] = _merge(earlier, record)
         records = list(records.values())
         add_errors(records)
-    Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
-    if not args.no_results_md:
-        command = "python -m benchmarks.loss " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_results(markdown(records, command, kept_rows(current_section(), records)))
+    return records
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "RESULTS.md"
 RESULTS_DIR = HERE / "results"
 # The order of the sections in RESULTS.md; each name is a module of `benchmarks/`.
-MODULES = ("align", "loss", "store", "gateway", "student_recipe")
+MODULES = ("demo", "align", "loss", "store", "gateway", "student_recipe")
 PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "polydistill")
 HEADER = (
     "# Benchmark results\n\n"
@@ -93,6 +93,27 @@ def environment_lines(result: dict[str, Any]) -> str:
     )
 
 
+def load_sentence(result: dict[str, Any]) -> str:
+    """Whether other work shared the cores, from the load averages: the 1-minute one when the run
+    started (before it loaded the machine itself), and the 15-minute one at the end, which this
+    run alone keeps at most at the number of cores."""
+    env = result["environment"]
+    cores, start = env["cores_usable"], env["load_start"][0]
+    end = env["load_end"][2] if env.get("load_end") else None
+    if start >= 0.5 * cores or (end is not None and end > cores):
+        during = f", 15-minute load average {end:g} at the end" if end is not None else ""
+        return (
+            f"Other work shared the {cores} cores (1-minute load average {start:g} at the start"
+            f"{during}): compare figures within this run, not with other runs."
+        )
+    return (
+        f"The machine was nearly idle (1-minute load average {start:g} at the start, 15-minute "
+        f"{end:g} at the end, on {cores} cores)."
+        if end is not None
+        else f"The machine was nearly idle when this run started (load {start:g} on {cores} cores)."
+    )
+
+
 def render(results_dir: Path = RESULTS_DIR) -> str:
     """RESULTS.md from the JSON files in `results_dir`, one section per module, in order."""
     found = {path.stem: path for path in sorted(results_dir.glob("*.json"))}
@@ -108,8 +129,8 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
     return "\n".join(sections)
 
 
-# The old way, each module rewriting its own section in place; goes once every module renders
-# from its JSON.
+# The old way, each module rewriting its own section in place; only benchmarks/gateway.py still
+# uses these two, until its rewrite on the convention above lands; then they go.
 def write_section(title: str, text: str, results: Path = RESULTS) -> None:
     current = results.read_text() if results.exists() else "# Benchmark results\n"
     if title in current:

@@ -1,10 +1,13 @@
 """Which student recipe reaches the specialists benchmark's targets, and when in training?
 
-    python -m benchmarks.student_recipe --json OUT.json \\
+    python -m benchmarks.student_recipe \\
         --recipe 'thirds=student.prompts_per_domain=8000' \\
         --recipe 'facts 1/7='                              # the config as it is
-    python -m benchmarks.student_recipe --json OUT.json --heldout 50 \\
+    python -m benchmarks.student_recipe --heldout 50 \\
         --recipe 'seed 1=student.train.seed=1' --recipe 'seed 2=student.train.seed=2'
+
+The result goes to benchmarks/results/student_recipe.json (`python -m benchmarks.results_md`
+renders it into RESULTS.md) unless `--json` names another file.
 
 Each `--recipe NAME=OVERRIDES` is the config (default examples/specialists-benchmark.yaml) plus
 its `;`-separated `key=value` overrides (`--set` adds overrides to every recipe, e.g. a
@@ -30,7 +33,6 @@ trusting a difference. Seconds include the evaluations.
 
 import argparse
 import copy
-import datetime
 import json
 import os
 import shutil
@@ -42,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.results_md import machine, write_section
+from benchmarks import results_md
 from polydistill import student
 from polydistill.config import RunConfig, load_config
 from polydistill.errors import UserError
@@ -244,18 +246,21 @@ def _mean(values: dict[str, float]) -> float:
     return sum(values.values()) / len(values)
 
 
-def markdown(result: dict, command: str) -> str:
+def markdown(result: dict) -> str:
+    """The section for one run (`result` as `main` saves it)."""
     domains = result["domains"]
     names = " / ".join(domains)
     targets = _accuracies(result["targets"], domains)
     lines = [
         SECTION,
         "",
-        f"`{command}` on {result['machine']}, {result['date']}: {result['workers']} students at a",
-        f"time on {result['threads']} thread(s) each. Config {result['config']}; held-out "
+        results_md.environment_lines(result),
+        results_md.load_sentence(result),
+        "",
+        f"{result['workers']} students at a time on {result['threads']} thread(s) each. Config "
+        f"{result['config']}; held-out "
         + ", ".join(f"{n} {d}" for d, n in result["heldout"].items())
         + f" problems. Targets ({SPECIALIST_SHARE:.0%} of the best teacher), {names}: {targets}.",
-        "One seed per recipe; see the module's docstring for how noisy that is.",
         "",
         "validation: the averaged weights' agreement with the answers the student's fusion chooses",
         "on the validation prompts (label-free); * marks the point it chooses (`validate_every`).",
@@ -281,7 +286,11 @@ def markdown(result: dict, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="write the result here instead of benchmarks/results/student_recipe.json",
+    )
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--recipe", action="append", default=[], help="NAME=k=v;k=v (repeat)")
     parser.add_argument("--set", action="append", default=[], help="k=v for every recipe")
@@ -289,33 +298,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--average", type=float, help="decay of the scored moving average")
     parser.add_argument("--heldout", type=int, help="at most N held-out problems per domain")
     parser.add_argument("--cores", type=int, help="cores to use (default: all allowed)")
-    parser.add_argument("--no-results", action="store_true", help="Leave RESULTS.md alone.")
     args = parser.parse_args(argv)
     if args.every < 1 or (args.average is not None and not 0 <= args.average < 1):
         parser.error("--every must be positive and --average in [0, 1)")
+    result = {"command": command_line(args), "environment": results_md.environment()}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(tempfile.mkdtemp(prefix="student-recipe-"))
     try:
-        result = measure(args, work)
+        result |= measure(args, work)
     except UserError as error:
         parser.exit(2, f"error: {error}\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result["machine"] = machine()
-    result["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    args.json.write_text(json.dumps(result, indent=1))
-    command = "python -m benchmarks.student_recipe " + " ".join(
-        [f"--json {args.json.name}"]
-        + [f"--config {args.config}"] * (args.config != DEFAULT_CONFIG)
+    path = results_md.save("student_recipe", result, args.json)
+    print(markdown(result))
+    print(f"wrote {path}")
+
+
+def command_line(args: argparse.Namespace) -> str:
+    return "python -m benchmarks.student_recipe " + " ".join(
+        [f"--config {args.config}"] * (args.config != DEFAULT_CONFIG)
         + [f"--recipe '{r}'" for r in args.recipe]
         + [f"--set '{s}'" for s in args.set]
         + [f"--every {args.every}"]
         + [f"--average {args.average}"] * (args.average is not None)
         + [f"--heldout {args.heldout}"] * bool(args.heldout)
+        + [f"--cores {args.cores}"] * bool(args.cores)
     )
-    if not args.no_results:
-        write_section(SECTION, markdown(result, command))
-    print(markdown(result, command))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ operations; eager PyTorch runs each as its own pass over memory, which costs abo
 three lm_head products. `torch.compile` fuses them into a few loops (about 5× faster on CPU), so
 large calls use the compiled kernel. When compiling is impossible here (no C++ compiler, an
 unsupported platform) the first failure is reported once as a warning and the eager kernel, which
-computes the same function, is used from then on.
+computes the same function, is used from then on; `kernel_calls` and `compile_error()` say which
+kernel ran, so that a test or benchmark of the compiled path cannot silently measure the eager one.
 """
 
 import contextlib
@@ -53,28 +54,42 @@ def full_vocab_step(
 
 
 _compiled = None
-_compile_failed = False
+_compile_error: str | None = None
+# How many calls ran each kernel since the process started (or `reset_kernel_calls`): the tests
+# and benchmarks/loss.py read it to know that the compiled kernel, not its fallback, ran.
+kernel_calls: dict[str, int] = {"compiled": 0, "eager": 0}
+
+
+def compile_error() -> str | None:
+    """Why compiling failed in this process (then every call runs eager), or None."""
+    return _compile_error
+
+
+def reset_kernel_calls() -> None:
+    kernel_calls.update(compiled=0, eager=0)
 
 
 def run_full_vocab_step(*args, compiled: bool) -> tuple[torch.Tensor, ...]:
-    """`full_vocab_step`, compiled if asked and possible."""
-    global _compiled, _compile_failed
-    if not compiled or _compile_failed:
-        return full_vocab_step(*args)
-    if _compiled is None:
-        _compiled = torch.compile(full_vocab_step, dynamic=True)
-    try:
-        with _independent_sizes():
-            return _compiled(*args)
-    except Exception as error:  # any compiler failure: the eager kernel is the same function
-        _compile_failed = True
-        warnings.warn(
-            f"torch.compile is unavailable for the full-vocabulary loss ({type(error).__name__}: "
-            f"{str(error)[:200]}); using the slower eager kernel",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return full_vocab_step(*args)
+    """`full_vocab_step`, compiled if asked and possible; counted in `kernel_calls`."""
+    global _compiled, _compile_error
+    if compiled and _compile_error is None:
+        if _compiled is None:
+            _compiled = torch.compile(full_vocab_step, dynamic=True)
+        try:
+            with _independent_sizes():
+                out = _compiled(*args)
+            kernel_calls["compiled"] += 1
+            return out
+        except Exception as error:  # any compiler failure: the eager kernel is the same function
+            _compile_error = f"{type(error).__name__}: {str(error)[:300]}"
+            warnings.warn(
+                f"torch.compile is unavailable for the full-vocabulary loss ({_compile_error}); "
+                "using the slower eager kernel",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    kernel_calls["eager"] += 1
+    return full_vocab_step(*args)
 
 
 def _independent_sizes():
