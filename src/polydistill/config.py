@@ -348,13 +348,16 @@ Baseline = Literal[
     "route",
     "mince",
     "avgce",
+    "leave_one_out",
 ]
 
 
 class BenchmarkConfig(Strict):
     """Baselines trained beside the student on the same prompts and token budget:
     `single` (each teacher alone), `seqkd` (fine-tuning on the chosen answers, no logits),
-    `oracle` (fine-tuning on the gold answers), or any other fusion strategy by name."""
+    `oracle` (fine-tuning on the gold answers), `leave_one_out` (the student's own recipe
+    without each of its teachers in turn: what each teacher is worth), or any other fusion
+    strategy by name."""
 
     baselines: list[Baseline] = []
 
@@ -433,6 +436,14 @@ class RunConfig(Strict):
             raise ValueError("benchmark.baselines: route needs student.fusion.routes")
         if "fixed" in self.benchmark.baselines and fusion.weights is None:
             raise ValueError("benchmark.baselines: fixed needs student.fusion.weights")
+        if "leave_one_out" in self.benchmark.baselines:
+            if len(self.student.teachers) < 2:
+                raise ValueError("benchmark.baselines: leave_one_out needs two or more teachers")
+            if fusion.strategy in ("fixed", "route"):
+                raise ValueError(
+                    f"benchmark.baselines: leave_one_out needs a strategy that does not name "
+                    f"teachers (student.fusion.strategy is {fusion.strategy})"
+                )
         return self
 
     @model_validator(mode="after")

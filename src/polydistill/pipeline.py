@@ -133,7 +133,7 @@ def distil_and_evaluate(
     for plan in student.model_plans(cfg):
         work, rows_file = student.model_work_dir(out, cfg, world, plan), None
         if plan.sft != "gold":
-            key = (plan.strategy, json.dumps(plan.fixed, sort_keys=True))
+            key = (plan.strategy, json.dumps(plan.fixed, sort_keys=True), plan.without)
             if key not in fused:  # e.g. seqkd trains on the student's rows: written once
                 rows, plan_accounts = student.plan_data(
                     cfg, plan, teachers, tokenizer, prompts, readings, projections

@@ -52,7 +52,7 @@ from polydistill.student_targets import (
 from polydistill.teachers.checkpoint import DTYPES
 from polydistill.teachers.local import local_teacher
 from polydistill.teachers.protocol import Progress, Teacher
-from polydistill.teachers.readings import Readings, gather_readings
+from polydistill.teachers.readings import Readings, gather_readings, readings_without
 from polydistill.train import BatchFn, LossFn, sft_loss, train
 from polydistill.train.checkpoint import list_checkpoints
 from polydistill.train.loop import CHECKPOINTS_DIR
@@ -77,6 +77,7 @@ class ModelPlan:
     strategy: str | None = None
     fixed: dict[str, float] | None = None
     sft: str | None = None
+    without: str | None = None  # leave-one-out: the student's recipe without this teacher
 
 
 def student_prompts(cfg: RunConfig, world: World) -> Prompts:
@@ -107,6 +108,10 @@ def model_plans(cfg: RunConfig) -> list[ModelPlan]:
             plans.append(ModelPlan("baseline:seqkd", s.fusion.strategy, sft="chosen"))
         elif baseline == "oracle":
             plans.append(ModelPlan("baseline:oracle", sft="gold"))
+        elif baseline == "leave_one_out":
+            plans += [
+                ModelPlan(f"baseline:without:{t}", s.fusion.strategy, without=t) for t in s.teachers
+            ]
         elif baseline != s.fusion.strategy:
             plans.append(ModelPlan(f"baseline:{baseline}", baseline, s.fusion.weights))
     return plans
@@ -182,6 +187,16 @@ def gold_bits_per_byte(teachers: list[Teacher], prompts: Prompts) -> torch.Tenso
     )
 
 
+def plan_sources(
+    plan: ModelPlan, teachers: list[Teacher], readings: Readings
+) -> tuple[list[Teacher], Readings]:
+    """The teachers and readings a plan learns from: all, or all but the one it leaves out."""
+    if plan.without is None:
+        return teachers, readings
+    kept = [t for t in teachers if t.name != plan.without]
+    return kept, readings_without(readings, plan.without)
+
+
 def plan_weights(
     cfg: RunConfig, plan: ModelPlan, teachers: list[Teacher], prompts: Prompts, readings: Readings
 ) -> torch.Tensor:
@@ -218,6 +233,7 @@ def validation_references(
     if plan.sft == "gold":
         answers = prompts.gold
     else:
+        teachers, readings = plan_sources(plan, teachers, readings)
         weights = plan_weights(cfg, plan, teachers, prompts, readings)
         chosen = choose_answers(readings, weights, 1)
         answers = [readings.candidates[c].text.strip() for _, c in chosen]
@@ -239,6 +255,7 @@ def plan_data(
     """The plan's fused rows and accounts (for `sft` plans: the rows of its chosen answers).
     `projections`: one dict for all plans of a run, so that an answer is projected once."""
     s = cfg.student
+    teachers, readings = plan_sources(plan, teachers, readings)
     weights = plan_weights(cfg, plan, teachers, prompts, readings)
     return student_targets(
         readings,
@@ -290,7 +307,8 @@ def student_fingerprint(cfg: RunConfig, world: World, plan: ModelPlan) -> dict:
             t.model_dump(mode="json") for t in cfg.teachers if t.name in cfg.student.teachers
         ],
         "student": cfg.student.model_dump(mode="json"),
-        "plan": plan.__dict__,
+        # `without` only when set, so the folders of every other plan keep their names
+        "plan": {k: v for k, v in plan.__dict__.items() if k != "without" or v is not None},
         "generation": {"max_new_tokens": cfg.eval.max_new_tokens, "batch": cfg.eval.batch_size},
     }
 

@@ -14,7 +14,7 @@ scoring passes, which are cheap next to generation.
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from polydistill.errors import UserError
 from polydistill.teachers.protocol import Progress, Teacher, TeacherRows, check_rows
@@ -97,3 +97,30 @@ def gather_readings(
             check_rows(r, f"teacher {t.name!r}")
         rows[t.name] = read
     return Readings(candidates, candidates_of, rows)
+
+
+def readings_without(readings: Readings, name: str) -> Readings:
+    """The readings as if teacher `name` had never been asked: its rows gone, the candidates
+    only it wrote with them, and the rest in the order a gathering without it gives (first
+    author's teacher, then sample). What a leave-one-out model learns from."""
+    order = {teacher: i for i, teacher in enumerate(readings.rows)}
+    authors = [
+        tuple(a for a in candidate.authors if a[0] != name) for candidate in readings.candidates
+    ]
+    keep = [
+        c
+        for cs in readings.candidates_of
+        for c in sorted(
+            (c for c in cs if authors[c]),
+            key=lambda c: min((order[t], j) for t, j in authors[c]),
+        )
+    ]
+    candidates = [replace(readings.candidates[c], authors=authors[c]) for c in keep]
+    candidates_of: list[list[int]] = [[] for _ in readings.candidates_of]
+    for i, candidate in enumerate(candidates):
+        candidates_of[candidate.prompt].append(i)
+    return Readings(
+        candidates,
+        candidates_of,
+        {t: [rows[c] for c in keep] for t, rows in readings.rows.items() if t != name},
+    )
