@@ -33,6 +33,7 @@ from polydistill.report.tables import (
     ordered_models,
     target_rows,
     training_rows,
+    worth_rows,
 )
 
 REPORT_ORDER = [
@@ -398,3 +399,24 @@ def test_report_is_the_same_for_the_same_run(tmp_path):
     run = write_synthetic_run(tmp_path / "run", logs=False)
     first = write_report(run).read_bytes()
     assert write_report(run).read_bytes() == first
+
+
+def test_what_each_teacher_is_worth(tmp_path):
+    raw = synthetic_metrics()
+    student = raw["models"]["student"]
+    without = json.loads(json.dumps(student))
+    without["accuracy"] = {d: student["accuracy"][d] - 0.1 * i for i, d in enumerate(DOMAINS)}
+    del without["accuracy"][DOMAINS[-1]]
+    raw["models"]["baseline:without:qwen"] = without
+    (rows,) = worth_rows(Metrics.model_validate(raw))
+    assert rows.teacher == "qwen"
+    assert rows.cells[0] == (student["accuracy"][DOMAINS[0]], 0.0)
+    assert rows.cells[1][1] == pytest.approx(0.1)
+    assert rows.cells[-1] == (None, None)  # a domain the baseline was not scored on
+    assert worth_rows(Metrics.model_validate(synthetic_metrics())) == []
+
+    run = write_synthetic_run(tmp_path / "run")
+    (run / "metrics.json").write_text(json.dumps(raw))
+    html = write_report(run).read_text()
+    assert 'id="worth-table"' in html
+    assert "<td>qwen</td>" in html and "(+10.0 pts)" in html

@@ -22,6 +22,7 @@ from polydistill.report.tables import (
     metric_table,
     target_rows,
     training_rows,
+    worth_rows,
 )
 from polydistill.report.template import TEMPLATE
 from polydistill.staging import staged_folder
@@ -48,6 +49,7 @@ def show(value: float | None, kind: str) -> str:
 def render_html(inputs: RunInputs, pngs: dict[str, bytes], run_name: str) -> str:
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     environment.filters["show"] = show
+    environment.filters["points"] = lambda v: "" if v is None else f"{100 * v:+.1f} pts"
     metrics, contributions = inputs.metrics, inputs.contributions
     domains = metrics.domains
     return environment.from_string(TEMPLATE).render(
@@ -59,6 +61,7 @@ def render_html(inputs: RunInputs, pngs: dict[str, bytes], run_name: str) -> str
         accuracy=metric_table(metrics, "accuracy", higher_is_better=True),
         bits_per_byte=metric_table(metrics, "bits_per_byte", higher_is_better=False),
         targets=target_rows(metrics),
+        worth=worth_rows(metrics),
         training=training_rows(inputs.train_logs),
         contributions=contributions,
         mass=mass_table(contributions, domains) if contributions else None,

@@ -18,6 +18,7 @@ MODEL_GROUPS = ("teacher:", "student", "baseline:")
 # teacher's accuracy, and its mean over domains beats every baseline named by these prefixes.
 SPECIALIST_SHARE = 0.95
 BASELINES_TO_BEAT = ("baseline:single:", "baseline:uniform", "baseline:seqkd")
+WITHOUT = "baseline:without:"  # the leave-one-out baselines
 # The keys the training loop writes (train.loop.RECORD_KEYS, spelled out so that the report does
 # not import torch); any other number in a record is a loss part, per token.
 RECORD_KEYS = ("step", "loss", "lr", "grad_norm", "loss_tokens", "tokens_per_s", "validation")
@@ -62,6 +63,15 @@ class TrainingRow:
     final_parts: tuple[tuple[str, float], ...]  # loss parts of the last step, by name
     # (step, score) of the weights chosen on validation (`student.validate_every`), else None
     chosen: tuple[int, float] | None = None
+
+
+@dataclass(frozen=True)
+class WorthRow:
+    """A leave-one-out baseline beside the student: per domain, the accuracy without the
+    teacher and what the teacher adds (student minus without); None where either is absent."""
+
+    teacher: str
+    cells: tuple[tuple[float | None, float | None], ...]
 
 
 @dataclass(frozen=True)
@@ -200,4 +210,27 @@ def target_rows(metrics: Metrics) -> list[TargetRow]:
     needed = models[largest].params
     target = f"parameters at most the largest teacher's ({largest})"
     rows.append(TargetRow(target, needed, student.params, student.params <= needed, "count"))
+    return rows
+
+
+def worth_rows(metrics: Metrics) -> list[WorthRow]:
+    """One row per `baseline:without:<teacher>` of a run with a student: what each teacher is
+    worth on each domain (the price of a model without it). Empty otherwise."""
+    models = metrics.models
+    if "student" not in models:
+        return []
+    student = models["student"].accuracy
+    rows = []
+    for name in ordered_models(models):
+        if not name.startswith(WITHOUT):
+            continue
+        without = models[name].accuracy
+        cells = tuple(
+            (
+                without.get(d),
+                student[d] - without[d] if d in without and d in student else None,
+            )
+            for d in metrics.domains
+        )
+        rows.append(WorthRow(name.removeprefix(WITHOUT), cells))
     return rows

@@ -95,6 +95,22 @@ TEMPLATE = """<!DOCTYPE html>
 </tbody></table>
 {% endif %}
 
+{% if worth %}
+<h2 id="worth">What each teacher is worth</h2>
+<p>The student's own recipe trained without each teacher in turn (<code>leave_one_out</code>):
+held-out accuracy without it, and what it adds to the student.</p>
+<table id="worth-table">
+<thead><tr><th>without</th>{% for d in domains %}<th>{{ d }}</th>{% endfor %}</tr></thead>
+<tbody>
+{%- for row in worth %}
+<tr><td>{{ row.teacher }}</td>
+{%- for without, adds in row.cells %}
+<td>{{ without | show("percent") }} ({{ adds | points }})</td>
+{%- endfor %}</tr>
+{%- endfor %}
+</tbody></table>
+{% endif %}
+
 <h2 id="bits-per-byte">Bits per byte of the gold answers</h2>
 <p>Lower is better; the best of each column is highlighted.</p>
 {{ metric_table(bits_per_byte, "bits-per-byte-table", "number", "lowest") }}
