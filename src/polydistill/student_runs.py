@@ -9,7 +9,8 @@ threads) with deterministic algorithms (`train.reproducible`). With `cores` = `t
 every core), `min(models, cores // student.train.threads)` worker processes train one model at
 a time each; with one worker they train in this process, one after another. Either way a model
 resumes from the checkpoints in its work folder, is scored on the held-out sets where it was
-trained, and has the same weights, bit for bit.
+trained, and has the same weights, bit for bit, from the same rows (the teachers' readings,
+computed before, in the parent process on its `threads`).
 
 A worker is a spawned process (no memory shared with this one): it gets the plan's rows through
 a file in a work folder (written once per distinct set of rows) and leaves the trained model in
