@@ -640,10 +640,11 @@ def test_run_distils_the_student_and_resumes_after_a_crash(
     assert sum(p.numel() for p in model.parameters()) == trained["params"]
 
 
-def test_the_benchmarks_models_train_the_same_in_two_worker_processes(cfg, tmp_path):
+def test_the_benchmarks_models_train_the_same_in_two_worker_processes(cfg, tmp_path, monkeypatch):
     """With two cores the student and its baselines train two at a time in spawned workers
     (one thread each); their scores and logs equal those of one-by-one training in this
-    process, on one thread."""
+    process, which trains on the models' threads rather than its own; the student's weights
+    are the same bytes."""
     import polydistill.pipeline as pipeline
 
     baselines = BenchmarkConfig(baselines=["single", "seqkd", "oracle"])
@@ -651,7 +652,23 @@ def test_the_benchmarks_models_train_the_same_in_two_worker_processes(cfg, tmp_p
     two = cfg.model_copy(update={"benchmark": baselines, "threads": 2})
     assert student_runs.worker_count(one, 5) == (1, 1)
     assert student_runs.worker_count(two, 5) == (2, 1)
-    here = pipeline.run(one, tmp_path / "here")
+    wider = cfg.student.model_copy(
+        update={"train": cfg.student.train.model_copy(update={"threads": 2})}
+    )
+    assert student_runs.worker_count(two.model_copy(update={"student": wider}), 5) == (1, 2)
+    train_model, settings = student.train_model, set()
+
+    def recorded(*args, **kwargs):
+        settings.add((torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()))
+        return train_model(*args, **kwargs)
+
+    monkeypatch.setattr(student, "train_model", recorded)
+    torch.set_num_threads(2)
+    try:
+        here = pipeline.run(one, tmp_path / "here")
+    finally:
+        torch.set_num_threads(1)
+    assert settings == {(1, True)}
     apart = pipeline.run(two, tmp_path / "apart")
     names = {"student", "baseline:single:tutor", "baseline:single:counter"}
     names |= {"baseline:seqkd", "baseline:oracle"}
@@ -664,6 +681,10 @@ def test_the_benchmarks_models_train_the_same_in_two_worker_processes(cfg, tmp_p
             for out in ("here", "apart")
         ]
         assert lines[0] == lines[1] and len(lines[0]) == 4
+    weights = [
+        (tmp_path / out / "student" / "model.safetensors").read_bytes() for out in ("here", "apart")
+    ]
+    assert weights[0] == weights[1]
 
 
 def test_validation_chooses_each_models_weights_by_its_own_teachers_answers(cfg, world, tmp_path):

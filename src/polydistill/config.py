@@ -128,6 +128,9 @@ class TrainConfig(Strict):
     # a moving average of the weights becomes the trained model (`train.average`); None (off)
     # keeps the world keys of teachers that do not set it.
     ema_decay: Annotated[float, Field(ge=0, lt=1)] | None = None
+    # torch threads the model trains on, whatever the cores or the models beside it: on CPU the
+    # weights' last bits depend on the thread count (`train.reproducible`).
+    threads: Positive = 1
 
     @property
     def buckets(self) -> int:
@@ -135,8 +138,9 @@ class TrainConfig(Strict):
 
     def loop_arguments(self) -> dict:
         """Keyword arguments of `train.train`: every field but those of the data (the batch
-        size; the length buckets, which become accumulation steps)."""
-        arguments = self.model_dump(exclude={"batch_size", "length_buckets"})
+        size; the length buckets, which become accumulation steps) and the threads (set around
+        the whole training by `train.reproducible.fixed_threads`)."""
+        arguments = self.model_dump(exclude={"batch_size", "length_buckets", "threads"})
         return {**arguments, "accumulation_steps": self.buckets}
 
 

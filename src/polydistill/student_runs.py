@@ -3,11 +3,14 @@
     scores = train_and_score(cfg, world, jobs, heldout)   # jobs: one PlanJob per model
 
 Once its training rows exist, every model (the student, each baseline) is independent of the
-others. With `cores` = `threads` (or every core) and more than one model, `min(models, cores)`
-worker processes each train one model at a time on `cores // workers` threads: the world's
-models are so small that two single-thread trainings take about as long as one on two threads.
-With one worker they train in this process, one after another. Either way a model resumes from
-the checkpoints in its work folder, and is scored on the held-out sets where it was trained.
+others. Each trains and is scored on `student.train.threads` torch threads (default one; the
+world's models are so small that two single-thread trainings take about as long as one on two
+threads) with deterministic algorithms (`train.reproducible`). With `cores` = `threads` (or
+every core), `min(models, cores // student.train.threads)` worker processes train one model at
+a time each; with one worker they train in this process, one after another. Either way a model
+resumes from the checkpoints in its work folder, is scored on the held-out sets where it was
+trained, and has the same weights, bit for bit, from the same rows (the teachers' readings,
+computed before, in the parent process on its `threads`).
 
 A worker is a spawned process (no memory shared with this one): it gets the plan's rows through
 a file in a work folder (written once per distinct set of rows) and leaves the trained model in
@@ -30,6 +33,7 @@ from polydistill.processes import stop_workers
 from polydistill.progress import console, progress_bars
 from polydistill.train.checkpoint import list_checkpoints, read_state, save_final
 from polydistill.train.loop import CHECKPOINTS_DIR
+from polydistill.train.reproducible import fixed_threads
 from polydistill.train.selection import read_selection
 from polydistill.world.build import World
 from polydistill.world.domains import Example
@@ -62,8 +66,13 @@ def _load_rows(job: PlanJob) -> student.DistillationData | None:
 def train_and_score_one(
     cfg: RunConfig, world: World, job: PlanJob, heldout: dict, on_step=None
 ) -> dict:
-    """Train one model (resuming from its work folder), save it to `work/final`, and return its
-    held-out scores."""
+    """Train one model (resuming from its work folder) on its fixed threads, save it to
+    `work/final`, and return its held-out scores."""
+    with fixed_threads(cfg.student.train.threads):
+        return _train_and_score(cfg, world, job, heldout, on_step)
+
+
+def _train_and_score(cfg: RunConfig, world: World, job: PlanJob, heldout: dict, on_step) -> dict:
     tokenizer = student.student_tokenizer(cfg, world)
     prompts = student.student_prompts(cfg, world)
     batches, loss_fn = student.plan_batches(cfg, job.plan, tokenizer, prompts, _load_rows(job))
@@ -103,9 +112,8 @@ def chosen_checkpoint(work: Path) -> dict | None:
     return selection
 
 
-def _worker(spec: dict, heldout: dict, threads: int, events) -> tuple[str, dict]:
+def _worker(spec: dict, heldout: dict, events) -> tuple[str, dict]:
     """Worker process: one job, with its steps reported through `events`."""
-    torch.set_num_threads(threads)
     cfg, world = RunConfig.model_validate(spec["run"]), spec["world"]
     job = PlanJob(student.ModelPlan(**spec["plan"]), spec["work"], spec["rows"], spec["references"])
     name = job.plan.name
@@ -117,10 +125,11 @@ def _worker(spec: dict, heldout: dict, threads: int, events) -> tuple[str, dict]
 
 
 def worker_count(cfg: RunConfig, models: int) -> tuple[int, int]:
-    """(workers, threads per worker) for `models` models on this run's cores."""
+    """(workers, threads per worker) for `models` models on this run's cores; the threads are
+    the models' own (`student.train.threads`), whatever the workers."""
     cores = cfg.threads or os.cpu_count() or 1
-    workers = max(1, min(models, cores))
-    return workers, max(1, cores // workers)
+    threads = cfg.student.train.threads
+    return max(1, min(models, cores // threads)), threads
 
 
 def train_and_score(
@@ -147,11 +156,11 @@ def train_and_score(
                 console.log(f"{name}: accuracy {scores[name]['accuracy']}")
             return scores
         console.log(f"training {len(jobs)} models, {workers} at a time on {threads} thread(s) each")
-        scores = _in_workers(cfg, world, jobs, heldout, workers, threads, show)
+        scores = _in_workers(cfg, world, jobs, heldout, workers, show)
     return {j.plan.name: scores[j.plan.name] for j in jobs}
 
 
-def _in_workers(cfg, world, jobs, heldout, workers, threads, show) -> dict[str, dict]:
+def _in_workers(cfg, world, jobs, heldout, workers, show) -> dict[str, dict]:
     context = multiprocessing.get_context("spawn")
     manager = context.Manager()
     events = manager.Queue()
@@ -170,7 +179,7 @@ def _in_workers(cfg, world, jobs, heldout, workers, threads, show) -> dict[str, 
                 }
                 for j in jobs
             ]
-            pending = {pool.submit(_worker, spec, heldout, threads, events) for spec in specs}
+            pending = {pool.submit(_worker, spec, heldout, events) for spec in specs}
             while pending:
                 while not events.empty():
                     show(*events.get())

@@ -6,10 +6,20 @@ The world lives in `cfg.world.cache_dir/<key>/`, where `key` hashes everything t
 (world settings and world-teacher specs), so a second run reuses it. It is built in a temporary
 folder and renamed into place, so a killed build leaves nothing half-written.
 
-World teachers train in parallel worker processes (one thread each when there are more teachers
-than cores), each on its own domains, with validation accuracy checked every `eval_every` steps;
-a teacher stops as soon as it reaches `target_accuracy` on every one of its domains. Held-out
-accuracy is never looked at here, so the run's scores of a teacher are not inflated by stopping.
+World teachers train in parallel worker processes (as many as fit two threads per core), each
+on its own domains, with validation accuracy checked every `eval_every` steps; a teacher stops
+as soon as it reaches `target_accuracy` on every one of its domains. Held-out accuracy is never
+looked at here, so the run's scores of a teacher are not inflated by stopping.
+
+Reproducible: the same config builds the same world, bit for bit (data, tokenizer files,
+teacher weights), on any machine of the same kind with the same library versions, whatever its
+core count or `threads`. Domains come from the world's seed alone; the tokenizer trainers'
+run-to-run noise is counted away (`world.tokenizers`); each teacher is seeded by its
+`train.seed` and trains on its own `train.threads` with deterministic algorithms
+(`train.reproducible`), however many train beside it. Not covered: another CPU kind
+(instruction set, so other kernels) or other torch / transformers / tokenizers versions, which
+may change the last bits and, through stopping, a teacher's step count. The key holds neither
+the machine nor the versions, so a cache filled elsewhere is reused as it is.
 """
 
 import hashlib
@@ -88,7 +98,9 @@ def world_key(cfg: RunConfig) -> str:
             for t in world_teachers(cfg)
         ],
         # 2: a validation split, on which teachers stop (facts gained a fourth template).
-        "format": 2,
+        # 3: reproducible: the student tokenizer's scores are counted (the trainer's vary by
+        # run); teachers train on their own fixed threads with deterministic algorithms.
+        "format": 3,
     }
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -99,21 +111,24 @@ def _write_examples(path: Path, examples: list[Example]) -> None:
             f.write(json.dumps({"prompt": e.prompt, "answer": e.answer}, ensure_ascii=False) + "\n")
 
 
-def _train_teacher(spec: dict, world_root: str, threads: int, events) -> dict:
+def _train_teacher(spec: dict, world_root: str, events) -> dict:
     """Worker process: build, train and save one world teacher; returns its summary."""
-    import torch
+    from polydistill.train.reproducible import fixed_threads
+
+    teacher = TeacherConfig.model_validate(spec["teacher"])
+    with fixed_threads(teacher.train.threads):
+        return _train_one_teacher(teacher, spec, Path(world_root), events)
+
+
+def _train_one_teacher(teacher: TeacherConfig, spec: dict, root: Path, events) -> dict:
     from transformers import AutoTokenizer
 
     from polydistill.chat import supervised_batches
-    from polydistill.config import RunConfig, TeacherConfig
     from polydistill.evaluate import evaluate_model
     from polydistill.train import sft_loss, train
     from polydistill.world.architectures import build_model, count_parameters
 
-    torch.set_num_threads(threads)
-    teacher = TeacherConfig.model_validate(spec["teacher"])
     cfg = RunConfig.model_validate(spec["run"])
-    root = Path(world_root)
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizers" / teacher.tokenizer_style)
     splits = domain_splits(cfg.world)
     examples = [e for d in teacher.domains for e in splits[d].train]
@@ -180,9 +195,9 @@ def _train_teachers(cfg: RunConfig, root: Path) -> list[dict]:
         return []
     cores = cfg.threads or os.cpu_count() or 1
     # Teachers that reach their target early free their core for the rest, so start them all
-    # at once (up to two per core) rather than queueing the last ones behind the first.
-    workers = min(len(specs), 2 * cores)
-    threads = max(1, cores // workers)
+    # at once (up to two threads per core) rather than queueing the last ones behind the first.
+    # Each trains on its own `train.threads`, so how many run at once changes no weight.
+    workers = min(len(specs), max(1, 2 * cores // max(t.train.threads for t in specs)))
     context = multiprocessing.get_context("spawn")
     manager = context.Manager()
     events = manager.Queue()
@@ -203,7 +218,6 @@ def _train_teachers(cfg: RunConfig, root: Path) -> list[dict]:
                     "target_accuracy": cfg.world.target_accuracy,
                 },
                 str(root),
-                threads,
                 events,
             )
             for t in specs

@@ -17,6 +17,8 @@ tokenizer whose chat template travels with it, as real checkpoints do.
 """
 
 import json
+import math
+from collections import Counter
 from collections.abc import Iterable
 
 from tokenizers import (
@@ -161,11 +163,27 @@ def _bpe_rebuilt(
     return models.BPE(vocab={t: i for i, t in enumerate(ordered)}, merges=merges, **options)
 
 
-def _unigram_with_byte_fallback(trained: Tokenizer, specials: list[str]) -> models.Unigram:
-    pieces = _model_json(trained)["vocab"]
-    floor = min(score for _, score in pieces) - 1.0
+def _unigram_with_byte_fallback(
+    trained: Tokenizer, specials: list[str], texts: list[str]
+) -> models.Unigram:
+    """The trained unigram's pieces with byte fallback, each scored by how often it is used.
+
+    The `tokenizers` trainer gives the same pieces every time but not the same scores: its EM
+    sums run in hash-map order (the last bits differ between processes) and the characters it
+    keeps only because they occur get placeholder scores in hash-set order. So the scores are
+    made anew from integer counts: log of each piece's share of the trained model's Viterbi
+    segmentation of the corpus (hard EM's last step), pieces in order of count, then text.
+    """
+    counts = Counter(t for encoding in trained.encode_batch(texts) for t in encoding.tokens)
+    pieces = [p for p, _ in _model_json(trained)["vocab"]]
+    pieces = [p for p in pieces if p not in specials and p not in _BYTE_TOKENS]
+    pieces.sort(key=lambda p: (-counts[p], p))
+    total = sum(counts[p] for p in pieces)
+    unused = math.log(0.5 / total)  # below every used piece
+    scores = [math.log(counts[p] / total) if counts[p] else unused for p in pieces]
+    floor = min(scores) - 1.0
     vocab = [(s, 0.0) for s in specials] + [(b, floor) for b in _BYTE_TOKENS]
-    vocab += [(p, score) for p, score in pieces if p not in specials and p not in _BYTE_TOKENS]
+    vocab += list(zip(pieces, scores, strict=True))
     return models.Unigram(vocab, unk_id=specials.index("<unk>"), byte_fallback=True)
 
 
@@ -206,7 +224,7 @@ def _trained(style: str, texts: list[str], vocab_size: int, specials: list[str])
             show_progress=False,
         ),
     )
-    return _sentencepiece_like(_unigram_with_byte_fallback(draft, specials))
+    return _sentencepiece_like(_unigram_with_byte_fallback(draft, specials, texts))
 
 
 def train_tokenizer(style: str, corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
