@@ -33,7 +33,7 @@ from polydistill.losses import divergence, reference_distill_loss
 from polydistill.student_targets import student_targets
 from polydistill.targets import SparseTargets
 from polydistill.teachers.local import LocalTeacher, local_teacher
-from polydistill.teachers.readings import Candidate, Readings
+from polydistill.teachers.readings import Candidate, Readings, readings_without
 from polydistill.train import train
 from polydistill.world.architectures import build_model
 from polydistill.world.build import build_world
@@ -735,3 +735,31 @@ def test_validation_cannot_choose_from_a_store(config_file):
             config_file, ["student.validate_every=2", f"student.store={config_file.parent}"]
         )
     assert str(error.value).startswith("student.validate_every: a store (student.store) holds")
+
+
+def test_a_leave_one_out_plan_reuses_the_runs_projections_exactly(
+    cfg, teachers, tokenizer, prompts, readings
+):
+    """The run's projections dict, filled by the student's plan over every teacher, serves a
+    plan without one of them; its rows equal those computed afresh from readings gathered
+    without it, and its accounts name only the teachers left."""
+    shared: dict = {}
+    student.plan_data(
+        cfg, student.model_plans(cfg)[0], teachers, tokenizer, prompts, readings, shared
+    )
+    left_out = teachers[0].name
+    plan = student.ModelPlan("baseline:without", "evidence", without=left_out)
+    reused, accounts = student.plan_data(cfg, plan, teachers, tokenizer, prompts, readings, shared)
+    others = [t for t in teachers if t.name != left_out]
+    fresh, _ = student.plan_data(
+        cfg,
+        student.ModelPlan("fresh", "evidence"),
+        others,
+        tokenizer,
+        prompts,
+        readings_without(readings, left_out),
+    )
+    assert accounts["teachers"] == [t.name for t in others]
+    assert reused.completions == fresh.completions and reused.offsets == fresh.offsets
+    for name in ("ids", "logprobs", "tail", "mask"):
+        assert torch.equal(getattr(reused.targets, name), getattr(fresh.targets, name))

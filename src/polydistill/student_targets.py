@@ -123,7 +123,8 @@ def _concat(pieces: list[SparseTargets]) -> SparseTargets:
     )
 
 
-Projection = tuple[list[int], list[int], list[SparseTargets]]
+# Student prompt ids, answer ids, and each teacher's projected rows (by name) of one answer.
+Projection = tuple[list[int], list[int], dict[str, SparseTargets]]
 """A chosen answer in the student's rendering: prompt ids, answer ids, one target per teacher."""
 
 
@@ -137,13 +138,13 @@ def _project_one(
     k: int,
 ) -> Projection:
     text = readings.candidates[candidate].text
-    per_teacher = []
+    per_teacher = {}
     for t in teachers:
         seq = render.render_aligned(t.tokenizer, student_tokenizer, prompt, text, t.name)
         rows: TeacherRows = readings.rows[t.name][candidate]
         ids, logprobs = rows.full_rows()
         projected = project.project(seq, ids, logprobs, maps[t.name], k=k)
-        per_teacher.append(_answer_rows(projected, seq.student_start))
+        per_teacher[t.name] = _answer_rows(projected, seq.student_start)
     start = seq.student_start
     return seq.student_ids[:start].tolist(), seq.student_ids[start:].tolist(), per_teacher
 
@@ -161,7 +162,8 @@ def project_answers(
 
     A (prompt, answer) pair is projected once: a repeated prompt reuses it, and so does every
     later call given the same `projections` dict (the benchmark's models mostly choose the same
-    answers). The dict is only valid for one set of readings, teachers, student and `top_k`."""
+    answers), per teacher, so that a call with fewer teachers (leave-one-out) reuses it too. The
+    dict is only valid for one gathering of readings, one student and one `top_k`."""
     projections = {} if projections is None else projections
     prompt_ids, answer_ids, offsets = [], [], [0]
     per_teacher: list[list[SparseTargets]] = [[] for _ in teachers]
@@ -169,13 +171,16 @@ def project_answers(
     k = min(top_k, len(student_tokenizer))  # a row cannot list more ids than the vocabulary has
     for i, c in chosen:
         key = (prompts[i], readings.candidates[c].text)
-        if key not in projections:
-            projections[key] = _project_one(
-                readings, teachers, student_tokenizer, maps, prompts[i], c, k
+        known = projections[key][2] if key in projections else {}
+        missing = [t for t in teachers if t.name not in known]
+        if missing:
+            prompt, answer, new = _project_one(
+                readings, missing, student_tokenizer, maps, prompts[i], c, k
             )
+            projections[key] = (prompt, answer, {**known, **new})
         prompt, answer, targets = projections[key]
-        for pieces, target in zip(per_teacher, targets, strict=True):
-            pieces.append(target)
+        for pieces, t in zip(per_teacher, teachers, strict=True):
+            pieces.append(targets[t.name])
         prompt_ids.append(prompt)
         answer_ids.append(answer)
         offsets.append(offsets[-1] + len(answer))
