@@ -22,7 +22,7 @@ from polydistill.serve.fixed_engine import FixedEngine
 from polydistill.serve.ledger import usage_rows
 from polydistill.serve.metrics import admin_app
 from polydistill.serve.money import request_cost
-from polydistill.serve.server import run_workers, serve_both
+from polydistill.serve.server import bind_listener, run_workers, serve_both
 from polydistill.serve.storage import api_keys, open_database
 
 NOW = 1_800_000_000_000
@@ -114,3 +114,28 @@ def test_two_workers_answer_and_never_overspend(served: ServedModel, db_url: str
     assert len(rows) == AFFORDABLE
     assert account.spent_micros == sum(r["cost_micros"] for r in rows) == AFFORDABLE * per_request
     assert account.reserved_micros == 0
+
+
+def test_connections_on_the_shared_socket_do_not_wait_for_delayed_acks() -> None:
+    """asyncio sets TCP_NODELAY on connections accepted from the workers' socket."""
+    listener = bind_listener("127.0.0.1", _free_port())
+    seen: list[int] = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            sock = transport.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def go() -> None:
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+        _, writer = await asyncio.open_connection(*listener.getsockname())
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+
+    asyncio.run(go())
+    assert seen and seen[0] != 0
