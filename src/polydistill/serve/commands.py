@@ -5,7 +5,6 @@
 Every command that touches keys or usage takes `--db` (a SQLAlchemy URL or a SQLite path).
 """
 
-import asyncio
 import csv
 import io
 import json
@@ -136,7 +135,7 @@ class _ServeOptions:
         """Worker `index` of several: its own gateway on the shared socket."""
         from polydistill.serve.app import create_app
         from polydistill.serve.metrics import admin_app
-        from polydistill.serve.server import serve_both
+        from polydistill.serve.server import run_loop, serve_both
 
         gateway = self._gateway()
         admin = admin_app(gateway.metrics, lambda: gateway.ready)
@@ -145,7 +144,7 @@ class _ServeOptions:
             create_app(gateway), admin, self.host, self.port, self.admin_host, admin_port,
             sockets=[listener],
         )  # fmt: skip
-        asyncio.run(serving)
+        run_loop(serving)
 
     def run_workers(self, workers: int) -> int:
         from polydistill.serve.assemble import default_database

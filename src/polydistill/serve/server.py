@@ -20,8 +20,9 @@ import multiprocessing.connection
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -64,10 +65,22 @@ async def serve_both(
         await admin_task
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop where it is installed (as `uvicorn.run` would), else on asyncio's
+    own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
 def run_servers(
     api: ASGIApp, admin: ASGIApp, host: str, port: int, admin_host: str, admin_port: int
 ) -> None:
-    asyncio.run(serve_both(api, admin, host, port, admin_host, admin_port))
+    run_loop(serve_both(api, admin, host, port, admin_host, admin_port))
 
 
 Worker = Callable[[int, socket.socket], None]
