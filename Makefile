@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install install-dev install-vllm install-litellm lint format clean
+.PHONY: demo test install install-dev install-vllm lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,7 @@ $(VLLM_VENV)/.installed:
 
 # LiteLLM's proxy, the competitor of `python -m benchmarks.gateway`, in its own venv (its pins
 # differ from ours); for that benchmark only, not part of `make test`.
+.PHONY: install-litellm
 LITELLM_VENV := .venv-litellm
 $(LITELLM_VENV)/.installed:
 	$(PYTHON) -m venv $(LITELLM_VENV)
