@@ -31,9 +31,19 @@ $(VLLM_VENV)/.installed:
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
+# LiteLLM's proxy, the competitor of `python -m benchmarks.gateway`, in its own venv (its pins
+# differ from ours); for that benchmark only, not part of `make test`.
+.PHONY: install-litellm
+LITELLM_VENV := .venv-litellm
+$(LITELLM_VENV)/.installed:
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install -q "litellm[proxy]==1.108.7"
+	touch $@
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 install-vllm: $(VLLM_VENV)/.installed
+install-litellm: $(LITELLM_VENV)/.installed
 
 demo: install
 	$(BIN)/polydistill run examples/specialists.yaml --out runs/demo

@@ -129,24 +129,6 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
     return "\n".join(sections)
 
 
-# The old way, each module rewriting its own section in place; only benchmarks/gateway.py still
-# uses these two, until its rewrite on the convention above lands; then they go.
-def write_section(title: str, text: str, results: Path = RESULTS) -> None:
-    current = results.read_text() if results.exists() else "# Benchmark results\n"
-    if title in current:
-        head, rest = current.split(title, 1)
-        current = head + text + (rest[rest.index("\n## ") + 1 :] if "\n## " in rest else "")
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    results.write_text(current.rstrip("\n") + "\n")
-
-
-def machine() -> str:
-    env = environment()
-    cores = f"{env['cores_usable']} of {env['cores_total']} CPU cores"
-    return f"{cores}, {env['memory_gib']} GiB, {env['cpu']}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if RESULTS.md is stale")

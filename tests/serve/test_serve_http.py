@@ -2,10 +2,12 @@
 closed surface, lineage, tokenizer routes, unbilled failures, and the upstream engine."""
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import uvicorn
 from serve_harness import SERVER_SECRET, client_for, make_gateway
 
 from polydistill.serve import ledger
@@ -19,6 +21,12 @@ from polydistill.serve.settings import Caps, GatewaySettings
 from polydistill.serve.upstream_engine import UpstreamEngine
 
 NOW = 1_800_000_000_000
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _run(gateway, calls):
@@ -209,12 +217,8 @@ def test_upstream_engine_reproduces_the_local_gateway(served, causal_lm, tmp_pat
     backend = make_gateway(served, LocalEngine(causal_lm, served), f"sqlite:///{tmp_path / 'a.db'}")
     backend_key = create_key(backend.db, SERVER_SECRET, "front", NOW)
     backend_app = create_app(backend)
-    upstream = UpstreamEngine(
-        "http://backend",
-        served.model_id,
-        backend_key,
-        transport=httpx.ASGITransport(app=backend_app),
-    )
+    port = _free_port()
+    upstream = UpstreamEngine(f"http://127.0.0.1:{port}", served.model_id, backend_key)
     front = make_gateway(served, upstream, f"sqlite:///{tmp_path / 'b.db'}")
     key = create_key(front.db, SERVER_SECRET, "client", NOW)
     requests = [
@@ -227,14 +231,24 @@ def test_upstream_engine_reproduces_the_local_gateway(served, causal_lm, tmp_pat
     ]  # fmt: skip
 
     async def go():
-        async with client_for(backend) as direct, client_for(front) as fronted:
-            pairs = []
-            for path, body in requests:
-                body = {"model": served.model_id, **body}
-                a = await direct.post(path, json=body, headers=_bearer(backend_key))
-                b = await fronted.post(path, json=body, headers=_bearer(key))
-                pairs.append((a.json(), b.json()))
-            return pairs
+        config = uvicorn.Config(backend_app, host="127.0.0.1", port=port, log_level="warning")
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        try:
+            direct_client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60)
+            async with direct_client as direct, client_for(front) as fronted:
+                pairs = []
+                for path, body in requests:
+                    body = {"model": served.model_id, **body}
+                    a = await direct.post(path, json=body, headers=_bearer(backend_key))
+                    b = await fronted.post(path, json=body, headers=_bearer(key))
+                    pairs.append((a.json(), b.json()))
+                return pairs
+        finally:
+            server.should_exit = True
+            await serving
 
     for direct, fronted in asyncio.run(go()):
         assert fronted["usage"] == direct["usage"]
@@ -248,3 +262,18 @@ def test_upstream_engine_reproduces_the_local_gateway(served, causal_lm, tmp_pat
                     a["logprobs"]["token_logprobs"], abs=1e-4
                 )
     assert len(ledger.usage_rows(front.db)) == 3
+
+
+def test_an_unreachable_upstream_is_a_503_and_never_billed(served, sqlite_url: str) -> None:
+    upstream = UpstreamEngine(f"http://127.0.0.1:{_free_port()}", served.model_id)
+    gateway = make_gateway(served, upstream, sqlite_url)
+    key = create_key(gateway.db, SERVER_SECRET, "acme", NOW)
+    body = {"model": served.model_id, "prompt": "hello", "max_tokens": 3}
+
+    async def calls(client):  # type: ignore[no-untyped-def]
+        return await client.post("/v1/completions", json=body, headers=_bearer(key))
+
+    response = _run(gateway, calls)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "engine_error"
+    assert ledger.usage_rows(gateway.db) == []

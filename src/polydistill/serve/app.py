@@ -31,6 +31,7 @@ from polydistill.serve.limits import check_token_ids
 from polydistill.serve.metering import Meter
 from polydistill.serve.metrics import GatewayMetrics
 from polydistill.serve.middleware import ASGIApp, gateway_middleware
+from polydistill.serve.overhead import TimedEngine
 from polydistill.serve.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -188,6 +189,8 @@ async def _maintain_forever(gateway: Gateway) -> None:
 def create_app(gateway: Gateway) -> ASGIApp:
     """The API app for `gateway`, wrapped in request-id, body-limit and metrics middleware
     and the direct path for well-formed generation requests."""
+    if not isinstance(gateway.engine, TimedEngine):  # engine time, for the overhead header
+        gateway.engine = TimedEngine(gateway.engine)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

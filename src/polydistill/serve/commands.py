@@ -9,14 +9,19 @@ import csv
 import io
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from polydistill.errors import UserError
 from polydistill.serve.money import Price, micros_to_usd, usd_to_micros
+
+if TYPE_CHECKING:
+    import socket
+
+    from polydistill.serve.settings import GatewaySettings
 
 serve_app = typer.Typer(help="Serve a model as a metered OpenAI-compatible API.")
 keys_app = typer.Typer(help="Manage the gateway's API keys.", no_args_is_help=True)
@@ -57,12 +62,14 @@ def serve(
         str | None, typer.Option(help="USD per million completion tokens.")
     ] = None,
     secret_file: SecretOption = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Worker processes sharing the port (worker k's metrics: admin port + k)."
+        ),
+    ] = 1,
 ) -> None:
     """Serve MODEL_DIR on host:port, metrics on the admin port."""
-    from polydistill.serve.app import create_app
-    from polydistill.serve.assemble import open_gateway
-    from polydistill.serve.metrics import admin_app
-    from polydistill.serve.server import run_servers
     from polydistill.serve.settings import load_settings
 
     settings = load_settings(config)
@@ -72,18 +79,89 @@ def serve(
             usd_to_micros(price_input or "0", "--price-input"),
             usd_to_micros(price_output or "0", "--price-output"),
         )
-    gateway = open_gateway(
-        model_dir, settings, db, model_name, upstream, upstream_model, secret_file, price
-    )
     admin_port = admin_port if admin_port is not None else port + 1
-    if admin_port == port and admin_host == host:
-        raise UserError("--admin-port must differ from --port")
-    typer.echo(
-        f"serving {gateway.served.model_id} on http://{host}:{port}/v1 "
-        f"(metrics on http://{admin_host}:{admin_port}/metrics)"
-    )
-    admin = admin_app(gateway.metrics, lambda: gateway.ready)
-    run_servers(create_app(gateway), admin, host, port, admin_host, admin_port)
+    if admin_host == host and admin_port <= port < admin_port + workers:
+        raise UserError("--admin-port must differ from --port (worker k uses admin port + k)")
+    options = _ServeOptions(
+        model_dir, settings, db, model_name, upstream, upstream_model, secret_file, price,
+        host, port, admin_host, admin_port,
+    )  # fmt: skip
+    if workers == 1:
+        options.run()
+        return
+    raise typer.Exit(options.run_workers(workers))
+
+
+@dataclass(frozen=True)
+class _ServeOptions:
+    """What `serve` builds a gateway from, in one process or in each worker."""
+
+    model_dir: Path
+    settings: "GatewaySettings"
+    db: str | None
+    model_name: str | None
+    upstream: str | None
+    upstream_model: str | None
+    secret_file: Path | None
+    price: Price | None
+    host: str
+    port: int
+    admin_host: str
+    admin_port: int
+
+    def _gateway(self):  # -> Gateway, imported lazily to keep --help fast
+        from polydistill.serve.assemble import open_gateway
+
+        return open_gateway(
+            self.model_dir, self.settings, self.db, self.model_name, self.upstream,
+            self.upstream_model, self.secret_file, self.price,
+        )  # fmt: skip
+
+    def run(self) -> None:
+        from polydistill.serve.app import create_app
+        from polydistill.serve.metrics import admin_app
+        from polydistill.serve.server import run_servers
+
+        gateway = self._gateway()
+        typer.echo(
+            f"serving {gateway.served.model_id} on http://{self.host}:{self.port}/v1 "
+            f"(metrics on http://{self.admin_host}:{self.admin_port}/metrics)"
+        )
+        admin = admin_app(gateway.metrics, lambda: gateway.ready)
+        api = create_app(gateway)
+        run_servers(api, admin, self.host, self.port, self.admin_host, self.admin_port)
+
+    def worker(self, index: int, listener: "socket.socket") -> None:
+        """Worker `index` of several: its own gateway on the shared socket."""
+        from polydistill.serve.app import create_app
+        from polydistill.serve.metrics import admin_app
+        from polydistill.serve.server import run_loop, serve_both
+
+        gateway = self._gateway()
+        admin = admin_app(gateway.metrics, lambda: gateway.ready)
+        admin_port = self.admin_port + index
+        serving = serve_both(
+            create_app(gateway), admin, self.host, self.port, self.admin_host, admin_port,
+            sockets=[listener],
+        )  # fmt: skip
+        run_loop(serving)
+
+    def run_workers(self, workers: int) -> int:
+        from polydistill.serve.assemble import default_database
+        from polydistill.serve.keys import load_server_secret
+        from polydistill.serve.server import run_workers
+        from polydistill.serve.storage import database_url, open_database
+
+        # Once, before the workers race to do it: the tables and the default secret file.
+        url = database_url(self.db) if self.db else default_database(self.model_dir)
+        load_server_secret(url, self.secret_file)
+        open_database(url).dispose()
+        last = self.admin_port + workers - 1
+        typer.echo(
+            f"serving {self.model_dir} on http://{self.host}:{self.port}/v1 with {workers} "
+            f"workers (metrics on http://{self.admin_host}:{self.admin_port}..{last}/metrics)"
+        )
+        return run_workers(self.worker, self.host, self.port, workers)
 
 
 def _open(db: str):  # -> sqlalchemy.Engine, imported lazily to keep --help fast

@@ -1,5 +1,5 @@
 """The gateway's ASGI middleware: a request id on every response, the request body size
-limit, and request metrics.
+limit, request metrics, and the gateway's own time (`overhead`) on every response.
 
 The body is read up front (at most `max_body_bytes`), so an oversized body is refused with a
 413 before any route, parser or database sees it, whether or not it declares its length.
@@ -13,6 +13,7 @@ from starlette.datastructures import MutableHeaders
 
 from polydistill.serve.errors import ApiError
 from polydistill.serve.metrics import GatewayMetrics
+from polydistill.serve.overhead import OVERHEAD_HEADER, overhead_ms, start_clock
 from polydistill.serve.pipeline import new_request_id
 
 Scope = dict[str, Any]
@@ -64,6 +65,7 @@ def gateway_middleware(
         state = scope.setdefault("state", {})
         state["request_id"] = new_request_id()
         started = time.perf_counter()
+        clock = start_clock()
         status = 500
         route_path = None
 
@@ -71,7 +73,9 @@ def gateway_middleware(
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["x-request-id"] = state["request_id"]
+                headers = MutableHeaders(scope=message)
+                headers["x-request-id"] = state["request_id"]
+                headers[OVERHEAD_HEADER] = overhead_ms(started, clock)
             await send(message)
 
         metrics.in_flight.inc()
