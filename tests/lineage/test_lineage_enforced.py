@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from polydistill import pipeline, student
+from polydistill.lineage.signing import verify_lineage
 from polydistill.store import cached
 
 pytestmark = pytest.mark.slow
@@ -107,3 +108,11 @@ def test_an_excluded_teacher_is_never_loaded_captured_or_read(
     assert "teacher:qwen" not in metrics["models"] and "student" in metrics["models"]
     contributions = json.dumps(json.loads((out / "contributions.json").read_text()))
     assert "gemma" in contributions and "qwen" not in contributions
+    # the student's signed lineage shows qwen excluded, at exactly zero, under the policy
+    record = verify_lineage(out / "student")
+    assert [t["name"] for t in record["teachers"]] == ["gemma", "gptoss"]
+    assert record["excluded"] == [
+        {"name": "qwen", "family": "qwen", "rule": "deny.origin lists CN (origin of the teacher)",
+         "share": 0.0}
+    ]  # fmt: skip
+    assert record["policy"]["name"] == "no-cn" and record["policy"]["digest"] == manifest["policy"]
