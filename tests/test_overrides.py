@@ -179,6 +179,7 @@ def test_every_config_section_is_strict_about_booleans_and_numbers():
         ("eval..x=1", "error: override 'eval..x=1': empty key part"),
         ("novalue", "error: override 'novalue': expected key=value"),
         ("eval.bogus=1", "error: eval.bogus: unknown key"),
+        ("bogus=1", "error: bogus: unknown key"),
         ("eval.batch_size.x=1", "error: override 'eval.batch_size.x=1': eval.batch_size is not"),
     ],
 )
