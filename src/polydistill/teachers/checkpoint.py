@@ -73,11 +73,8 @@ def load_tokenizer(path: Path, who: str, template: str | None = None) -> PreTrai
     return tokenizer
 
 
-def load_checkpoint(
-    path: Path, who: str, dtype: torch.dtype = torch.float32, template: str | None = None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer of a local checkpoint (a folder or a GGUF file), in evaluation mode."""
-    tokenizer = load_tokenizer(path, who, template)
+def load_model(path: Path, who: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """The weights of a local checkpoint (a folder or a GGUF file), in evaluation mode."""
     folder, extra = _source(path, who)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
@@ -85,4 +82,12 @@ def load_checkpoint(
         problem = _gguf_problem(error) if extra else error
         raise UserError(f"{who}: cannot load the model from {path}: {problem}") from None
     model.eval()
-    return model, tokenizer
+    return model
+
+
+def load_checkpoint(
+    path: Path, who: str, dtype: torch.dtype = torch.float32, template: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer of a local checkpoint (a folder or a GGUF file), in evaluation mode."""
+    tokenizer = load_tokenizer(path, who, template)
+    return load_model(path, who, dtype), tokenizer

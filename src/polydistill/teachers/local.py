@@ -8,8 +8,9 @@ Batched, without gradients, in the checkpoint's dtype on the CPU (or `device`). 
 the random state, so a caller's training randomness is untouched.
 """
 
+import gc
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polydistill.chat import encode_prompts, pad_left, pad_right, render_answers
 from polydistill.targets import accurate_log_softmax, check_finite_logits
-from polydistill.teachers.checkpoint import load_checkpoint
+from polydistill.teachers.checkpoint import load_model, load_tokenizer
 from polydistill.teachers.protocol import Progress, TeacherRows, tokenizer_fingerprint
 
 
@@ -35,19 +36,39 @@ def weights_hash(path: Path) -> str:
 
 
 class LocalTeacher:
-    """A `Teacher` backed by a model in memory (see `protocol.Teacher`)."""
+    """A `Teacher` backed by a model in this process (see `protocol.Teacher`).
+
+    Given `load` instead of a model (as `local_teacher` does), the weights are loaded when first
+    needed and dropped again by `release()`: a run that reads its teachers one after another
+    (`readings.gather_readings`) holds one teacher's weights at a time, whatever their number.
+    """
 
     def __init__(
         self,
         name: str,
-        model: PreTrainedModel,
+        model: PreTrainedModel | None,
         tokenizer: PreTrainedTokenizerBase,
         batch_size: int,
         path: Path | None = None,
+        load: Callable[[], PreTrainedModel] | None = None,
     ) -> None:
-        self.name, self.model, self.tokenizer = name, model, tokenizer
+        if model is None and load is None:
+            raise ValueError("LocalTeacher needs a model or a way to load one")
+        self.name, self._model, self._load, self.tokenizer = name, model, load, tokenizer
         self.batch_size, self.path = batch_size, path
         self.who = f"teacher {name!r}"
+
+    @property
+    def model(self) -> PreTrainedModel:
+        if self._model is None:
+            self._model = self._load()
+        return self._model
+
+    def release(self) -> None:
+        """Drop the weights if they can be loaded again; the next call loads them anew."""
+        if self._load is not None and self._model is not None:
+            self._model = None
+            gc.collect()  # a model's modules hold reference cycles: free its tensors now
 
     def fingerprint(self) -> dict[str, str]:
         weights = weights_hash(self.path) if self.path else "in-memory"
@@ -171,6 +192,10 @@ def local_teacher(
     dtype: torch.dtype = torch.float32,
     template: str | None = None,
 ) -> LocalTeacher:
-    """A checkpoint directory or GGUF file as a teacher (`template`: see `load_tokenizer`)."""
-    model, tokenizer = load_checkpoint(path, f"teacher {name!r}", dtype, template)
-    return LocalTeacher(name, model, tokenizer, batch_size, path)
+    """A checkpoint directory or GGUF file as a teacher (`template`: see `load_tokenizer`); its
+    weights are loaded on first use and dropped by `release()`."""
+    who = f"teacher {name!r}"
+    tokenizer = load_tokenizer(path, who, template)  # checked now: a bad path fails at once
+    return LocalTeacher(
+        name, None, tokenizer, batch_size, path, load=lambda: load_model(path, who, dtype)
+    )

@@ -15,7 +15,7 @@ this, so alignment, fusion and the store never ask where a teacher lives.
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -115,3 +115,16 @@ def check_rows(rows: TeacherRows, who: str) -> None:
         raise ValueError(f"{who}: top-k rows {rows.top_ids.shape} for an answer of {answer}")
     if rows.token_logprobs.shape != (len(rows.ids) - 1,):
         raise ValueError(f"{who}: {rows.token_logprobs.shape} token log-probs for {len(rows.ids)}")
+
+
+@runtime_checkable
+class HoldsWeights(Protocol):
+    """A teacher whose weights live in this process and can be dropped and loaded again."""
+
+    def release(self) -> None: ...
+
+
+def release_weights(teacher: Teacher) -> None:
+    """Free a local teacher's weights once a pass over it is done (others hold none)."""
+    if isinstance(teacher, HoldsWeights):
+        teacher.release()

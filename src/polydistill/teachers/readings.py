@@ -10,14 +10,22 @@ a prompt are its candidates; every teacher then scores every candidate in its ow
 is all a multi-teacher run needs from its teachers: which candidate the student learns from and
 how the teachers' distributions are fused are decided afterwards (`fusion`) from these numbers
 alone, so a capture of the readings serves any strategy. The cost is teachers x candidates
-scoring passes, which are cheap next to generation.
+scoring passes, which are cheap next to generation. A local teacher's weights are released after
+each of its two passes, so at most one teacher's weights are in memory at any time (each is
+loaded twice: once to answer, once to score).
 """
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from polydistill.errors import UserError
-from polydistill.teachers.protocol import Progress, Teacher, TeacherRows, check_rows
+from polydistill.teachers.protocol import (
+    Progress,
+    Teacher,
+    TeacherRows,
+    check_rows,
+    release_weights,
+)
 
 
 @dataclass(frozen=True)
@@ -70,16 +78,16 @@ def gather_readings(
     names = [t.name for t in teachers]
     if len(set(names)) != len(names):
         raise UserError(f"teacher names must be distinct: {names}")
-    answers = {
-        t.name: t.complete(
+    answers = {}
+    for t in teachers:  # one teacher's weights in memory at a time: each is released after use
+        answers[t.name] = t.complete(
             prompts,
             samples=samples,
             max_new_tokens=max_new_tokens,
             seed=seed,
             on_batch=progress(f"answers {t.name}", len(prompts) * samples) if progress else None,
         )
-        for t in teachers
-    }
+        release_weights(t)
     candidates = distinct_candidates(answers, len(prompts))
     candidates_of: list[list[int]] = [[] for _ in prompts]
     for c, candidate in enumerate(candidates):
@@ -93,6 +101,7 @@ def gather_readings(
             temperature=temperature,
             on_batch=progress(f"scores {t.name}", len(candidates)) if progress else None,
         )
+        release_weights(t)
         for r in read:
             check_rows(r, f"teacher {t.name!r}")
         rows[t.name] = read
