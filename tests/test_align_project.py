@@ -270,11 +270,17 @@ def test_lossy_normaliser_names_the_teacher():
         render_aligned(tokenizer("qwen3"), toy_byte_level([]), "q", "cafe\u0301", "qwen")
 
 
-def test_missing_chat_template_names_the_teacher_and_the_fix():
-    bare = toy_metaspace(["ab"])
+def test_a_teacher_without_a_chat_template_reads_as_a_completion_model():
+    bare = toy_metaspace(["ab", "cd"])
     bare.chat_template = None
-    with pytest.raises(UserError, match=r"teacher 'gemma'.*no chat template.*tokenizer_config"):
-        render_aligned(bare, toy_byte_level([]), "q", "ab", "gemma")
+    seq = render_aligned(bare, toy_byte_level(["ab"]), "cd", "ab", "gemma")
+    # the prompt is the text itself (this tokenizer adds no BOS), then the answer, then eos
+    prompt_ids = bare("cd", add_special_tokens=False)["input_ids"]
+    answer_ids = bare("ab", add_special_tokens=False)["input_ids"]
+    assert list(seq.teacher_ids) == [*prompt_ids, *answer_ids, bare.eos_token_id]
+    assert seq.teacher_start == len(prompt_ids)
+    with pytest.raises(UserError, match=r"teacher 'gemma': the prompt is empty"):
+        render_aligned(bare, toy_byte_level([]), "", "ab", "gemma")
 
 
 def test_slow_tokenizer_names_the_teacher_and_the_conversion():

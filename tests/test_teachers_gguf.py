@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from polydistill.chat import completion_style, render_prompts
 from polydistill.config import TeacherConfig
 from polydistill.errors import UserError
 from polydistill.lineage.facts import teacher_facts
 from polydistill.teachers.checkpoint import load_checkpoint, load_tokenizer
 from polydistill.teachers.local import local_teacher
+from polydistill.teachers.protocol import tokenizer_fingerprint
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +29,7 @@ def gemma_gguf(tmp_path_factory) -> Path:
     return assemble(tmp_path_factory.mktemp("gguf") / "gemma-3-270m-q4_k_m.gguf")
 
 
-def test_a_gguf_without_a_template_is_refused_naming_the_fix(gemma_gguf, monkeypatch):
+def test_a_gguf_without_a_template_is_a_completion_model_or_takes_one(gemma_gguf, monkeypatch):
     from polydistill.teachers import checkpoint
 
     # the GGUF's 262k-token tokenizer takes half a minute to convert: convert it once
@@ -36,8 +38,12 @@ def test_a_gguf_without_a_template_is_refused_naming_the_fix(gemma_gguf, monkeyp
     monkeypatch.setattr(
         checkpoint.AutoTokenizer, "from_pretrained", lambda *_, **__: copy.deepcopy(loaded)
     )
-    with pytest.raises(UserError, match=r"no chat template; give one with teachers\[\]\.template"):
-        load_tokenizer(gemma_gguf, "teacher 'gemma'")
+    plain = load_tokenizer(gemma_gguf, "teacher 'gemma'")
+    assert completion_style(plain)  # a base model without a template reads plain text
+    assert render_prompts(plain, ["The capital of France is"], "teacher") == [
+        "<bos>The capital of France is"
+    ]
+    assert tokenizer_fingerprint(plain)["chat_template"] == "completion"
     tokenizer = load_tokenizer(gemma_gguf, "teacher 'gemma'", "gemma")
     assert len(tokenizer) == 262_144 and tokenizer.eos_token == "<end_of_turn>"
     rendered = tokenizer.apply_chat_template(

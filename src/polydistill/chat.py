@@ -4,6 +4,10 @@ Every model (world teacher, real checkpoint, student) is prompted through the ch
 with its tokenizer; the completion follows the generation prompt and ends with the tokenizer's
 end-of-turn (`eos`) token. Prompt and completion are tokenized separately so that the boundary
 between them is exact in every tokenizer.
+
+A tokenizer without a chat template is a completion model's (a base checkpoint): its prompt is the
+text itself, after the BOS token when the tokenizer adds one, and the completion is the text's
+continuation, closed by `eos` as every answer is.
 """
 
 import itertools
@@ -16,12 +20,27 @@ from transformers import PreTrainedTokenizerBase
 from polydistill.errors import UserError
 
 
+def completion_style(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the model reads prompts as plain text (its tokenizer has no chat template)."""
+    return not getattr(tokenizer, "chat_template", None)
+
+
+def _bos_text(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The BOS token's text when the tokenizer puts one before every text, else ""."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return ""
+    return tokenizer.bos_token if tokenizer("a")["input_ids"][:1] == [bos] else ""
+
+
 def render_prompts(
     tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], who: str
 ) -> list[str]:
-    """Each prompt as a user turn followed by the assistant's generation prompt."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"{who}: tokenizer has no chat template; add one to tokenizer_config.json")
+    """Each prompt as a user turn followed by the assistant's generation prompt; for a
+    completion model (`completion_style`), the prompt text after its BOS."""
+    if completion_style(tokenizer):
+        bos = _bos_text(tokenizer)
+        return [bos + p for p in prompts]
     return [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
@@ -92,7 +111,8 @@ def render_answers(
     for prompt, body in zip(prompts, bodies, strict=True):
         prefix = prefixes[prompt]
         if not prefix:
-            raise UserError(f"{who}: chat template renders nothing before the answer")
+            what = "the prompt is empty" if completion_style(tokenizer) else "chat template"
+            raise UserError(f"{who}: {what} renders nothing before the answer")
         out.append(([*prefix, *body, end], len(prefix)))
     return out
 

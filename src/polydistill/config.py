@@ -183,7 +183,8 @@ class TeacherConfig(Strict):
     # the dtype a real checkpoint is loaded and run in (bfloat16 halves memory, also on CPU)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # a chat template for a checkpoint that has none (a base model, a GGUF file), or to replace
-    # its own: a Jinja file, or a built-in (`gemma`, `chatml`; `teachers.templates`)
+    # its own: a Jinja file, or a built-in (`gemma`, `chatml`; `teachers.templates`); `completion`
+    # (as no template at all) reads prompts as plain text: a completion model
     template: str | None = None
     tokenizer: TokenizerStyle | None = None
     model: ModelSize = ModelSize()

@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from polydistill.errors import UserError
-from polydistill.teachers.templates import BUILTIN, apply_template
+from polydistill.teachers.templates import apply_template
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -63,11 +63,8 @@ def load_tokenizer(path: Path, who: str, template: str | None = None) -> PreTrai
         )
     if template is not None:
         apply_template(tokenizer, template, who)
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError(
-            f"{who}: tokenizer has no chat template; give one with teachers[].template (a Jinja "
-            f"file, or a built-in: {', '.join(BUILTIN)})"
-        )
+    # without a chat template (a base checkpoint), the model is used as a completion model
+    # (`chat.completion_style`); its fingerprint records it
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -101,10 +101,12 @@ def text_hash(text: str) -> str:
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
-    """Hashes of the tokenizer (its whole `tokenizer.json`) and of its chat template."""
+    """Hashes of the tokenizer (its whole `tokenizer.json`) and of its chat template
+    (`completion` for a completion model, which has none)."""
+    template = getattr(tokenizer, "chat_template", None)
     return {
         "tokenizer": text_hash(tokenizer.backend_tokenizer.to_str()),
-        "chat_template": text_hash(str(tokenizer.chat_template)),
+        "chat_template": text_hash(template) if template else "completion",
     }
 
 

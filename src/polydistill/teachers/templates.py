@@ -6,7 +6,8 @@ model of that family meets the same tokens it will meet in its instruct sibling'
 - `gemma`: `<start_of_turn>user ... <end_of_turn>` turns, `model` for the assistant, the
   system message folded into the first user turn (Gemma has no system role);
 - `chatml`: `<|im_start|>role ... <|im_end|>` turns (Qwen).
-Each honours `add_generation_prompt`, which `chat.render_*` relies on.
+Each honours `add_generation_prompt`, which `chat.render_*` relies on. `completion` removes a
+checkpoint's chat template: the model reads prompts as plain text (`chat.completion_style`).
 """
 
 from pathlib import Path
@@ -35,6 +36,7 @@ CHATML = (
 )
 
 BUILTIN = {"gemma": GEMMA, "chatml": CHATML}
+COMPLETION = "completion"  # not a template: use the checkpoint as a completion model
 # The token that closes a turn in each built-in: it becomes the tokenizer's eos, which
 # `chat` treats as the end of an answer (a base model's own eos would never close a turn).
 END_OF_TURN = {"gemma": "<end_of_turn>", "chatml": "<|im_end|>"}
@@ -42,6 +44,9 @@ END_OF_TURN = {"gemma": "<end_of_turn>", "chatml": "<|im_end|>"}
 
 def apply_template(tokenizer: PreTrainedTokenizerBase, name_or_file: str, who: str) -> None:
     """Give `tokenizer` the chat template (and, for a built-in, its end-of-turn as eos)."""
+    if name_or_file == COMPLETION:
+        tokenizer.chat_template = None
+        return
     tokenizer.chat_template = chat_template(name_or_file)
     end = END_OF_TURN.get(name_or_file)
     if end is None:
@@ -61,7 +66,8 @@ def chat_template(name_or_file: str) -> str:
     path = Path(name_or_file)
     if not path.is_file():
         raise UserError(
-            f"chat template {name_or_file!r}: neither a built-in ({', '.join(BUILTIN)}) nor a file"
+            f"chat template {name_or_file!r}: neither a built-in "
+            f"({', '.join([*BUILTIN, COMPLETION])}) nor a file"
         )
     try:
         return path.read_text(encoding="utf-8")
