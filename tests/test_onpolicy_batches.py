@@ -1,24 +1,31 @@
 """On-policy batches (`polydistill.onpolicy.batches`): the λ schedule, the buffer and its reuse,
 warm start, and an end-to-end run with two teachers of other tokenizers than the student's."""
 
+import math
+from dataclasses import replace
+
 import pydantic
 import pytest
 import torch
 from align_tokenizers import tokenizer
 from onpolicy_models import prompts, teacher, tiny_model
 
-from polydistill.distill import distillation_loss
+from polydistill import fusion
+from polydistill.distill import distillation_batches, distillation_loss
 from polydistill.errors import UserError
 from polydistill.losses.reference import reference_distill_loss
 from polydistill.onpolicy import (
     Grading,
     OnPolicyConfig,
+    OnPolicyRun,
     graded_rows,
     is_on_policy,
     on_policy_batches,
     sample_answers,
     warm_start,
 )
+from polydistill.student_targets import student_targets
+from polydistill.teachers.readings import gather_readings
 from polydistill.train import train
 
 
@@ -52,9 +59,11 @@ def test_mixed_steps_take_off_policy_batches_in_order_and_refresh_per_block(teac
         asked.append(index)
         return {"off_policy_index": torch.tensor(index)}
 
+    run = OnPolicyRun(
+        student, tok, teachers, prompts(6), _config(mix=0.5, buffer_steps=4), Grading("uniform")
+    )
     batch_at = on_policy_batches(
-        student, tok, teachers, prompts(6), _config(mix=0.5, buffer_steps=4),
-        grading=Grading("uniform"), batch_size=2, accumulation_steps=2, off_policy=off_policy,
+        run, batch_size=2, accumulation_steps=2, off_policy=off_policy,
         on_refresh=lambda block, stats: refreshed.append((block, stats["samples"])),
     )  # fmt: skip
     batches = [batch_at(i) for i in range(16)]  # 8 steps of 2 micro-batches
@@ -64,18 +73,19 @@ def test_mixed_steps_take_off_policy_batches_in_order_and_refresh_per_block(teac
     assert all("target_ids" in b and b["target_ids"].shape[1] == 9 for b in on)
     assert refreshed == [(0, 6), (1, 6)]  # steps 1 and 3 share block 0, steps 5 and 7 block 1
     with pytest.raises(UserError, match=r"mix is 0\.5: the other steps need off-policy batches"):
-        on_policy_batches(student, tok, teachers, prompts(6), _config(mix=0.5),
-                          grading=Grading(), batch_size=2)  # fmt: skip
+        on_policy_batches(replace(run, config=_config(mix=0.5)), batch_size=2)
 
 
 def test_a_saved_buffer_is_read_back_instead_of_regenerated(teachers, tok, tmp_path):
     refreshed = []
 
     def batches(seed, top_k=8):
-        return on_policy_batches(
+        run = OnPolicyRun(
             tiny_model("student", seed), tok, teachers, prompts(6),
-            _config(buffer_steps=3, top_k=top_k),
-            grading=Grading("evidence", 0.5), batch_size=3, buffer_dir=tmp_path,
+            _config(buffer_steps=3, top_k=top_k), Grading("evidence", 0.5),
+        )  # fmt: skip
+        return on_policy_batches(
+            run, batch_size=3, buffer_dir=tmp_path,
             on_refresh=lambda block, stats: refreshed.append(block),
         )  # fmt: skip
 
@@ -135,10 +145,9 @@ def _distil(teachers, tok, seed: int):
     student = tiny_model("student", 0)
     asked = prompts(8)
     before = _own_sample_reverse_kl(student, tok, teachers, asked)
-    batch_at = on_policy_batches(
-        student, tok, teachers, asked, _config(buffer_steps=2, buffer_prompts=4, seed=seed),
-        grading=Grading("evidence", 0.5), batch_size=8,
-    )  # fmt: skip
+    config = _config(buffer_steps=2, buffer_prompts=4, seed=seed)
+    run = OnPolicyRun(student, tok, teachers, asked, config, Grading("evidence", 0.5))
+    batch_at = on_policy_batches(run, batch_size=8)
     loss = distillation_loss("reverse_kl", 0.5, 1.0, 0.0, len(tok))
     records = train(student, batch_at, loss, steps=8, lr=2e-2, seed=seed)
     return student, before, _own_sample_reverse_kl(student, tok, teachers, asked), records
@@ -153,3 +162,34 @@ def test_on_policy_steps_reduce_reverse_kl_on_own_samples_reproducibly(teachers,
         student.state_dict().items(), again.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_mixed_training_runs_off_policy_rows_of_the_teachers_answers_and_on_policy_rows(
+    teachers, tok
+):
+    """λ = 0.5 under `train`: the off-policy steps train on the teachers' own answers
+    (`student_targets`, k columns), the on-policy ones on the student's samples (k + 1)."""
+    asked = prompts(6)
+    readings = gather_readings(
+        teachers, asked, samples=1, max_new_tokens=6, seed=0, top_k=8, temperature=1.0
+    )
+    weights = fusion.uniform_weights(len(teachers), len(asked))
+    off_rows, _ = student_targets(
+        readings, teachers, tok, asked, ["arithmetic"] * len(asked), strategy="uniform",
+        weights=weights, temperature=1.0, top_k=8, completions_per_prompt=1,
+    )  # fmt: skip
+    off_policy = distillation_batches(off_rows, tok.pad_token_id, 4, seed=0)
+    student = tiny_model("student", 0)
+    widths = []
+
+    def record(index):
+        batch = batch_at(index)
+        widths.append(batch["target_ids"].shape[1])
+        return batch
+
+    run = OnPolicyRun(student, tok, teachers, asked, _config(mix=0.5, buffer_steps=2), Grading())
+    batch_at = on_policy_batches(run, batch_size=4, off_policy=off_policy)
+    loss = distillation_loss("reverse_kl", 0.5, 1.0, 0.0, len(tok))
+    records = train(student, record, loss, steps=4, lr=1e-2, seed=0)
+    assert widths == [8, 9, 8, 9]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in records)

@@ -4,6 +4,8 @@ The sparse path (top-k readings + the observed token, projected, fused, k + 1 sl
 is checked against dense float64 references built from the teachers' full distributions.
 """
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -54,11 +56,18 @@ def _dense_logprobs(model, ids: list[int], start: int) -> torch.Tensor:
     return torch.log_softmax(logits[start - 1 : len(ids) - 1], dim=-1)
 
 
-def _restricted_reverse_kl(lq: torch.Tensor, lp: torch.Tensor, listed: torch.Tensor) -> float:
-    """KL(q||p) over the buckets {each listed id} + {everything else}, from full distributions."""
+def _restricted(kind: str, lq: torch.Tensor, lp: torch.Tensor, listed: torch.Tensor) -> float:
+    """The divergence over the buckets {each listed id} + {everything else}, from the full
+    float64 distributions (JSD with beta 0.5)."""
     q, p = lq[listed].exp(), lp[listed].exp()
-    q_rest, p_rest = 1.0 - q.sum(), 1.0 - p.sum()
-    return float((q * (lq[listed] - lp[listed])).sum() + q_rest * (q_rest.log() - p_rest.log()))
+    q = torch.cat([q, (1.0 - q.sum())[None]])
+    p = torch.cat([p, (1.0 - p.sum())[None]])
+    if kind == "reverse_kl":
+        return float((q * (q.log() - p.log())).sum())
+    if kind == "forward_kl":
+        return float((p * (p.log() - q.log())).sum())
+    m = (p + q) / 2
+    return float(0.5 * (p * (p.log() - m.log())).sum() + 0.5 * (q * (q.log() - m.log())).sum())
 
 
 def _rows_of(targets: SparseTargets, rows: slice) -> SparseTargets:
@@ -67,6 +76,7 @@ def _rows_of(targets: SparseTargets, rows: slice) -> SparseTargets:
     )
 
 
+@functools.cache
 def _graded_by_one_teacher(style: str):
     tok = tokenizer("world-student")
     student = tiny_model("student", 0).double()
@@ -79,17 +89,18 @@ def _graded_by_one_teacher(style: str):
     return tok, student, graders, spy, drawn, data, stats
 
 
-def test_sparse_reverse_kl_matches_the_dense_reference():
+@pytest.mark.parametrize("kind", ["reverse_kl", "forward_kl", "jsd"])
+def test_sparse_divergence_matches_the_dense_reference(kind):
     """A teacher sharing the student's tokenizer, so its full distribution is the dense target:
-    per position, the library's reverse KL against the sparse row (k + 1 ids + tail) equals the
-    reverse KL of the full distributions restricted to the same buckets, within 1e-6; the
+    per position, the library's divergence against the sparse row (k + 1 ids + tail) equals the
+    divergence of the full distributions restricted to the same buckets, within 1e-6; the
     sampled token is listed with the teacher's exact probability."""
     tok, student, same, spy, drawn, data, stats = _graded_by_one_teacher("student")
     # The sparse path asked for top-K at temperature 1 and nothing denser.
     assert spy.asked == [(K, 1.0)] and len(tok) > K
     assert data.targets.k == K + 1
     assert stats["sampled_outside_top_k"]["t"] > 5  # the observed-token slot is exercised
-    worst, restriction_matters, sparse_sum = 0.0, 0.0, 0.0
+    worst, restriction_matters = 0.0, 0.0
     for r, sample in enumerate(drawn.rows):
         ids, start = sample.prompt_ids + sample.answer_ids, len(sample.prompt_ids)
         lp = _dense_logprobs(same.model, ids, start)
@@ -98,15 +109,13 @@ def test_sparse_reverse_kl_matches_the_dense_reference():
         assert bool(targets.mask.all())
         for j, sampled in enumerate(sample.answer_ids):
             one = _rows_of(targets, slice(j, j + 1))
-            sparse = float(
-                reference_distill_loss(lq[j : j + 1], one, "reverse_kl", reduction="sum")
-            )
+            sparse = float(reference_distill_loss(lq[j : j + 1], one, kind, reduction="sum"))
             listed = one.ids[0][torch.isfinite(one.logprobs[0])]
-            dense = _restricted_reverse_kl(lq[j], lp[j], listed)
+            dense = _restricted(kind, lq[j], lp[j], listed)
             worst = max(worst, abs(sparse - dense))
-            full = float((lq[j].exp() * (lq[j] - lp[j])).sum())
+            everything = torch.arange(len(tok))[:-1]  # all but one id: (nearly) unrestricted
+            full = _restricted(kind, lq[j], lp[j], everything)
             restriction_matters = max(restriction_matters, abs(full - dense))
-            sparse_sum += sparse
             assert int(one.ids[0, 0]) == sampled
             exact = float(lp[j, sampled].exp())
             assert abs(float(one.logprobs[0, 0].double().exp()) - exact) < 1e-6

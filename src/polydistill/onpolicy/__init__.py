@@ -1,7 +1,8 @@
 """On-policy and mixed (GKD-style) distillation from several teachers with different tokenizers.
 
-    batch_at = on_policy_batches(student, tokenizer, teachers, prompts, OnPolicyConfig(mix=0.5),
-                                 grading=Grading("evidence"), batch_size=8, off_policy=...)
+    run = OnPolicyRun(student, tokenizer, teachers, prompts, OnPolicyConfig(mix=0.5),
+                      Grading("evidence"))
+    batch_at = on_policy_batches(run, batch_size=8, off_policy=...)
     train(student, batch_at, distillation_loss("reverse_kl", ...), steps=..., lr=...)
 
 - `config`: `OnPolicyConfig` (mix, temperature, samples per prompt, max new tokens, buffer
@@ -13,7 +14,13 @@
 - `batches`: the buffer, the λ mix with off-policy batches, warm start; a `BatchFn` for `train`.
 """
 
-from polydistill.onpolicy.batches import is_on_policy, on_policy_batches, warm_start
+from polydistill.onpolicy.batches import (
+    OnPolicyRun,
+    is_on_policy,
+    on_policy_batches,
+    refresh_rows,
+    warm_start,
+)
 from polydistill.onpolicy.config import OnPolicyConfig
 from polydistill.onpolicy.sampling import Sample, Samples, sample_answers
 from polydistill.onpolicy.targets import Grading, graded_rows
@@ -21,11 +28,13 @@ from polydistill.onpolicy.targets import Grading, graded_rows
 __all__ = [
     "Grading",
     "OnPolicyConfig",
+    "OnPolicyRun",
     "Sample",
     "Samples",
     "graded_rows",
     "is_on_policy",
     "on_policy_batches",
+    "refresh_rows",
     "sample_answers",
     "warm_start",
 ]

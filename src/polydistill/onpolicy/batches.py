@@ -1,9 +1,9 @@
 """On-policy and mixed batches for `train.train`: a buffer of the student's graded samples.
 
     warm_start(student, Path("runs/x/student/checkpoints/step-00000200"))
-    batch_at = on_policy_batches(student, tokenizer, teachers, prompts, config,
-                                 grading=Grading("evidence"), batch_size=8,
-                                 accumulation_steps=1, off_policy=distillation_batches(...))
+    run = OnPolicyRun(student, tokenizer, teachers, prompts, config, Grading("evidence"))
+    batch_at = on_policy_batches(run, batch_size=8, accumulation_steps=1,
+                                 off_policy=distillation_batches(...))
     train(student, batch_at, distillation_loss("reverse_kl", ...), steps=..., lr=...,
           accumulation_steps=1)
 
@@ -32,6 +32,7 @@ import hashlib
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -112,59 +113,80 @@ class _Buffer:
         return data
 
 
+@dataclass(frozen=True)
+class OnPolicyRun:
+    """What an on-policy run samples with and grades by: the student (its current weights are
+    sampled at each refresh), the teachers, the prompts (with their domains for `route`)."""
+
+    model: PreTrainedModel
+    tokenizer: Tokenizer
+    teachers: Sequence[Teacher]
+    prompts: Sequence[str]
+    config: OnPolicyConfig
+    grading: Grading
+    domains: Sequence[str] | None = None
+
+    def settings(self) -> dict:
+        """What a saved buffer must have been generated with to be read back (see the module)."""
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "grading": repr(self.grading),
+            "teachers": [(t.name, t.fingerprint()) for t in self.teachers],
+            "prompts": hashlib.sha256("\0".join(self.prompts).encode("utf-8")).hexdigest(),
+            "student": tokenizer_fingerprint(self.tokenizer),
+        }
+
+
+def refresh_rows(
+    run: OnPolicyRun, chosen: Sequence[int], block: int
+) -> tuple[DistillationData, dict]:
+    """One buffer: the student's samples of the prompts `chosen` (indices into `run.prompts`,
+    also the rows' `prompt_of`) graded by the teachers, and `graded_rows`' stats."""
+    config, asked = run.config, [run.prompts[i] for i in chosen]
+    drawn = sample_answers(
+        run.model, run.tokenizer, asked, prompt_ids=chosen, samples=config.samples_per_prompt,
+        temperature=config.temperature, max_new_tokens=config.max_new_tokens, seed=config.seed,
+        refresh=block, batch_size=config.generation_batch_size,
+    )  # fmt: skip
+    data, stats = graded_rows(
+        drawn, run.teachers, run.tokenizer, asked, run.grading, top_k=config.top_k,
+        domains=None if run.domains is None else [run.domains[i] for i in chosen],
+    )  # fmt: skip
+    prompt_of = [chosen[p] for p in data.prompt_of]
+    return DistillationData(
+        data.prompts, data.completions, data.targets, data.offsets, prompt_of
+    ), stats
+
+
 def on_policy_batches(
-    model: PreTrainedModel,
-    tokenizer: Tokenizer,
-    teachers: Sequence[Teacher],
-    prompts: Sequence[str],
-    config: OnPolicyConfig,
+    run: OnPolicyRun,
     *,
-    grading: Grading,
     batch_size: int,
     accumulation_steps: int = 1,
     off_policy: BatchFn | None = None,
-    domains: Sequence[str] | None = None,
     buffer_dir: Path | None = None,
     on_refresh: Refreshed | None = None,
 ) -> BatchFn:
     """`batch_at(i)` for `train.train` (same `accumulation_steps`); see the module.
-    `batch_size`: rows per micro-batch of the on-policy steps."""
+    `batch_size`: rows per micro-batch of the on-policy steps. `run.config.warm_start` is the
+    caller's to apply (`warm_start`) before training."""
+    config, tokenizer = run.config, run.tokenizer
     if config.mix < 1.0 and off_policy is None:
         raise UserError(f"on_policy.mix is {config.mix}: the other steps need off-policy batches")
-    if not prompts:
+    if not run.prompts:
         raise UserError("on-policy distillation has no prompts to sample")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    prompt_at = shuffled_stream(len(prompts), config.seed)
+    prompt_at = shuffled_stream(len(run.prompts), config.seed)
 
     def make(block: int) -> tuple[DistillationData, dict]:
-        ids = [prompt_at(block * config.buffer_prompts + j) for j in range(config.buffer_prompts)]
-        drawn = sample_answers(
-            model, tokenizer, [prompts[i] for i in ids], prompt_ids=ids,
-            samples=config.samples_per_prompt, temperature=config.temperature,
-            max_new_tokens=config.max_new_tokens, seed=config.seed, refresh=block,
-            batch_size=config.generation_batch_size,
-        )  # fmt: skip
-        asked = [prompts[i] for i in ids]
-        data, stats = graded_rows(
-            drawn, teachers, tokenizer, asked, grading, top_k=config.top_k,
-            domains=None if domains is None else [domains[i] for i in ids],
-        )  # fmt: skip
-        data = DistillationData(
-            data.prompts, data.completions, data.targets, data.offsets,
-            [ids[p] for p in data.prompt_of],
-        )  # fmt: skip
+        first = block * config.buffer_prompts
+        chosen = [prompt_at(first + j) for j in range(config.buffer_prompts)]
+        data, stats = refresh_rows(run, chosen, block)
         if on_refresh:
             on_refresh(block, stats)
         return data, stats
 
-    settings = {
-        "config": config.model_dump(mode="json"),
-        "grading": repr(grading),
-        "teachers": [(t.name, t.fingerprint()) for t in teachers],
-        "prompts": hashlib.sha256("\0".join(prompts).encode("utf-8")).hexdigest(),
-        "student": tokenizer_fingerprint(tokenizer),
-    }
-    buffer = _Buffer(make, buffer_dir, settings)
+    buffer = _Buffer(make, buffer_dir, run.settings())
 
     def batch_for(data: DistillationData, block: int) -> BatchFn:
         return distillation_batches(data, pad, batch_size, seed=config.seed * 1_000_003 + block)
