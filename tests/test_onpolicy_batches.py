@@ -193,3 +193,39 @@ def test_mixed_training_runs_off_policy_rows_of_the_teachers_answers_and_on_poli
     records = train(student, record, loss, steps=4, lr=1e-2, seed=0)
     assert widths == [8, 9, 8, 9]
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in records)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_run_killed_inside_a_block_resumes_to_the_same_weights(teachers, tok, tmp_path):
+    """Killed after step 2 of a 3-step block, resumed from its checkpoint: with `buffer_dir` the
+    resumed run trains on the saved rows and ends bit-identical to an uninterrupted run (without
+    it, the resumed run samples block 0 again from the step-2 weights and ends elsewhere)."""
+    asked = prompts(6)
+    config = _config(buffer_steps=3, buffer_prompts=3)
+    loss = distillation_loss("reverse_kl", 0.5, 1.0, 0.0, len(tok))
+
+    def run(folder, kill_at=None, resume=False):
+        student = tiny_model("student", 0)
+        batch_at = on_policy_batches(
+            OnPolicyRun(student, tok, teachers, asked, config, Grading()),
+            batch_size=3, buffer_dir=folder / "buffer",
+        )  # fmt: skip
+
+        def on_step(step, record):
+            if step == kill_at:
+                raise Killed
+
+        train(
+            student, batch_at, loss, steps=4, lr=1e-2, seed=0, run_dir=folder / "run",
+            checkpoint_every=1, resume=resume, on_step=on_step,
+        )  # fmt: skip
+        return student
+
+    whole = run(tmp_path / "whole")
+    with pytest.raises(Killed):
+        run(tmp_path / "killed", kill_at=3)  # step 3's checkpoint is never written
+    resumed = run(tmp_path / "killed", resume=True)
+    assert _same_weights(whole, resumed)

@@ -51,7 +51,8 @@ from polydistill.train import Batch, BatchFn
 from polydistill.train.checkpoint import load_weights
 
 Refreshed = Callable[[int, dict], None]
-"""(block, stats of `graded_rows`): called when a block's buffer is generated or read back."""
+"""(block, stats of `graded_rows`): called when a block's buffer is generated (not when read
+back from `buffer_dir`)."""
 
 
 def on_policy_steps_before(step: int, mix: float) -> int:

@@ -17,8 +17,9 @@ projecting, each teacher row whose top-k misses the observed token gets it as on
 with its exact log-prob (`with_observed`); the teacher's tail is then 1 - top-k mass - that
 probability and is spread as everywhere else (the projection's tail). Along the sample the
 projection's chain rule multiplies only observed-token probabilities, so the student's sampled
-token gets exactly the probability the teacher gives the bytes it covers along the teacher's own
-tokenization of them. The projection and fusion run untruncated (wide enough for every entry),
+token receives exactly the probability of the teacher's own tokenization of the bytes it covers
+(plus, as for any id, the mass of top-k candidates whose longest student prefix it is); with a
+shared tokenizer that is the teacher's probability of the token itself. The projection and fusion run untruncated (wide enough for every entry),
 and the final row keeps the `top_k` most probable other ids plus one slot for the sampled token
 (`keep_sampled`), so no truncation can move the sampled token into the tail: rows have
 `top_k + 1` columns. Without the observed log-prob the sampled token's probability would vanish
