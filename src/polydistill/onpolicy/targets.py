@@ -19,12 +19,13 @@ probability and is spread as everywhere else (the projection's tail). Along the 
 projection's chain rule multiplies only observed-token probabilities, so the student's sampled
 token receives exactly the probability of the teacher's own tokenization of the bytes it covers
 (plus, as for any id, the mass of top-k candidates whose longest student prefix it is); with a
-shared tokenizer that is the teacher's probability of the token itself. The projection and fusion run untruncated (wide enough for every entry),
-and the final row keeps the `top_k` most probable other ids plus one slot for the sampled token
-(`keep_sampled`), so no truncation can move the sampled token into the tail: rows have
-`top_k + 1` columns. Without the observed log-prob the sampled token's probability would vanish
-into the tail whenever the top-k missed it, and reverse KL, which lives on the student's
-samples, would lose exactly the positions it is about.
+shared tokenizer that is the teacher's probability of the token itself. The projection and
+fusion run untruncated (wide enough for every entry), and the final row keeps the `top_k` most
+probable other ids plus one slot for the sampled token (`keep_sampled`), so no truncation can
+move the sampled token into the tail: rows have `top_k + 1` columns. Without the observed
+log-prob the sampled token's probability would vanish into the tail whenever the top-k missed
+it, and reverse KL, which lives on the student's samples, would lose exactly the positions it is
+about.
 """
 
 from collections.abc import Mapping, Sequence
