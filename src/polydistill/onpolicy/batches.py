@@ -1,0 +1,205 @@
+"""On-policy and mixed batches for `train.train`: a buffer of the student's graded samples.
+
+    warm_start(student, Path("runs/x/student/checkpoints/step-00000200"))
+    run = OnPolicyRun(student, tokenizer, teachers, prompts, config, Grading("evidence"))
+    batch_at = on_policy_batches(run, batch_size=8, accumulation_steps=1,
+                                 off_policy=distillation_batches(...))
+    train(student, batch_at, distillation_loss("reverse_kl", ...), steps=..., lr=...,
+          accumulation_steps=1)
+
+Steps. Optimiser step s (micro-batch i is step i // accumulation_steps) is on-policy when
+floor((s + 1) * mix) > floor(s * mix), so a fraction `mix` of the steps, spread evenly and the
+same in every run; the others take the off-policy micro-batches in order (the n-th off-policy
+step gets `off_policy`'s micro-batches of its n-th step, so that stream is consumed without gaps).
+
+Buffer. Steps fall in blocks of `buffer_steps`. At the first on-policy micro-batch of a block the
+student (its current weights) samples `samples_per_prompt` answers to `buffer_prompts` prompts
+(the next ones of a seeded shuffled stream of all prompts), every teacher grades them
+(`targets.graded_rows`), and the block's on-policy steps walk through those rows in shuffled
+passes (`distill.distillation_batches`, seeded by the block). So generation and teacher calls
+happen once per block, and the rows are reused `buffer_steps` times at most.
+
+Resume. `batch_at` depends on the weights at each block's first on-policy step. With
+`buffer_dir`, every block's rows are saved there (written whole, then renamed) and read back
+when the block is asked for again, so a run resumed inside a block trains on exactly the rows
+the killed run had; without it, a resume inside a block regenerates from the resumed weights.
+A buffer saved by a run with other settings (config, fusion, teachers' fingerprints, prompts,
+student tokenizer) is refused rather than trained on. The student's weights are not part of
+those settings: a folder belongs to one run.
+"""
+
+import hashlib
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+from transformers import PreTrainedTokenizerBase as Tokenizer
+
+from polydistill.chat import shuffled_stream
+from polydistill.distill import distillation_batches
+from polydistill.errors import UserError
+from polydistill.onpolicy.config import OnPolicyConfig
+from polydistill.onpolicy.sampling import sample_answers
+from polydistill.onpolicy.targets import Grading, graded_rows
+from polydistill.student_targets import DistillationData
+from polydistill.teachers.protocol import Teacher, tokenizer_fingerprint
+from polydistill.train import Batch, BatchFn
+from polydistill.train.checkpoint import load_weights
+
+Refreshed = Callable[[int, dict], None]
+"""(block, stats of `graded_rows`): called when a block's buffer is generated (not when read
+back from `buffer_dir`)."""
+
+
+def on_policy_steps_before(step: int, mix: float) -> int:
+    """On-policy steps among steps 0..step-1."""
+    return math.floor(step * mix)
+
+
+def is_on_policy(step: int, mix: float) -> bool:
+    return on_policy_steps_before(step + 1, mix) > on_policy_steps_before(step, mix)
+
+
+def warm_start(model: PreTrainedModel, folder: Path) -> None:
+    """Load the student's weights from a checkpoint folder (`train`'s `step-*` or a saved
+    student), exactly; a folder without weights or for another model is a `UserError`."""
+    folder = Path(folder)
+    has_weights = (folder / "model.safetensors").is_file() or (
+        folder / "model.safetensors.index.json"
+    ).is_file()
+    if not has_weights:
+        raise UserError(f"on_policy.warm_start: {folder} holds no model.safetensors")
+    load_weights(folder, model)
+
+
+class _Buffer:
+    """The current block's rows and their batches; generated, or read back from `folder` when
+    saved there by a run with the same `settings` (another run's buffer is a `UserError`)."""
+
+    def __init__(
+        self,
+        make: Callable[[int], tuple[DistillationData, dict]],
+        folder: Path | None,
+        settings: dict,
+    ) -> None:
+        self.make, self.folder, self.settings = make, folder, settings
+        self.block, self.batches = -1, None
+
+    def batches_of(self, block: int, batch_for: Callable[[DistillationData, int], BatchFn]):
+        if block != self.block:
+            data = self._rows(block)
+            self.block, self.batches = block, batch_for(data, block)
+        return self.batches
+
+    def _rows(self, block: int) -> DistillationData:
+        path = self.folder / f"buffer-{block:06d}.pt" if self.folder else None
+        if path is not None and path.is_file():
+            saved = torch.load(path, weights_only=False)  # our own file, written below
+            if saved["settings"] != self.settings:
+                raise UserError(
+                    f"{path} was generated by an on-policy run with other settings; "
+                    "give this run its own buffer folder"
+                )
+            return saved["rows"]
+        data, stats = self.make(block)
+        if path is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".tmp-{path.name}")
+            torch.save({"rows": data, "stats": stats, "settings": self.settings}, partial)
+            os.replace(partial, path)
+        return data
+
+
+@dataclass(frozen=True)
+class OnPolicyRun:
+    """What an on-policy run samples with and grades by: the student (its current weights are
+    sampled at each refresh), the teachers, the prompts (with their domains for `route`)."""
+
+    model: PreTrainedModel
+    tokenizer: Tokenizer
+    teachers: Sequence[Teacher]
+    prompts: Sequence[str]
+    config: OnPolicyConfig
+    grading: Grading
+    domains: Sequence[str] | None = None
+
+    def settings(self) -> dict:
+        """What a saved buffer must have been generated with to be read back (see the module)."""
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "grading": repr(self.grading),
+            "teachers": [(t.name, t.fingerprint()) for t in self.teachers],
+            "prompts": hashlib.sha256("\0".join(self.prompts).encode("utf-8")).hexdigest(),
+            "student": tokenizer_fingerprint(self.tokenizer),
+        }
+
+
+def refresh_rows(
+    run: OnPolicyRun, chosen: Sequence[int], block: int
+) -> tuple[DistillationData, dict]:
+    """One buffer: the student's samples of the prompts `chosen` (indices into `run.prompts`,
+    also the rows' `prompt_of`) graded by the teachers, and `graded_rows`' stats."""
+    config, asked = run.config, [run.prompts[i] for i in chosen]
+    drawn = sample_answers(
+        run.model, run.tokenizer, asked, prompt_ids=chosen, samples=config.samples_per_prompt,
+        temperature=config.temperature, max_new_tokens=config.max_new_tokens, seed=config.seed,
+        refresh=block, batch_size=config.generation_batch_size,
+    )  # fmt: skip
+    data, stats = graded_rows(
+        drawn, run.teachers, run.tokenizer, asked, run.grading, top_k=config.top_k,
+        domains=None if run.domains is None else [run.domains[i] for i in chosen],
+    )  # fmt: skip
+    prompt_of = [chosen[p] for p in data.prompt_of]
+    return DistillationData(
+        data.prompts, data.completions, data.targets, data.offsets, prompt_of
+    ), stats
+
+
+def on_policy_batches(
+    run: OnPolicyRun,
+    *,
+    batch_size: int,
+    accumulation_steps: int = 1,
+    off_policy: BatchFn | None = None,
+    buffer_dir: Path | None = None,
+    on_refresh: Refreshed | None = None,
+) -> BatchFn:
+    """`batch_at(i)` for `train.train` (same `accumulation_steps`); see the module.
+    `batch_size`: rows per micro-batch of the on-policy steps. `run.config.warm_start` is the
+    caller's to apply (`warm_start`) before training."""
+    config, tokenizer = run.config, run.tokenizer
+    if config.mix < 1.0 and off_policy is None:
+        raise UserError(f"on_policy.mix is {config.mix}: the other steps need off-policy batches")
+    if not run.prompts:
+        raise UserError("on-policy distillation has no prompts to sample")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompt_at = shuffled_stream(len(run.prompts), config.seed)
+
+    def make(block: int) -> tuple[DistillationData, dict]:
+        first = block * config.buffer_prompts
+        chosen = [prompt_at(first + j) for j in range(config.buffer_prompts)]
+        data, stats = refresh_rows(run, chosen, block)
+        if on_refresh:
+            on_refresh(block, stats)
+        return data, stats
+
+    buffer = _Buffer(make, buffer_dir, run.settings())
+
+    def batch_for(data: DistillationData, block: int) -> BatchFn:
+        return distillation_batches(data, pad, batch_size, seed=config.seed * 1_000_003 + block)
+
+    def batch_at(index: int) -> Batch:
+        step, micro = divmod(index, accumulation_steps)
+        before = on_policy_steps_before(step, config.mix)
+        if not is_on_policy(step, config.mix):
+            return off_policy((step - before) * accumulation_steps + micro)
+        block = step // config.buffer_steps
+        first = on_policy_steps_before(block * config.buffer_steps, config.mix)
+        batches = buffer.batches_of(block, batch_for)
+        return batches((before - first) * accumulation_steps + micro)
+
+    return batch_at
