@@ -47,15 +47,29 @@ def _gguf_problem(error: Exception) -> str:
     return text
 
 
-def load_tokenizer(path: Path, who: str, template: str | None = None) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    path: Path, who: str, template: str | None = None, require_template: bool = True
+) -> PreTrainedTokenizerBase:
     """The checkpoint's tokenizer, checked for what alignment and chat rendering need; with
-    `template`, that chat template replaces the checkpoint's own."""
+    `template`, that chat template replaces the checkpoint's own. Without `require_template`
+    a tokenizer with no chat template is returned as it is (a completion-style student)."""
     folder, extra = _source(path, who)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
     except (OSError, ValueError, ImportError) as error:
         problem = _gguf_problem(error) if extra else error
         raise UserError(f"{who}: cannot load the tokenizer from {path}: {problem}") from None
+    return checked_tokenizer(tokenizer, who, template, require_template)
+
+
+def checked_tokenizer(
+    tokenizer: PreTrainedTokenizerBase,
+    who: str,
+    template: str | None = None,
+    require_template: bool = True,
+) -> PreTrainedTokenizerBase:
+    """`tokenizer` checked as `load_tokenizer` checks it: a fast backend, a chat template
+    (`template` replaces its own; required unless not `require_template`), a pad token."""
     if not tokenizer.is_fast:
         raise UserError(
             f"{who}: tokenizer has no fast backend; convert it with "
@@ -63,7 +77,7 @@ def load_tokenizer(path: Path, who: str, template: str | None = None) -> PreTrai
         )
     if template is not None:
         apply_template(tokenizer, template, who)
-    if not getattr(tokenizer, "chat_template", None):
+    if require_template and not getattr(tokenizer, "chat_template", None):
         raise UserError(
             f"{who}: tokenizer has no chat template; give one with teachers[].template (a Jinja "
             f"file, or a built-in: {', '.join(BUILTIN)})"
@@ -74,10 +88,14 @@ def load_tokenizer(path: Path, who: str, template: str | None = None) -> PreTrai
 
 
 def load_checkpoint(
-    path: Path, who: str, dtype: torch.dtype = torch.float32, template: str | None = None
+    path: Path,
+    who: str,
+    dtype: torch.dtype = torch.float32,
+    template: str | None = None,
+    require_template: bool = True,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model and tokenizer of a local checkpoint (a folder or a GGUF file), in evaluation mode."""
-    tokenizer = load_tokenizer(path, who, template)
+    tokenizer = load_tokenizer(path, who, template, require_template)
     folder, extra = _source(path, who)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)

@@ -1,0 +1,334 @@
+"""Where a student's first weights come from: a checkpoint, a depth-pruned teacher, or a config.
+
+    student:
+      init: {checkpoint: models/qwen3-0.6b}            # a Hugging Face folder (safetensors)
+
+    student:
+      init:
+        prune: {teacher_path: gemma-3-270m.gguf, keep: 6}   # or layers: [0, 5, 11, 17]
+        template: gemma                                     # optional, as for teachers
+
+    student:
+      init: {config: configs/small.json, tokenizer: tokenizers/qwen3}   # random init, seeded
+
+`init_student(init, seed, dtype)` returns the model, its tokenizer and a description for the
+run's record (what kind of start, from which path, hashes of the weights, tokenizer and chat
+template, the layers kept, and whether the student is chat or completion-style). A tokenizer
+must have a fast backend; one without a chat template (and without `template:`) makes a
+completion-style student. No `init` (None) leaves the choice to the world-style student.
+
+A pruned student keeps the teacher's tokenizer, embeddings, final norm, output head and the
+chosen decoder layers, renumbered in order; the config's layer count and per-layer lists
+(`layer_types`, ...) follow. It is built from the shortened config and given the kept weights
+by name, so every config-derived attribute (a layer's index in the KV cache, its attention
+type) is the one a checkpoint of that depth would have.
+"""
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from polydistill.errors import UserError
+from polydistill.teachers.checkpoint import checked_tokenizer, is_gguf, load_checkpoint
+from polydistill.teachers.local import weights_hash
+from polydistill.teachers.protocol import text_hash, tokenizer_fingerprint
+
+# Per-layer config entries that list layer *indices* rather than one value per layer.
+_INDEX_LISTS = ("mlp_only_layers",)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+    )
+
+
+class FromCheckpoint(_Strict):
+    """Start from a Hugging Face checkpoint folder (pretrained or instruct, safetensors)."""
+
+    checkpoint: Path
+    """The folder: config.json, safetensors weights, a fast tokenizer (and its chat template)."""
+    template: str | None = None
+    """A chat template for a checkpoint without one (a Jinja file or a built-in: gemma,
+    chatml); without either the student is completion-style."""
+
+
+class Prune(_Strict):
+    """A depth-pruned copy of a teacher: which checkpoint, which decoder layers."""
+
+    teacher_path: Path
+    """The teacher: a Hugging Face folder or a GGUF file."""
+    layers: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None = None
+    """The decoder layers kept, 0-based; kept in increasing order."""
+    keep: Annotated[int, Field(ge=2)] | None = None
+    """How many decoder layers to keep, evenly spaced; the first and last are always kept."""
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> "Prune":
+        if (self.layers is None) == (self.keep is None):
+            raise ValueError("give exactly one of layers (indices) or keep (a count)")
+        if self.layers is not None and len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers lists a layer twice: {self.layers}")
+        return self
+
+
+class FromPrunedTeacher(_Strict):
+    """Start from a teacher with some decoder layers removed."""
+
+    prune: Prune
+    """The teacher and the layers kept."""
+    template: str | None = None
+    """A chat template for a teacher without one (a Jinja file or a built-in: gemma, chatml);
+    without either the student is completion-style."""
+
+
+class FromConfig(_Strict):
+    """Start from random weights (seeded) of a transformers config, with a tokenizer folder."""
+
+    config: Path
+    """A transformers config.json, or a folder holding one."""
+    tokenizer: Path
+    """A folder with a fast tokenizer (tokenizer.json); its chat template, if any, is kept."""
+    template: str | None = None
+    """A chat template for a tokenizer without one (a Jinja file or a built-in: gemma,
+    chatml); without either the student is completion-style."""
+
+
+def _init_kind(value: Any) -> str | None:
+    keys = value.keys() if isinstance(value, dict) else vars(value) if value is not None else ()
+    found = [k for k in ("checkpoint", "prune", "config") if k in keys]
+    return found[0] if len(found) == 1 else None
+
+
+StudentInit = Annotated[
+    Annotated[FromCheckpoint, Tag("checkpoint")]
+    | Annotated[FromPrunedTeacher, Tag("prune")]
+    | Annotated[FromConfig, Tag("config")],
+    Discriminator(
+        _init_kind,
+        custom_error_type="student_init",
+        custom_error_message="give exactly one of checkpoint, prune or config (+ tokenizer)",
+    ),
+]
+"""How the student starts: `checkpoint:`, `prune:` or `config:` + `tokenizer:`."""
+
+InitChoice = FromCheckpoint | FromPrunedTeacher | FromConfig
+
+
+def init_student(
+    init: InitChoice, seed: int, dtype: torch.dtype
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+    """The student's first model and tokenizer, and a description of where they came from."""
+    if isinstance(init, FromCheckpoint):
+        model, tokenizer, record = _from_checkpoint(init, dtype)
+    elif isinstance(init, FromPrunedTeacher):
+        model, tokenizer, record = _from_pruned_teacher(init, dtype)
+    else:
+        model, tokenizer, record = _from_config(init, seed, dtype)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    record |= {
+        "style": "chat" if chat else "completion",
+        "template": init.template,
+        "end_of_turn": tokenizer.eos_token if chat else None,
+        "hashes": {**record.get("hashes", {}), **tokenizer_fingerprint(tokenizer)},
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    if not chat:
+        record["hashes"].pop("chat_template")
+    return model, tokenizer, record
+
+
+def _from_checkpoint(
+    init: FromCheckpoint, dtype: torch.dtype
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+    path = init.checkpoint
+    if is_gguf(path):
+        raise UserError(
+            f"student checkpoint {path}: a GGUF file; start from it with prune: "
+            "{teacher_path: ..., keep: N}, or give a Hugging Face folder"
+        )
+    _require(path, "student checkpoint")
+    model, tokenizer = load_checkpoint(
+        path, f"student checkpoint {path}", dtype, init.template, require_template=False
+    )
+    record = {"kind": "checkpoint", "path": str(path), "hashes": {"weights": weights_hash(path)}}
+    return model, tokenizer, record
+
+
+def _from_pruned_teacher(
+    init: FromPrunedTeacher, dtype: torch.dtype
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+    path = init.prune.teacher_path
+    _require(path, "student prune.teacher_path")
+    teacher, tokenizer = load_checkpoint(
+        path, f"student prune.teacher_path {path}", dtype, init.template, require_template=False
+    )
+    total = _layer_count(teacher.config, path)
+    layers = chosen_layers(init.prune, total, path)
+    model = prune_layers(teacher, layers)
+    record = {
+        "kind": "prune",
+        "path": str(path),
+        "hashes": {"weights": weights_hash(path)},
+        "teacher_layers": total,
+        "layers": layers,
+    }
+    return model, tokenizer, record
+
+
+def _from_config(
+    init: FromConfig, seed: int, dtype: torch.dtype
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+    config_file = init.config / "config.json" if init.config.is_dir() else init.config
+    _require(config_file, "student config")
+    _require(init.tokenizer, "student tokenizer")
+    who = f"student tokenizer {init.tokenizer}"
+    if is_gguf(init.tokenizer) or not (init.tokenizer / "tokenizer.json").is_file():
+        raise UserError(f"{who}: not a fast tokenizer folder (no tokenizer.json)")
+    tokenizer = _tokenizer_only(init.tokenizer, who, init.template)
+    try:
+        config = AutoConfig.from_pretrained(config_file)
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"student config {config_file}: {str(error).splitlines()[0]}") from None
+    if getattr(config, "vocab_size", None) is None or config.vocab_size < len(tokenizer):
+        raise UserError(
+            f"student config {config_file}: vocab_size {getattr(config, 'vocab_size', None)} "
+            f"is smaller than the tokenizer's {len(tokenizer)} tokens"
+        )
+    for role in ("bos", "eos", "pad"):
+        token_id = getattr(tokenizer, f"{role}_token_id")
+        if token_id is not None:
+            setattr(config, f"{role}_token_id", token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _from_config_checked(config, dtype, config_file)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    record = {
+        "kind": "config",
+        "path": str(config_file),
+        "tokenizer_path": str(init.tokenizer),
+        "seed": seed,
+        "hashes": {"config": text_hash(config_file.read_text(encoding="utf-8"))},
+    }
+    return model, tokenizer, record
+
+
+def _tokenizer_only(path: Path, who: str, template: str | None) -> PreTrainedTokenizerBase:
+    """The tokenizer of a folder that need not hold a model (no config.json), checked as a
+    checkpoint's tokenizer is."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{who}: cannot load the tokenizer: {error}") from None
+    return checked_tokenizer(tokenizer, who, template, require_template=False)
+
+
+def _from_config_checked(config: Any, dtype: torch.dtype, where: Path) -> PreTrainedModel:
+    try:
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except ValueError as error:
+        raise UserError(
+            f"student config {where}: no causal LM for model_type "
+            f"{getattr(config, 'model_type', None)!r} ({str(error).splitlines()[0]})"
+        ) from None
+
+
+def _require(path: Path, what: str) -> None:
+    if not path.exists():
+        raise UserError(f"{what}: no such file or folder: {path}")
+
+
+# ---- depth pruning ---------------------------------------------------------------------------
+
+
+def _layer_count(config: Any, path: Path) -> int:
+    total = getattr(config, "num_hidden_layers", None)
+    if not isinstance(total, int):
+        raise UserError(
+            f"student prune.teacher_path {path}: architecture {type(config).__name__} has no "
+            "num_hidden_layers; depth pruning takes decoder-only causal LMs"
+        )
+    return total
+
+
+def chosen_layers(prune: Prune, total: int, path: Path) -> list[int]:
+    """The kept layer indices, increasing: the given ones, or `keep` evenly spaced over
+    `total` layers with the first and the last among them."""
+    if prune.layers is not None:
+        outside = [i for i in prune.layers if i >= total]
+        if outside:
+            raise UserError(
+                f"student prune.layers: {outside} out of range; {path} has layers 0..{total - 1}"
+            )
+        return sorted(prune.layers)
+    keep = prune.keep
+    if keep is None or keep > total:
+        raise UserError(f"student prune.keep: {keep} is more than the {total} layers of {path}")
+    # floor(x + 0.5) rather than round(): banker's rounding could give two equal indices.
+    return [math.floor(i * (total - 1) / (keep - 1) + 0.5) for i in range(keep)]
+
+
+def _layer_stack(model: PreTrainedModel) -> str:
+    """The state-dict prefix of the decoder layers (`model.layers` in Llama-like models)."""
+    total = model.config.num_hidden_layers
+    stacks = [
+        name
+        for name, module in model.named_modules()
+        if name.endswith("layers") and isinstance(module, torch.nn.ModuleList)
+        and len(module) == total
+    ]  # fmt: skip
+    if len(stacks) != 1:
+        raise UserError(
+            f"depth pruning: architecture {type(model).__name__} is unknown (found "
+            f"{len(stacks)} stacks of {total} decoder layers, expected one)"
+        )
+    return stacks[0]
+
+
+def pruned_config(config: Any, layers: list[int]) -> Any:
+    """A copy of `config` for the kept `layers`: layer count, per-layer lists and index lists."""
+    total = config.num_hidden_layers
+    data = config.to_dict()
+    for key, value in data.items():
+        if isinstance(value, list) and len(value) == total and key not in _INDEX_LISTS:
+            data[key] = [value[i] for i in layers]
+    for key in _INDEX_LISTS:
+        if isinstance(data.get(key), list):
+            data[key] = [layers.index(i) for i in data[key] if i in layers]
+    data["num_hidden_layers"] = len(layers)
+    return type(config).from_dict(data)
+
+
+def prune_layers(model: PreTrainedModel, layers: list[int]) -> PreTrainedModel:
+    """A new model with `model`'s weights and only its decoder `layers` (in that order)."""
+    stack = _layer_stack(model)
+    renumber = {old: new for new, old in enumerate(layers)}
+    pattern = re.compile(rf"^{re.escape(stack)}\.(\d+)\.")
+    kept: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        match = pattern.match(name)
+        if match is None:
+            kept[name] = tensor
+        elif int(match.group(1)) in renumber:
+            kept[f"{stack}.{renumber[int(match.group(1))]}.{name[match.end() :]}"] = tensor
+    config = pruned_config(model.config, layers)
+    pruned = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    pruned.load_state_dict(kept, strict=True)
+    pruned.generation_config = model.generation_config
+    return pruned
