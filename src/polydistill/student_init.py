@@ -136,8 +136,6 @@ def init_student(
         model, tokenizer, record = _from_pruned_teacher(init, dtype)
     else:
         model, tokenizer, record = _from_config(init, seed, dtype)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     chat = bool(getattr(tokenizer, "chat_template", None))
     record |= {
