@@ -10,6 +10,7 @@ from student_models import PROMPT, tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from polydistill.errors import UserError
+from polydistill.serve.checkpoint import load_served_model
 from polydistill.student_export import export_student
 
 MESSAGES = [{"role": "user", "content": "Where does the river go?"}]
@@ -52,6 +53,8 @@ def test_the_export_loads_back_as_the_same_model(student, tmp_path):
     generation = GenerationConfig.from_pretrained(out)
     assert generation.eos_token_id == [end, pad] and generation.pad_token_id == pad
     assert loaded.generation_config.eos_token_id == [end, pad]
+    assert loaded.config.eos_token_id == [end, pad]
+    assert load_served_model(out).eos_token_ids == {end, pad}  # what `polydistill serve` stops at
 
     # greedy generation with the saved generation config, pushed to end its turn at once
     # after the prompt: the exported model stops there, as the original given those ids
@@ -85,6 +88,7 @@ def test_the_config_states_the_weights_dtype(student, tmp_path):
 
 def test_a_completion_student_has_no_template_and_stops_at_eos(student, tmp_path):
     model, tokenizer = student
+    model.generation_config.eos_token_id = [7, 10_000]  # 10,000: no id of this vocabulary
     out = export_student(
         model, tokenizer, tmp_path / "completion", chat_template=None, end_of_turn=None
     )
@@ -93,7 +97,7 @@ def test_a_completion_student_has_no_template_and_stops_at_eos(student, tmp_path
     assert "chat_template" not in json.loads((out / "tokenizer_config.json").read_text())
     assert tokenizer.chat_template, "the caller's tokenizer kept its template"
     eos = GenerationConfig.from_pretrained(out).eos_token_id
-    assert eos == tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert eos == [tokenizer.convert_tokens_to_ids("<|endoftext|>"), 7]
 
 
 def test_an_existing_export_is_replaced_whole(student, tmp_path):

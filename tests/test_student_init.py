@@ -23,6 +23,7 @@ from polydistill.student_init import (
     Prune,
     StudentInit,
     chosen_layers,
+    end_of_turn,
     init_student,
 )
 from polydistill.teachers.local import weights_hash
@@ -128,6 +129,16 @@ def test_a_checkpoint_start_is_that_checkpoint_with_its_template(teachers):
     json.dumps(record)  # recordable as it is
 
 
+def test_the_end_of_turn_is_the_token_closing_an_answer_not_the_eos():
+    tokenizer = tiny_tokenizer()
+    tokenizer.eos_token = "<|endoftext|>"
+    assert end_of_turn(tokenizer) == "<|im_end|>"
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    assert end_of_turn(tokenizer) == "<|endoftext|>"
+    tokenizer.chat_template = "{{ raise_exception('only one user turn') }}"
+    assert end_of_turn(tokenizer) == "<|endoftext|>"
+
+
 def test_a_checkpoint_without_a_template_makes_a_completion_student(tmp_path):
     tokenizer = tiny_tokenizer()
     tokenizer.chat_template = None
@@ -198,7 +209,7 @@ BAD_STARTS = [
     ({"prune": {"teacher_path": "QWEN", "keep": 5}}, r"keep: 5 is more than the 4 layers"),
     ({"prune": {"teacher_path": "MISSING", "keep": 2}}, r"prune.teacher_path: no such file"),
     ({"checkpoint": "MISSING"}, r"student checkpoint: no such file or folder: .*missing"),
-    ({"checkpoint": "GGUF"}, r"a GGUF file; start from it with prune"),
+    ({"checkpoint": "GGUF"}, r"student checkpoint: no such file or folder: .*m\.gguf"),
     ({"config": "MISSING", "tokenizer": "QWEN"}, r"student config: no such file or folder"),
     ({"config": "QWEN", "tokenizer": "MISSING"}, r"student tokenizer: no such file or folder"),
 ]

@@ -6,13 +6,16 @@ load as they load any Hugging Face model.
 
 The folder holds `config.json` (its `dtype` the weights' dtype), `model.safetensors`, the
 tokenizer files, the chat template when the student has one (a completion-style student has
-none), and `generation_config.json` whose `eos_token_id` lists the end-of-turn token first, then
-the tokenizer's eos: a server that reads it (vLLM does, by default) stops an answer where a turn
-ends even when the tokenizer's own eos is another token. It is written whole or not at all
-(`staging.staged_folder`); an existing folder is replaced only once the new one is complete.
+none), and `generation_config.json` whose `eos_token_id` lists the end-of-turn token first,
+then the tokenizer's eos, then any ids the model's generation config already lists; config.json
+lists the same. A server that reads them (vLLM reads the generation config, `polydistill serve`
+the config) stops an answer where a turn ends even when the tokenizer's own eos is another
+token. The folder is written whole or not at all (`staging.staged_folder`); an existing one is
+replaced only once the new one is complete.
 """
 
 import copy
+import json
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -30,11 +33,16 @@ def token_id(tokenizer: PreTrainedTokenizerBase, token: str, what: str) -> int:
     return found
 
 
-def end_token_ids(tokenizer: PreTrainedTokenizerBase, end_of_turn: str | None) -> list[int]:
-    """The ids that end an answer: the end-of-turn token, then the tokenizer's eos."""
+def end_token_ids(
+    tokenizer: PreTrainedTokenizerBase, end_of_turn: str | None, known: object = None
+) -> list[int]:
+    """The ids that end an answer: the end-of-turn token, the tokenizer's eos, then the ids
+    `known` already lists (a checkpoint's own generation config: Llama 3's several)."""
     ids = [] if end_of_turn is None else [token_id(tokenizer, end_of_turn, "end_of_turn")]
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
+    listed = known if isinstance(known, list) else [known]
+    for candidate in [tokenizer.eos_token_id, *listed]:
+        if isinstance(candidate, int) and 0 <= candidate < len(tokenizer) and candidate not in ids:
+            ids.append(candidate)
     if not ids:
         raise UserError("student: neither an end_of_turn token nor a tokenizer eos to stop at")
     return ids
@@ -50,7 +58,7 @@ def export_student(
 ) -> Path:
     """Write `model` and `tokenizer` to `out_dir` as a standard checkpoint (see the module
     docstring); `chat_template` None makes a completion-style checkpoint. Returns `out_dir`."""
-    eos_ids = end_token_ids(tokenizer, end_of_turn)
+    eos_ids = end_token_ids(tokenizer, end_of_turn, model.generation_config.eos_token_id)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[-1]
     # A shallow copy: the caller's tokenizer keeps its template, the vocabulary is not copied.
     saved_tokenizer = copy.copy(tokenizer)
@@ -62,6 +70,9 @@ def export_student(
         generation.bos_token_id = tokenizer.bos_token_id
     with staged_folder(Path(out_dir), replace=True) as staging:
         save_model_quietly(model, staging)
+        config = json.loads((staging / "config.json").read_text())
+        config["eos_token_id"] = generation.eos_token_id
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         saved_tokenizer.save_pretrained(staging)
         # after the model: `save_pretrained` writes the model's own generation config first
         generation.save_pretrained(staging)

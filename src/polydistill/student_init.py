@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
+from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 from transformers import (
     AutoConfig,
@@ -58,7 +59,8 @@ class FromCheckpoint(_Strict):
     """Start from a Hugging Face checkpoint folder (pretrained or instruct, safetensors)."""
 
     checkpoint: Path
-    """The folder: config.json, safetensors weights, a fast tokenizer (and its chat template)."""
+    """The folder (config.json, safetensors weights, a fast tokenizer and its chat template),
+    or a GGUF file."""
     template: str | None = None
     """A chat template for a checkpoint without one (a Jinja file or a built-in: gemma,
     chatml); without either the student is completion-style."""
@@ -141,7 +143,7 @@ def init_student(
     record |= {
         "style": "chat" if chat else "completion",
         "template": init.template,
-        "end_of_turn": tokenizer.eos_token if chat else None,
+        "end_of_turn": end_of_turn(tokenizer) if chat else None,
         "hashes": {**record.get("hashes", {}), **tokenizer_fingerprint(tokenizer)},
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": str(dtype).removeprefix("torch."),
@@ -151,15 +153,28 @@ def init_student(
     return model, tokenizer, record
 
 
+def end_of_turn(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The token the chat template closes an assistant turn with (Gemma's `<end_of_turn>`,
+    ChatML's `<|im_end|>`), which need not be the tokenizer's eos (Gemma 3's is `<eos>`); the
+    eos when the template writes no added token after the answer, or cannot render one."""
+    mark = "polydistill-answer-end"
+    turns = [{"role": "user", "content": "?"}, {"role": "assistant", "content": mark}]
+    try:
+        text = tokenizer.apply_chat_template(turns, tokenize=False)
+    except (TemplateError, ValueError):  # a template may refuse turns it was not written for
+        return tokenizer.eos_token
+    if mark not in text:
+        return tokenizer.eos_token
+    added = set(tokenizer.added_tokens_decoder)
+    after = tokenizer(text.rsplit(mark, 1)[1], add_special_tokens=False).input_ids
+    closing = [i for i in after if i in added]
+    return tokenizer.convert_ids_to_tokens(closing[0]) if closing else tokenizer.eos_token
+
+
 def _from_checkpoint(
     init: FromCheckpoint, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
     path = init.checkpoint
-    if is_gguf(path):
-        raise UserError(
-            f"student checkpoint {path}: a GGUF file; start from it with prune: "
-            "{teacher_path: ..., keep: N}, or give a Hugging Face folder"
-        )
     _require(path, "student checkpoint")
     model, tokenizer = load_checkpoint(
         path, f"student checkpoint {path}", dtype, init.template, require_template=False
