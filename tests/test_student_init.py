@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from student_models import LAYERS, MIXED, PROMPT, save_checkpoint, tiny_model, tiny_tokenizer
 
 from polydistill.errors import UserError
 from polydistill.student_init import (
-    FromCheckpoint,
-    FromConfig,
     Prune,
     StudentInit,
     chosen_layers,
@@ -29,7 +27,7 @@ from polydistill.student_init import (
 from polydistill.teachers.local import weights_hash
 
 ARCHITECTURES = ["gemma3_text", "qwen3", "gpt_oss", "llama"]
-parse = TypeAdapter(StudentInit).validate_python
+parse = StudentInit.model_validate
 
 
 def logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -118,7 +116,7 @@ def test_keep_spaces_layers_evenly_with_the_first_and_last():
 
 def test_a_checkpoint_start_is_that_checkpoint_with_its_template(teachers):
     path = teachers["qwen3"]
-    student, tokenizer, record = init_student(FromCheckpoint(checkpoint=path), 0, torch.float32)
+    student, tokenizer, record = init_student(StudentInit(checkpoint=path), 0, torch.float32)
     original = type(student).from_pretrained(path).eval()
     ids = tokenizer(PROMPT, return_tensors="pt").input_ids
     assert torch.equal(logits(student, ids), logits(original, ids))
@@ -143,12 +141,12 @@ def test_a_checkpoint_without_a_template_makes_a_completion_student(tmp_path):
     tokenizer = tiny_tokenizer()
     tokenizer.chat_template = None
     path = save_checkpoint(tmp_path / "base", tiny_model("qwen3", len(tokenizer)), tokenizer)
-    _, loaded, record = init_student(FromCheckpoint(checkpoint=path), 0, torch.float32)
+    _, loaded, record = init_student(StudentInit(checkpoint=path), 0, torch.float32)
     assert not loaded.chat_template
     assert record["style"] == "completion" and record["end_of_turn"] is None
     assert "chat_template" not in record["hashes"]
     _, given, record = init_student(
-        FromCheckpoint(checkpoint=path, template="chatml"), 0, torch.float32
+        StudentInit(checkpoint=path, template="chatml"), 0, torch.float32
     )
     assert given.chat_template and record["style"] == "chat" and record["template"] == "chatml"
 
@@ -156,7 +154,7 @@ def test_a_checkpoint_without_a_template_makes_a_completion_student(tmp_path):
 def test_a_config_start_is_seeded_random_weights(teachers, tmp_path):
     tokenizer_dir = tmp_path / "tok"
     tiny_tokenizer().save_pretrained(tokenizer_dir)
-    init = FromConfig(config=teachers["gemma3_text"] / "config.json", tokenizer=tokenizer_dir)
+    init = StudentInit(config=teachers["gemma3_text"] / "config.json", tokenizer=tokenizer_dir)
     first, tokenizer, record = init_student(init, 1, torch.float32)
     again, _, _ = init_student(
         init.model_copy(update={"config": teachers["gemma3_text"]}), 1, torch.float32
@@ -183,7 +181,7 @@ def test_a_config_smaller_than_the_tokenizer_is_one_line(tmp_path):
     tiny_model("qwen3", 100).config.to_json_file(tmp_path / "config.json")
     size = len(tiny_tokenizer())
     with pytest.raises(UserError, match=rf"vocab_size 100 is smaller than the tokenizer's {size}"):
-        init_student(FromConfig(config=tmp_path, tokenizer=tokenizer_dir), 0, torch.float32)
+        init_student(StudentInit(config=tmp_path, tokenizer=tokenizer_dir), 0, torch.float32)
 
 
 def test_an_unknown_model_type_is_one_line(tmp_path):
@@ -191,7 +189,7 @@ def test_an_unknown_model_type_is_one_line(tmp_path):
     tiny_tokenizer().save_pretrained(tokenizer_dir)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "no-such-arch"}))
     with pytest.raises(UserError, match=r"^student config .*config.json: .*no-such-arch"):
-        init_student(FromConfig(config=tmp_path, tokenizer=tokenizer_dir), 0, torch.float32)
+        init_student(StudentInit(config=tmp_path, tokenizer=tokenizer_dir), 0, torch.float32)
 
 
 def test_an_architecture_without_a_layer_stack_cannot_be_pruned(tmp_path):
@@ -239,6 +237,10 @@ MALFORMED = [
     ({"prune": {"teacher_path": "t", "keep": 1}}, "greater than or equal to 2"),
     ({"checkpoint": "a", "config": "b"}, "exactly one of checkpoint, prune or config"),
     ({"tokenizer": "a"}, "exactly one of checkpoint, prune or config"),
+    ({"config": "a"}, "tokenizer goes with config"),
+    ({"checkpoint": "a", "tokenizer": "b"}, "tokenizer goes with config"),
+    ({}, "exactly one of checkpoint, prune or config"),
+    ("a", "valid dictionary or instance"),
     ({"checkpoint": "a", "seed": 3}, "Extra inputs are not permitted"),
 ]
 
@@ -261,7 +263,7 @@ def test_a_tokenizer_without_a_fast_backend_names_the_path(teachers, monkeypatch
     with pytest.raises(
         UserError, match=rf"^student checkpoint {path}: tokenizer has no fast backend"
     ):
-        init_student(FromCheckpoint(checkpoint=path), 0, torch.float32)
+        init_student(StudentInit(checkpoint=path), 0, torch.float32)
 
 
 @pytest.mark.slow

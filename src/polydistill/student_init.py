@@ -1,7 +1,7 @@
 """Where a student's first weights come from: a checkpoint, a depth-pruned teacher, or a config.
 
     student:
-      init: {checkpoint: models/qwen3-0.6b}            # a Hugging Face folder (safetensors)
+      init: {checkpoint: models/qwen3-0.6b}      # a Hugging Face folder (or a GGUF file)
 
     student:
       init:
@@ -31,7 +31,7 @@ from typing import Annotated, Any
 
 import torch
 from jinja2 import TemplateError
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -55,17 +55,6 @@ class _Strict(BaseModel):
     )
 
 
-class FromCheckpoint(_Strict):
-    """Start from a Hugging Face checkpoint folder (pretrained or instruct, safetensors)."""
-
-    checkpoint: Path
-    """The folder (config.json, safetensors weights, a fast tokenizer and its chat template),
-    or a GGUF file."""
-    template: str | None = None
-    """A chat template for a checkpoint without one (a Jinja file or a built-in: gemma,
-    chatml); without either the student is completion-style."""
-
-
 class Prune(_Strict):
     """A depth-pruned copy of a teacher: which checkpoint, which decoder layers."""
 
@@ -85,57 +74,42 @@ class Prune(_Strict):
         return self
 
 
-class FromPrunedTeacher(_Strict):
-    """Start from a teacher with some decoder layers removed."""
+class StudentInit(_Strict):
+    """How the student starts: exactly one of `checkpoint`, `prune` or `config` (with
+    `tokenizer`); no `init` at all is the world-style student."""
 
-    prune: Prune
-    """The teacher and the layers kept."""
-    template: str | None = None
-    """A chat template for a teacher without one (a Jinja file or a built-in: gemma, chatml);
-    without either the student is completion-style."""
-
-
-class FromConfig(_Strict):
-    """Start from random weights (seeded) of a transformers config, with a tokenizer folder."""
-
-    config: Path
-    """A transformers config.json, or a folder holding one."""
-    tokenizer: Path
-    """A folder with a fast tokenizer (tokenizer.json); its chat template, if any, is kept."""
+    checkpoint: Path | None = None
+    """A checkpoint to start from, pretrained or instruct: a Hugging Face folder (config.json,
+    safetensors weights, a fast tokenizer and its chat template) or a GGUF file."""
+    prune: Prune | None = None
+    """A teacher to start from with only some of its decoder layers."""
+    config: Path | None = None
+    """A transformers config.json (or a folder holding one): random weights, seeded by the
+    run's seed, sized for `tokenizer`."""
+    tokenizer: Path | None = None
+    """With `config`: a folder with a fast tokenizer (tokenizer.json) and its chat template."""
     template: str | None = None
     """A chat template for a tokenizer without one (a Jinja file or a built-in: gemma,
     chatml); without either the student is completion-style."""
 
-
-def _init_kind(value: Any) -> str | None:
-    keys = value.keys() if isinstance(value, dict) else vars(value) if value is not None else ()
-    found = [k for k in ("checkpoint", "prune", "config") if k in keys]
-    return found[0] if len(found) == 1 else None
-
-
-StudentInit = Annotated[
-    Annotated[FromCheckpoint, Tag("checkpoint")]
-    | Annotated[FromPrunedTeacher, Tag("prune")]
-    | Annotated[FromConfig, Tag("config")],
-    Discriminator(
-        _init_kind,
-        custom_error_type="student_init",
-        custom_error_message="give exactly one of checkpoint, prune or config (+ tokenizer)",
-    ),
-]
-"""How the student starts: `checkpoint:`, `prune:` or `config:` + `tokenizer:`."""
-
-InitChoice = FromCheckpoint | FromPrunedTeacher | FromConfig
+    @model_validator(mode="after")
+    def _one_start(self) -> "StudentInit":
+        chosen = [k for k in ("checkpoint", "prune", "config") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError("give exactly one of checkpoint, prune or config (+ tokenizer)")
+        if (self.config is None) != (self.tokenizer is None):
+            raise ValueError("tokenizer goes with config, and config needs one")
+        return self
 
 
 def init_student(
-    init: InitChoice, seed: int, dtype: torch.dtype
+    init: StudentInit, seed: int, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
     """The student's first model and tokenizer, and a description of where they came from."""
-    if isinstance(init, FromCheckpoint):
-        model, tokenizer, record = _from_checkpoint(init, dtype)
-    elif isinstance(init, FromPrunedTeacher):
-        model, tokenizer, record = _from_pruned_teacher(init, dtype)
+    if init.checkpoint is not None:
+        model, tokenizer, record = _from_checkpoint(init.checkpoint, init.template, dtype)
+    elif init.prune is not None:
+        model, tokenizer, record = _from_pruned_teacher(init.prune, init.template, dtype)
     else:
         model, tokenizer, record = _from_config(init, seed, dtype)
     model.eval()
@@ -172,27 +146,26 @@ def end_of_turn(tokenizer: PreTrainedTokenizerBase) -> str | None:
 
 
 def _from_checkpoint(
-    init: FromCheckpoint, dtype: torch.dtype
+    path: Path, template: str | None, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
-    path = init.checkpoint
     _require(path, "student checkpoint")
     model, tokenizer = load_checkpoint(
-        path, f"student checkpoint {path}", dtype, init.template, require_template=False
+        path, f"student checkpoint {path}", dtype, template, require_template=False
     )
     record = {"kind": "checkpoint", "path": str(path), "hashes": {"weights": weights_hash(path)}}
     return model, tokenizer, record
 
 
 def _from_pruned_teacher(
-    init: FromPrunedTeacher, dtype: torch.dtype
+    prune: Prune, template: str | None, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
-    path = init.prune.teacher_path
+    path = prune.teacher_path
     _require(path, "student prune.teacher_path")
     teacher, tokenizer = load_checkpoint(
-        path, f"student prune.teacher_path {path}", dtype, init.template, require_template=False
+        path, f"student prune.teacher_path {path}", dtype, template, require_template=False
     )
     total = _layer_count(teacher.config, path)
-    layers = chosen_layers(init.prune, total, path)
+    layers = chosen_layers(prune, total, path)
     model = prune_layers(teacher, layers)
     record = {
         "kind": "prune",
@@ -205,8 +178,9 @@ def _from_pruned_teacher(
 
 
 def _from_config(
-    init: FromConfig, seed: int, dtype: torch.dtype
+    init: StudentInit, seed: int, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+    assert init.config is not None and init.tokenizer is not None  # the validator's promise
     config_file = init.config / "config.json" if init.config.is_dir() else init.config
     _require(config_file, "student config")
     _require(init.tokenizer, "student tokenizer")
