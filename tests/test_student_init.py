@@ -6,7 +6,6 @@ skipped (a forward hook makes each skipped layer return its input), and differs 
 full teacher's, so the comparison cannot pass by comparing the teacher with itself.
 """
 
-import copy
 import itertools
 import json
 from pathlib import Path
@@ -14,7 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 from pydantic import ValidationError
-from student_models import LAYERS, MIXED, PROMPT, save_checkpoint, tiny_model, tiny_tokenizer
+from student_models import (
+    CORPUS,
+    LAYERS,
+    MIXED,
+    PROMPT,
+    save_checkpoint,
+    tiny_model,
+    tiny_tokenizer,
+)
 
 from polydistill.errors import UserError
 from polydistill.student_init import (
@@ -210,6 +217,7 @@ BAD_STARTS = [
     ({"checkpoint": "GGUF"}, r"student checkpoint: no such file or folder: .*m\.gguf"),
     ({"config": "MISSING", "tokenizer": "QWEN"}, r"student config: no such file or folder"),
     ({"config": "QWEN", "tokenizer": "MISSING"}, r"student tokenizer: no such file or folder"),
+    ({"config": "QWEN", "tokenizer": "EMPTY"}, r"student tokenizer .*empty: cannot load the tok"),
 ]
 
 
@@ -219,7 +227,9 @@ def test_bad_starts_are_one_line(teachers, tmp_path, raw, message):
         "QWEN": teachers["qwen3"],
         "MISSING": tmp_path / "missing",
         "GGUF": tmp_path / "m.gguf",
+        "EMPTY": tmp_path / "empty",
     }
+    places["EMPTY"].mkdir()
     text = json.dumps(raw)
     for name, place in places.items():
         text = text.replace(name, str(place))
@@ -251,19 +261,22 @@ def test_malformed_init_sections_are_refused_by_the_schema(raw, message):
         parse(raw)
 
 
-def test_a_tokenizer_without_a_fast_backend_names_the_path(teachers, monkeypatch):
-    from transformers import AutoTokenizer
+def test_a_tokenizer_without_a_fast_backend_names_the_path(tmp_path):
+    import sentencepiece
+    from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 
-    from polydistill.teachers import checkpoint
-
-    slow = copy.copy(AutoTokenizer.from_pretrained(teachers["qwen3"]))
-    monkeypatch.setattr(type(slow), "is_fast", property(lambda _: False))
-    monkeypatch.setattr(checkpoint.AutoTokenizer, "from_pretrained", lambda *_, **__: slow)
-    path = teachers["qwen3"]
-    with pytest.raises(
-        UserError, match=rf"^student checkpoint {path}: tokenizer has no fast backend"
-    ):
+    path = tmp_path / "slow"
+    (tmp_path / "corpus.txt").write_text("\n".join(CORPUS))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "sp"),
+        vocab_size=60, model_type="bpe", minloglevel=2,
+    )  # fmt: skip
+    slow = SentencePieceBackend(vocab_file=str(tmp_path / "sp.model"), eos_token="</s>")
+    save_checkpoint(path, tiny_model("qwen3", 60), slow)
+    with pytest.raises(UserError, match=rf"^student checkpoint {path}: tokenizer has no fast"):
         init_student(StudentInit(checkpoint=path), 0, torch.float32)
+    with pytest.raises(UserError, match=rf"^student tokenizer {path}: tokenizer has no fast"):
+        init_student(StudentInit(config=path, tokenizer=path), 0, torch.float32)
 
 
 @pytest.mark.slow

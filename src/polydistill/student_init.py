@@ -41,7 +41,7 @@ from transformers import (
 )
 
 from polydistill.errors import UserError
-from polydistill.teachers.checkpoint import checked_tokenizer, is_gguf, load_checkpoint
+from polydistill.teachers.checkpoint import checked_tokenizer, load_checkpoint
 from polydistill.teachers.local import weights_hash
 from polydistill.teachers.protocol import text_hash, tokenizer_fingerprint
 
@@ -185,8 +185,6 @@ def _from_config(
     _require(config_file, "student config")
     _require(init.tokenizer, "student tokenizer")
     who = f"student tokenizer {init.tokenizer}"
-    if is_gguf(init.tokenizer) or not (init.tokenizer / "tokenizer.json").is_file():
-        raise UserError(f"{who}: not a fast tokenizer folder (no tokenizer.json)")
     tokenizer = _tokenizer_only(init.tokenizer, who, init.template)
     try:
         config = AutoConfig.from_pretrained(config_file)
@@ -222,7 +220,8 @@ def _tokenizer_only(path: Path, who: str, template: str | None) -> PreTrainedTok
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as error:
-        raise UserError(f"{who}: cannot load the tokenizer: {error}") from None
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"{who}: cannot load the tokenizer: {problem}") from None
     return checked_tokenizer(tokenizer, who, template, require_template=False)
 
 
