@@ -56,6 +56,15 @@ def load_tokenizer(path: Path, who: str, template: str | None = None) -> PreTrai
     except (OSError, ValueError, ImportError) as error:
         problem = _gguf_problem(error) if extra else error
         raise UserError(f"{who}: cannot load the tokenizer from {path}: {problem}") from None
+    return checked_tokenizer(tokenizer, who, template)
+
+
+def checked_tokenizer(
+    tokenizer: PreTrainedTokenizerBase, who: str, template: str | None = None
+) -> PreTrainedTokenizerBase:
+    """`tokenizer` checked as `load_tokenizer` checks it: a fast backend, `template` (if given)
+    replacing its chat template, a pad token. Without a chat template (a base checkpoint) the
+    model is used as a completion model (`chat.completion_style`); its fingerprint records it."""
     if not tokenizer.is_fast:
         raise UserError(
             f"{who}: tokenizer has no fast backend; convert it with "
@@ -63,8 +72,6 @@ def load_tokenizer(path: Path, who: str, template: str | None = None) -> PreTrai
         )
     if template is not None:
         apply_template(tokenizer, template, who)
-    # without a chat template (a base checkpoint), the model is used as a completion model
-    # (`chat.completion_style`); its fingerprint records it
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -76,7 +76,7 @@ def save_training_state(
     the best weights scored so far (`train.selection`)."""
     target = root / checkpoint_name(state["step"])
     with staged_folder(target, replace=False) as staging:
-        _save_model_quietly(model, staging)
+        save_model_quietly(model, staging)
         if average is not None:
             save_average(staging, average)
         if selection is not None:
@@ -185,12 +185,12 @@ def save_final(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_d
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(f"final model {out_dir}: the tokenizer has no chat template to save")
     with staged_folder(out_dir, replace=True) as staging:
-        _save_model_quietly(model, staging)
+        save_model_quietly(model, staging)
         tokenizer.save_pretrained(staging)
     return out_dir
 
 
-def _save_model_quietly(model: PreTrainedModel, folder: Path) -> None:
+def save_model_quietly(model: PreTrainedModel, folder: Path) -> None:
     """`save_pretrained` in safetensors, without a progress bar per checkpoint."""
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
