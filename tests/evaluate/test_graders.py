@@ -146,6 +146,8 @@ def test_graders_per_tag_and_default(tmp_path: Path):
         ("default: {kind: numeric, tolerance: 1}", "unknown key"),
         ("tags: {x: {kind: numeric, absolute: -1}}", "greater than or equal to 0"),
         ("default: [", "unreadable YAML"),
+        ("default: {kind: regex, pattern: 'a(b)', group: 2}", "has no group 2"),
+        ("default: {kind: regex, pattern: 'a(b)', group: n}", "has no group 'n'"),
     ],
 )
 def test_a_bad_graders_file_is_one_line(tmp_path: Path, text, message):

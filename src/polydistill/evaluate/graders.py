@@ -38,7 +38,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from polydistill.errors import UserError
 from polydistill.overrides import key_path, read_yaml
@@ -87,6 +94,18 @@ class RegexGrader(_Strict):
         except re.error as error:
             raise ValueError(f"bad regular expression {pattern!r}: {error}") from None
         return pattern
+
+    @model_validator(mode="after")
+    def _has_group(self) -> "RegexGrader":
+        compiled = re.compile(self.pattern)
+        known = (
+            self.group in compiled.groupindex
+            if isinstance(self.group, str)
+            else 0 <= self.group <= compiled.groups
+        )
+        if not known:
+            raise ValueError(f"pattern {self.pattern!r} has no group {self.group!r}")
+        return self
 
 
 class NumericGrader(_Strict):
@@ -204,10 +223,7 @@ def _extract(grader: RegexGrader, text: str) -> str | None:
     found = re.search(grader.pattern, text, flags)
     if found is None:
         return None
-    try:
-        return found.group(grader.group) or ""
-    except IndexError:
-        raise UserError(f"regex grader: pattern {grader.pattern!r} has no group {grader.group!r}")
+    return found.group(grader.group) or ""
 
 
 def _grade_regex(grader: RegexGrader, answer: str, reference: str) -> bool:
