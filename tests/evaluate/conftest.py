@@ -37,3 +37,11 @@ def loaded(checkpoint):
 
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     return model, AutoTokenizer.from_pretrained(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def model64(loaded):
+    """The model in float64, for direct reference computations."""
+    import copy
+
+    return copy.deepcopy(loaded[0]).double()

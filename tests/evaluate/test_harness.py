@@ -40,14 +40,6 @@ def prompt_ids(tokenizer, record) -> list[int]:
     )
 
 
-@pytest.fixture(scope="module")
-def model64(loaded):
-    model, _ = loaded
-    import copy
-
-    return copy.deepcopy(model).double()
-
-
 def direct_greedy(model64, tokenizer, record, max_new_tokens: int) -> str:
     ids = prompt_ids(tokenizer, record)
     new: list[int] = []
