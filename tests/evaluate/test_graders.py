@@ -158,3 +158,15 @@ def test_a_bad_graders_file_is_one_line(tmp_path: Path, text, message):
     assert "\n" not in str(error.value)
     with pytest.raises(UserError, match="no such file"):
         load_graders(tmp_path / "missing.yaml")
+
+
+def test_the_readme_graders_file_loads(tmp_path: Path):
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("# graders.yaml", 1)[1].split("```", 1)[0].split("\n", 1)[1]
+    path = tmp_path / "graders.yaml"
+    path.write_text(block)
+    graders = load_graders(path)
+    assert {tag: g.kind for tag, g in graders.tags.items()} == {
+        "trivia": "normalised", "math": "numeric", "mc": "choice", "code": "regex"
+    }  # fmt: skip
+    assert grade(graders.for_tag("code"), "x\n  return total", "def f():\n    return total")
