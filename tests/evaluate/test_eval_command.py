@@ -131,3 +131,16 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(cli, checkpoint, heldou
         assert done.stderr.startswith("error: ") and message in done.stderr, done.stderr
         assert done.stderr.count("\n") == 1
         assert not out.exists()
+
+
+def test_prompts_longer_than_the_context_are_counted_not_scored(cli, checkpoint, tmp_path):
+    rows = [{"prompt": "short question?", "reference": "yes"},
+            {"prompt": "word " * 600, "reference": "no"}]  # fmt: skip
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "metrics.json"
+    done = cli("eval", checkpoint, "--data", data, "--max-new-tokens", "3", "--out", out)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["examples"] == {"all": 1} and result["too_long"] == 1
+    assert "1 prompts longer than the model's context" in done.stdout

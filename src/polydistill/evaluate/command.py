@@ -13,21 +13,24 @@ Everything is checked before the model is loaded; the JSON is written atomically
 """
 
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from polydistill.data import DataConfig, PromptRecord, read_prompts
+from polydistill.chat import encode_text
+from polydistill.data import ContextLimit, DataConfig, DataSummary, PromptRecord, read_prompts
 from polydistill.data.config import Fractions
 from polydistill.data.records import SPLITS
 from polydistill.errors import UserError
 from polydistill.evaluate.graders import GradersConfig, load_graders
 from polydistill.evaluate.harness import evaluate_model
 from polydistill.evaluate.lm_harness import lm_eval_scores, task_name
-from polydistill.evaluate.prompts import as_records
+from polydistill.evaluate.prompts import as_records, encode_records
 from polydistill.overrides import key_path, read_yaml
 from polydistill.staging import write_json
 
@@ -69,14 +72,19 @@ def data_config(data: Path) -> tuple[DataConfig, bool]:
         raise UserError(f"eval: {data}: data.{where}: {message}") from None
 
 
-def heldout_by_tag(data: Path, split: str, limit: int | None) -> dict[str, list[PromptRecord]]:
-    """The prompts to score, by tag (at most `limit` per tag), each with a reference."""
+def heldout_by_tag(
+    data: Path, split: str, limit: int | None, context: Callable[[bool], ContextLimit | None]
+) -> tuple[dict[str, list[PromptRecord]], DataSummary]:
+    """The prompts to score, by tag (at most `limit` per tag), each with a reference; those
+    longer than `context(whole)` (whole: the data is a lone file) dropped and counted."""
     if split not in SPLITS:
         raise UserError(f"eval: --split {split!r} is not one of {', '.join(SPLITS)}")
     config, whole = data_config(data)
+    limits = {"checkpoint": limit_} if (limit_ := context(whole)) else {}
+    summary = DataSummary()
     by_tag: dict[str, list[PromptRecord]] = defaultdict(list)
     try:
-        for record in read_prompts(config):
+        for record in read_prompts(config, limits, summary):
             if whole or record.split == split:
                 rows = by_tag[record.tag or UNTAGGED]
                 if limit is None or len(rows) < limit:
@@ -88,22 +96,55 @@ def heldout_by_tag(data: Path, split: str, limit: int | None) -> dict[str, list[
         if "prompts left (" not in str(error):
             raise
     if not by_tag:
-        raise UserError(f"eval: {data} has no {split} prompts")
-    return as_records(dict(sorted(by_tag.items())))
+        raise UserError(f"eval: {data} has no {split} prompts ({summary.describe()})")
+    return as_records(dict(sorted(by_tag.items()))), summary
 
 
-def load_model(folder: Path):
-    """Model (evaluation mode) and tokenizer of a checkpoint folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def context_limit(
+    folder: Path, tokenizer: PreTrainedTokenizerBase, split: str, whole: bool, max_new_tokens: int
+) -> ContextLimit | None:
+    """The model's context as a limit on the prompts scored: prompt tokens plus the longer of
+    the reference's tokens and `max_new_tokens` (prompts of other splits are not measured)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise UserError(f"eval: cannot read the config of {folder}: {error}") from None
+    positions = getattr(config, "max_position_embeddings", None)
+    if not positions:
+        return None
+
+    def length(record: PromptRecord) -> int:
+        if not whole and record.split != split:
+            return 0
+        prompt = encode_records(tokenizer, [record], "checkpoint")[0]
+        answer = encode_text(tokenizer, record.reference or "")
+        return len(prompt) + max(len(answer), max_new_tokens)
+
+    return ContextLimit(length, positions)
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder)
     except (OSError, ValueError) as error:
-        raise UserError(f"eval: cannot load the checkpoint {folder}: {error}") from None
+        raise UserError(f"eval: cannot load the tokenizer of {folder}: {error}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.eval(), tokenizer
+    return tokenizer
+
+
+def load_model(folder: Path) -> PreTrainedModel:
+    """The checkpoint's model, in evaluation mode."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder).eval()
+    except (OSError, ValueError) as error:
+        raise UserError(f"eval: cannot load the checkpoint {folder}: {error}") from None
 
 
 def evaluate_checkpoint(
@@ -126,8 +167,14 @@ def evaluate_checkpoint(
         task_name(task)
     if out is not None and not out.parent.is_dir():
         raise UserError(f"eval: --out {out}: no such folder {out.parent}")
-    heldout = heldout_by_tag(data, split, limit)
-    model, tokenizer = load_model(folder)
+    tokenizer = load_tokenizer(folder)
+    heldout, summary = heldout_by_tag(
+        data,
+        split,
+        limit,
+        lambda whole: context_limit(folder, tokenizer, split, whole, max_new_tokens),
+    )
+    model = load_model(folder)
     who = f"checkpoint {folder}"
     scores = evaluate_model(
         model, tokenizer, heldout, max_new_tokens, batch_size, who, graders=graders
@@ -139,6 +186,7 @@ def evaluate_checkpoint(
         "tags": list(heldout),
         "examples": {tag: len(rows) for tag, rows in heldout.items()},
         "graders": {tag: graders.for_tag(tag).kind for tag in heldout},
+        "too_long": summary.too_long,
         **scores,
     }
     if tasks:
@@ -164,6 +212,8 @@ def print_tables(result: dict) -> None:
         )
     console = Console()
     console.print(table)
+    if result["too_long"]:
+        console.print(f"{result['too_long']} prompts longer than the model's context not scored")
     if result.get("lm_eval"):
         tasks = Table(title="lm-evaluation-harness")
         for column in ("task", "metric", "value"):

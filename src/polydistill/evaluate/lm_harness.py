@@ -53,10 +53,14 @@ def lm_eval_scores(
 
     `chat`: prompts go through the tokenizer's chat template (lm-eval's `apply_chat_template`).
     """
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-
+    try:
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise UserError(
+            "lm-eval tasks need lm-evaluation-harness: pip install 'polydistill[eval]'"
+        ) from None
     names = [task_name(path) for path in tasks]
     folders = sorted({str(path.resolve().parent) for path in tasks})
     os.environ["HF_DATASETS_OFFLINE"] = "1"
