@@ -29,7 +29,9 @@ KEYS = "test_distil_then_serve.py::test_a_key_is_listed_rotated_and_revoked_thro
 ENFORCED = (
     "lineage/test_lineage_enforced.py::test_an_excluded_teacher_is_never_loaded_captured_or_read"
 )
-EVAL = "evaluate/test_eval_command.py::test_eval_scores_a_checkpoint_per_tag_with_graders_and_lm_eval"  # noqa: E501
+EVAL = (
+    "evaluate/test_eval_command.py::test_eval_scores_a_checkpoint_per_tag_with_graders_and_lm_eval"
+)
 COVERED = {
     r"run CONFIG --out DIR \[--force\]": RUN_MAIN,
     r"run examples/\S+\.yaml --out runs/\S+( (?!policy=)\S+=\S+)*$": "test_readme.py::test_readme_commands_parse",  # noqa: E501
