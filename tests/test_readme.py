@@ -29,6 +29,9 @@ KEYS = "test_distil_then_serve.py::test_a_key_is_listed_rotated_and_revoked_thro
 ENFORCED = (
     "lineage/test_lineage_enforced.py::test_an_excluded_teacher_is_never_loaded_captured_or_read"
 )
+EVAL = (
+    "evaluate/test_eval_command.py::test_eval_scores_a_checkpoint_per_tag_with_graders_and_lm_eval"
+)
 COVERED = {
     r"run CONFIG --out DIR \[--force\]": RUN_MAIN,
     r"run examples/\S+\.yaml --out runs/\S+( (?!policy=)\S+=\S+)*$": "test_readme.py::test_readme_commands_parse",  # noqa: E501
@@ -46,6 +49,9 @@ COVERED = {
     r"run examples/\S+\.yaml --out runs/\S+ policy=": ENFORCED,
     r"lineage verify ": "test_distil_then_serve.py::test_the_run_writes_the_students_lineage_from_its_accounting",  # noqa: E501
     r"lineage keygen ": "lineage/test_lineage_record.py::test_lineage_keygen_command",
+    r"eval runs/demo --data \S+\.jsonl --graders": EVAL,
+    r"eval runs/demo --data \S+\.yaml --split": EVAL,
+    r"eval runs/demo --data \S+ --lm-eval-task": EVAL,
 }
 # Placeholders of the README's command synopses, and what a parse check puts in their place.
 PLACEHOLDERS = {

@@ -25,12 +25,11 @@ def completion_style(tokenizer: PreTrainedTokenizerBase) -> bool:
     return not getattr(tokenizer, "chat_template", None)
 
 
-def _bos_text(tokenizer: PreTrainedTokenizerBase) -> str:
-    """The BOS token's text when the tokenizer puts one before every text, else ""."""
+def bos_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """[BOS] when the tokenizer puts it before every text (Gemma, Llama), else [] (Qwen, GPT-2):
+    what a completion model saw before its text in training."""
     bos = tokenizer.bos_token_id
-    if bos is None:
-        return ""
-    return tokenizer.bos_token if tokenizer("a")["input_ids"][:1] == [bos] else ""
+    return [bos] if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else []
 
 
 def render_prompts(
@@ -39,7 +38,7 @@ def render_prompts(
     """Each prompt as a user turn followed by the assistant's generation prompt; for a
     completion model (`completion_style`), the prompt text after its BOS."""
     if completion_style(tokenizer):
-        bos = _bos_text(tokenizer)
+        bos = tokenizer.bos_token if bos_prefix(tokenizer) else ""
         return [bos + p for p in prompts]
     return [
         tokenizer.apply_chat_template(

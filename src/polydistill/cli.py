@@ -3,6 +3,7 @@
     polydistill run examples/specialists.yaml --out runs/demo [key=value ...]
     polydistill world build examples/specialists.yaml --out runs/world [key=value ...]
     polydistill report runs/demo                          (report.html and plots/ again)
+    polydistill eval runs/demo --data heldout.jsonl       (score a checkpoint on your prompts)
     polydistill policy check CONFIG --policy gov.yaml     (which teachers a policy allows)
     polydistill serve MODEL_DIR [--port P] [--db URL]     (and: keys, usage; see --help)
 
@@ -77,6 +78,35 @@ def report(
     from polydistill.report import write_report
 
     typer.echo(str(write_report(run_dir)))
+
+
+@app.command("eval")
+def eval_checkpoint(
+    target: Annotated[
+        Path, typer.Argument(help="A checkpoint folder, or a run folder (its student/).")
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(help="Prompts with references: a data file, or a YAML with a data: section."),
+    ],
+    graders: Annotated[
+        Path | None, typer.Option(help="Graders per tag (YAML); default: exact match.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="The split of a data config to score.")] = "test",
+    out: Annotated[Path | None, typer.Option(help="Write the scores here as JSON.")] = None,
+    lm_eval_task: Annotated[
+        list[Path] | None, typer.Option(help="An lm-evaluation-harness task YAML (repeatable).")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest greedy answer.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")] = 32,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many per tag.")] = None,
+) -> None:
+    """Score a checkpoint per tag: graded greedy answers, bits per byte of the references."""
+    from polydistill.evaluate.command import evaluate_checkpoint
+
+    evaluate_checkpoint(
+        target, data, graders, split, out, lm_eval_task, max_new_tokens, batch_size, limit
+    )
 
 
 @world_app.command("build")
