@@ -301,7 +301,7 @@ class StudentConfig(Strict):
     tokenizer: TokenizerStyle = "student"
     model: ModelSize = ModelSize()
     train: TrainConfig = TrainConfig()
-    tags: list[TagName] | None = None
+    tags: Annotated[list[TagName], Field(min_length=1)] | None = None
     prompts_per_tag: Positive | dict[str, Positive] | None = None
     loss: LossKind = "forward_kl"
     beta: Fraction = 0.5

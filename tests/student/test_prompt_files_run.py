@@ -83,12 +83,30 @@ def test_a_run_on_a_jsonl_prompt_file_scores_per_tag_and_counts_the_data(
     assert json.loads((out / "inputs.json").read_text())["world"]
 
 
-def test_a_tag_no_training_prompt_has_is_one_line(cli, tmp_path, prompt_config):
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "student.prompts_per_tag={poetry: 3}",
+            "student.prompts_per_tag: no training prompts tagged ['poetry'] (tags: math, text)",
+        ),
+        (
+            "student.fusion={strategy: route, routes: {math: qwen}}",
+            "student.fusion.routes: no teacher for tag(s) ['text']",
+        ),
+        (
+            "student.curriculum={first: [prose], steps: 1}",
+            "student.curriculum.first: no training prompts tagged ['prose'] (tags: math, text)",
+        ),
+        (
+            "student.fusion={strategy: route, routes: {math: qwen, text: nobody}}",
+            "student.fusion.routes: unknown teacher(s) ['nobody']",
+        ),
+    ],
+)
+def test_a_tag_the_prompts_do_not_have_is_one_line(cli, tmp_path, prompt_config, override, message):
+    """Tags are free strings, checked against the training prompts once they are read."""
     out = tmp_path / "run"
-    result = cli(
-        "run", str(prompt_config), "--out", str(out), "student.prompts_per_tag={poetry: 3}"
-    )
+    result = cli("run", str(prompt_config), "--out", str(out), override)
     assert result.returncode == 2 and not out.exists()
-    assert result.stderr.strip().splitlines()[-1] == (
-        "error: student.prompts_per_tag: no training prompts tagged ['poetry'] (tags: math, text)"
-    )
+    assert result.stderr.strip().splitlines()[-1] == f"error: {message}"
