@@ -67,6 +67,11 @@ def prompt_sets(cfg: RunConfig, records: Iterable[PromptRecord]) -> PromptSets:
     for record in records:
         tag = tag_of(record)
         if record.split == "test":
+            if record.reference is None:  # fail before any model is loaded
+                raise UserError(
+                    f"{record.origin or record.id}: a test prompt needs a reference answer "
+                    "(evaluation grades against it)"
+                )
             kept = heldout.setdefault(tag, [])
             if cfg.eval.heldout_limit is None or len(kept) < cfg.eval.heldout_limit:
                 kept.append(record)
