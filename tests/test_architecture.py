@@ -101,6 +101,15 @@ def test_the_documented_layers_hold():
     assert violations(stated_layers(DOC.read_text(encoding="utf-8")), SRC) == []
 
 
+def test_every_module_the_module_table_names_exists():
+    """The first column of the document's module table: files (`x.py`) and packages (`x/`)."""
+    text = DOC.read_text(encoding="utf-8")
+    table = text[text.index("## Modules") :].split("\n## ", 1)[0]
+    named = re.findall(r"^\| `([^`]+)` \|", table, re.M)
+    assert len(named) > 20
+    assert [name for name in named if not (SRC / name).exists()] == []
+
+
 def test_the_product_path_sits_below_the_world():
     layers = stated_layers(DOC.read_text(encoding="utf-8"))
     index = {name: i for i, layer in enumerate(layers) for name in layer}
