@@ -312,7 +312,7 @@ def training_data(root: Path, store_dir: Path, prompts, domains):
     """The student's fused rows from the 3-teacher store, and the one-off seconds it took."""
     from transformers import AutoTokenizer
 
-    from polydistill.student_targets import example_weights, student_targets
+    from polydistill.student.targets import example_weights, student_targets
 
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizers" / "student")
     started = time.perf_counter()
@@ -354,7 +354,8 @@ def training_data(root: Path, store_dir: Path, prompts, domains):
 def step_times(data, tokenizer, steps: int, rounds: int, batch_size: int) -> dict:
     """Seconds per step of SFT and of distillation on the same batches, arms alternating."""
     from polydistill.config import ModelSize
-    from polydistill.distill import distillation_batches, distillation_loss
+    from polydistill.student.batches import distillation_batches
+    from polydistill.student.loss import distillation_loss
     from polydistill.train import sft_loss, train
     from polydistill.world.architectures import build_model
 

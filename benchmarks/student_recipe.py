@@ -1,7 +1,7 @@
 """Which student recipe reaches the specialists benchmark's targets, and when in training?
 
     python -m benchmarks.student_recipe \\
-        --recipe 'thirds=student.prompts_per_domain=8000' \\
+        --recipe 'thirds=student.prompts_per_tag=8000' \\
         --recipe 'facts 1/7='                              # the config as it is
     python -m benchmarks.student_recipe --heldout 50 \\
         --recipe 'seed 1=student.train.seed=1' --recipe 'seed 2=student.train.seed=2'
@@ -45,17 +45,22 @@ from pathlib import Path
 import torch
 
 from benchmarks import results_md
-from polydistill import student
 from polydistill.config import RunConfig, load_config
+from polydistill.data import DataSummary
 from polydistill.errors import UserError
 from polydistill.evaluate import exact_match
-from polydistill.pipeline import evaluate_teachers, heldout_sets
+from polydistill.inputs import RunInputs
+from polydistill.pipeline import evaluate_teachers
 from polydistill.report.tables import SPECIALIST_SHARE, best_teachers
-from polydistill.student_runs import save_rows
+from polydistill.student.batches import plan_batches
+from polydistill.student.plans import model_plans, plan_data, validation_references
+from polydistill.student.prompts import PromptSets, as_prompts, prompt_sets
+from polydistill.student.readings import student_teachers, teacher_readings
+from polydistill.student.workers import save_rows
 from polydistill.train import train
 from polydistill.train.average import copy_average_into, fresh_average, update_average
-from polydistill.world.architectures import build_model, count_parameters
-from polydistill.world.build import World, build_world
+from polydistill.world.architectures import count_parameters
+from polydistill.world.inputs import world_inputs
 
 SECTION = "## Student recipe (benchmarks/student_recipe.py)"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "specialists-benchmark.yaml"
@@ -118,33 +123,36 @@ def rows_key(cfg: RunConfig) -> str:
     return json.dumps(key, sort_keys=True)
 
 
-def write_student_rows(cfg: RunConfig, world: World, path: Path) -> dict:
+def run_sets(cfg: RunConfig, inputs: RunInputs) -> PromptSets:
+    """The run's prompts by split, as `polydistill run` reads them."""
+    return prompt_sets(cfg, inputs.prompts.records({}, DataSummary()))
+
+
+def write_student_rows(cfg: RunConfig, inputs: RunInputs, path: Path) -> dict:
     """The student's fused rows, exactly as `polydistill run` builds them, saved to `path`;
     returns the validation references `student.validate_every` would choose its weights by."""
-    tokenizer = student.student_tokenizer(cfg, world)
-    prompts = student.student_prompts(cfg, world)
-    teachers = student.student_teachers(cfg, world)
-    readings = student.teacher_readings(cfg, teachers, prompts)
-    plan = student.model_plans(cfg)[0]
-    rows, _ = student.plan_data(cfg, plan, teachers, tokenizer, prompts, readings)
+    tokenizer = inputs.student.tokenizer()
+    sets = run_sets(cfg, inputs)
+    teachers = student_teachers(cfg, inputs.teachers)
+    readings = teacher_readings(cfg, teachers, sets.train)
+    plan = model_plans(cfg)[0]
+    rows, _ = plan_data(cfg, plan, teachers, tokenizer, sets.train, readings)
     save_rows(rows, path)
-    checking = student.validation_prompts(cfg, world)
-    checked = student.teacher_readings(cfg, teachers, checking)
-    return student.validation_references(cfg, plan, teachers, checking, checked)
+    checking = as_prompts(sets.validation)
+    checked = teacher_readings(cfg, teachers, checking)
+    return validation_references(cfg, plan, teachers, sets.validation, checking, checked)
 
 
 def train_recipe(spec: dict) -> dict:
     """Worker: one recipe's student, scored raw and averaged every `spec["every"]` steps."""
     torch.set_num_threads(spec["threads"])
-    cfg, world, heldout = RunConfig.model_validate(spec["run"]), spec["world"], spec["heldout"]
-    s, t = cfg.student, cfg.student.train
-    tokenizer = student.student_tokenizer(cfg, world)
-    prompts = student.student_prompts(cfg, world)
+    cfg, inputs, heldout = RunConfig.model_validate(spec["run"]), spec["inputs"], spec["heldout"]
+    t = cfg.student.train
+    tokenizer = inputs.student.tokenizer()
+    prompts = run_sets(cfg, inputs).train
     rows = torch.load(spec["rows"], weights_only=False)
-    batches, loss_fn = student.plan_batches(
-        cfg, student.model_plans(cfg)[0], tokenizer, prompts, rows
-    )
-    model = build_model(s.family, s.model, tokenizer, t.seed)
+    batches, loss_fn = plan_batches(cfg, model_plans(cfg)[0], tokenizer, prompts, rows)
+    model = inputs.student.model(t.seed)
     averaged, average = copy.deepcopy(model), fresh_average(model)
     points, started = [], time.perf_counter()
 
@@ -188,22 +196,22 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
     common = list(args.set) + ([f"eval.heldout_limit={args.heldout}"] if args.heldout else [])
     recipes = load_recipes(args.config, args.recipe, common)
     first = next(iter(recipes.values()))[0]
-    world = build_world(first)
-    teachers = {m: r["accuracy"] for m, r in evaluate_teachers(first, world).items()}
-    heldout = heldout_sets(world, first.eval.heldout_limit)
+    inputs = world_inputs(first)
+    heldout = run_sets(first, inputs).heldout
+    teachers = {m: r["accuracy"] for m, r in evaluate_teachers(first, inputs, heldout).items()}
     rows: dict[str, Path] = {}
     references: dict[str, dict] = {}
     specs = []
     for name, (cfg, _) in recipes.items():
-        key = rows_key(cfg)
+        key, own = rows_key(cfg), world_inputs(cfg)  # the recipe's own student architecture
         if key not in rows:
             rows[key] = work / f"rows-{len(rows)}.pt"
-            references[key] = write_student_rows(cfg, world, rows[key])
+            references[key] = write_student_rows(cfg, own, rows[key])
         specs.append(
             {
                 "name": name,
                 "run": cfg.model_dump(mode="json"),
-                "world": world,
+                "inputs": own,
                 "rows": rows[key],
                 "references": references[key],
                 "heldout": heldout,

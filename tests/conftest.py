@@ -1,6 +1,8 @@
 """Shared fixtures: the tiny world is built once per test session."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,22 @@ def _hypothesis_profiles() -> None:
 
 
 _hypothesis_profiles()
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Runs the real `polydistill` entry point in this process (imports are already warm)."""
+
+    from polydistill.cli import main
+
+    def invoke(*args: str) -> subprocess.CompletedProcess:
+        monkeypatch.setattr(sys, "argv", ["polydistill", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as exit:
+            code = exit.code
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+    return invoke

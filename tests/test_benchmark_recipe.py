@@ -20,7 +20,7 @@ STUDENT = {
         "intermediate_size": 64,
     },
     "train": {"steps": 4, "batch_size": 8, "lr": 3.0e-3, "warmup_steps": 1, "ema_decay": 0.9},
-    "prompts_per_domain": 8,
+    "prompts_per_tag": 8,
     "top_k": 8,
 }  # fmt: skip
 
@@ -51,7 +51,7 @@ def test_recipes_train_side_by_side_and_score_raw_and_averaged_weights(
     out = tmp_path / "recipe.json"
     command = [sys.executable, "-m", "benchmarks.student_recipe", "--json", str(out)]
     command += ["--config", str(config), "--every", "3"]
-    command += ["--recipe", "base=", "--recipe", "facts=student.prompts_per_domain={facts: 3}"]
+    command += ["--recipe", "base=", "--recipe", "facts=student.prompts_per_tag={facts: 3}"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -60,7 +60,7 @@ def test_recipes_train_side_by_side_and_score_raw_and_averaged_weights(
     best = {d: max(t[d] for t in result["teachers"].values()) for d in domains}
     assert result["targets"] == pytest.approx({d: 0.95 * best[d] for d in domains})
     assert [r["name"] for r in result["recipes"]] == ["base", "facts"]
-    assert result["recipes"][1]["overrides"] == ["student.prompts_per_domain={facts: 3}"]
+    assert result["recipes"][1]["overrides"] == ["student.prompts_per_tag={facts: 3}"]
     for run in result["recipes"]:
         assert run["decay"] == 0.9 and run["params"] > 0
         assert [p["step"] for p in run["points"]] == [3, 4]  # every 3 steps, and the last

@@ -108,3 +108,30 @@ def test_a_runs_resolved_config_loads_again_the_same(tmp_path):
     cfg = load_config(TINY, [*overrides, f"world.cache_dir={tmp_path}"])
     written = write(tmp_path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     assert load_config(written) == cfg
+
+
+def test_data_is_the_world_by_default_or_the_users_files(tmp_path):
+    """`data:` picks its kind by `source`; the user's files keep their own errors and key paths;
+    with files, the student's tags are not fixed by the config (they are read from the prompts)."""
+    from polydistill.config import WorldData
+    from polydistill.data import DataConfig
+
+    with_student = ["student={teachers: [gemma, qwen]}"]
+    world = load_config(TINY, with_student)
+    assert isinstance(world.data, WorldData) and world.student.tags == ["facts", "strings"]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "hi", "reference": "hello", "tag": "greeting"}\n')
+    files = load_config(TINY, [*with_student, f"data={{train: {prompts}}}"])
+    assert isinstance(files.data, DataConfig) and files.data.train == [prompts]
+    assert files.student.tags is None
+    assert load_config(TINY, [*with_student, "data={source: world}"]).data == world.data
+    for override, message in [
+        ("data={source: files}", "data.source: Input should be 'world'"),
+        ("data={train: /nonexistent.jsonl}", "data: train: no such file or folder"),
+        (f"data={{train: {prompts}, trian: 1}}", "data.trian: unknown key"),
+        (f"data={{train: {prompts}, batch_rows: true}}", "data.batch_rows: Input should be"),
+        ("student.tags=[]", "student.tags: List should have at least 1 item"),
+    ]:
+        with pytest.raises(UserError) as error:
+            load_config(TINY, [*with_student, override])
+        assert str(error.value).startswith(message), override

@@ -31,7 +31,7 @@ README = Path(__file__).parents[1] / "README.md"
 STUDENT = [
     "threads=1",
     "student.teachers=[gemma, gptoss, qwen]",
-    "student.prompts_per_domain=8",
+    "student.prompts_per_tag=8",
     "student.top_k=8",
     "student.model={hidden_size: 64, layers: 1, heads: 1, kv_heads: 1, head_dim: 64, "
     "intermediate_size: 64}",

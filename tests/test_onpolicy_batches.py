@@ -11,7 +11,6 @@ from align_tokenizers import tokenizer
 from onpolicy_models import prompts, teacher, tiny_model
 
 from polydistill import fusion
-from polydistill.distill import distillation_batches, distillation_loss
 from polydistill.errors import UserError
 from polydistill.losses.reference import reference_distill_loss
 from polydistill.onpolicy import (
@@ -24,7 +23,9 @@ from polydistill.onpolicy import (
     sample_answers,
     warm_start,
 )
-from polydistill.student_targets import student_targets
+from polydistill.student.batches import distillation_batches
+from polydistill.student.loss import distillation_loss
+from polydistill.student.targets import student_targets
 from polydistill.teachers.readings import gather_readings
 from polydistill.train import train
 

@@ -140,20 +140,23 @@ def test_no_number_anywhere_in_the_config_is_taken_from_a_boolean():
         leaves
     )
     assert "student.curriculum.steps" in leaves and "eval.heldout_limit" in leaves
+    assert "data.max_prompts.train" in leaves and "data.fractions.test" in leaves
     load_config(TINY, WITH_STUDENT)  # the base every leaf is set on is valid
     for leaf in leaves:
         for value in ("true", "false"):
+            # the user's prompt files (`data:`) need a train file before any other key
+            data = [f"data.train={TINY}"] if leaf.startswith("data.") else []
             with pytest.raises(UserError) as error:
-                load_config(TINY, [*WITH_STUDENT, f"{leaf}={value}"])
+                load_config(TINY, [*WITH_STUDENT, *data, f"{leaf}={value}"])
             assert str(error.value).startswith(f"{leaf}: Input should be a valid "), leaf
 
 
 def test_mappings_of_numbers_refuse_booleans_too():
     for override in (
-        "student.prompts_per_domain={facts: true}",
+        "student.prompts_per_tag={facts: true}",
         "student.fusion.weights={gemma: true, qwen: 0}",
     ):
-        with pytest.raises(UserError, match=r"^student\.(prompts_per_domain|fusion\.weights)"):
+        with pytest.raises(UserError, match=r"^student\.(prompts_per_tag|fusion\.weights)"):
             load_config(TINY, [*WITH_STUDENT, override])
 
 

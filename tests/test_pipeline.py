@@ -8,28 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from polydistill.cli import main
 from polydistill.world.build import build_world
 
 pytestmark = pytest.mark.slow
 TINY = Path(__file__).parent / "tiny.yaml"
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Runs the real `polydistill` entry point in this process (imports are already warm)."""
-
-    def invoke(*args: str) -> subprocess.CompletedProcess:
-        monkeypatch.setattr(sys, "argv", ["polydistill", *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as exit:
-            code = exit.code
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
-
-    return invoke
 
 
 def test_world_teachers_are_standard_checkpoints(tiny_world):

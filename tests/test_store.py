@@ -283,7 +283,7 @@ def test_capture_command_with_shards_then_merge_then_a_run_from_the_store(
 ):
     """The README's three store commands: `capture --shard i/n`, `capture --merge`, and
     `run ... student.store=STORE`, which trains the student without loading a teacher to read."""
-    import polydistill.student as student_module
+    import polydistill.student.readings as student_module
     from polydistill.cli import main
 
     tiny = Path(__file__).parent / "tiny.yaml"
@@ -293,7 +293,7 @@ def test_capture_command_with_shards_then_merge_then_a_run_from_the_store(
         "threads=1",
         "student.teachers=[gemma, gptoss, qwen]",
         "student.top_k=8",
-        "student.prompts_per_domain=4",
+        "student.prompts_per_tag=4",
         "eval.max_new_tokens=4",
     ]
 

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from polydistill.errors import UserError
 from polydistill.serve.checkpoint import load_served_model
-from polydistill.student_export import export_student
+from polydistill.student.export import export_student
 
 MESSAGES = [{"role": "user", "content": "Where does the river go?"}]
 

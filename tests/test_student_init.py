@@ -24,7 +24,7 @@ from student_models import (
 )
 
 from polydistill.errors import UserError
-from polydistill.student_init import (
+from polydistill.student.init import (
     Prune,
     StudentInit,
     chosen_layers,

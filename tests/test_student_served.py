@@ -18,7 +18,7 @@ from student_models import PROMPT, tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from vllm_server import vllm_server
 
-from polydistill.student_export import export_student
+from polydistill.student.export import export_student
 from polydistill.world.real_vocab import qwen3_tokenizer
 
 pytestmark = pytest.mark.slow

@@ -63,11 +63,16 @@ def run(
     overrides: Overrides = None,
     force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
-    """Build or reuse the world, evaluate the teachers, write OUT/metrics.json."""
+    """Evaluate the teachers, distil the student, write OUT/metrics.json (building or reusing
+    the world for its teachers, student architecture and, with `data: {source: world}`,
+    prompts)."""
     cfg = _configure(config, overrides)
+    from polydistill.pipeline import check_run
     from polydistill.pipeline import run as run_pipeline
+    from polydistill.world.inputs import world_inputs
 
-    run_pipeline(cfg, out, force)
+    check_run(cfg, out, force)  # output, policy and checkpoints before the world is built
+    run_pipeline(cfg, out, world_inputs(cfg), force)
 
 
 @app.command()

@@ -10,13 +10,15 @@ the YAML, this module checks it).
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -24,11 +26,15 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from polydistill.data import DataConfig
 from polydistill.errors import UserError
 from polydistill.overrides import apply_override, key_path, read_yaml
 
 Family = Literal["gemma", "qwen", "gpt-oss"]
+# The domains a world teacher trains on (the specialists world's); the student's prompts are
+# tagged records of any source, and its settings name free-form tags.
 Domain = Literal["arithmetic", "facts", "strings"]
+TagName = Annotated[str, Field(min_length=1)]
 TokenizerStyle = Literal["gemma", "qwen", "gpt-oss", "student"]
 LossKind = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "tv"]
 Positive = Annotated[int, Field(gt=0)]
@@ -255,8 +261,8 @@ class FusionConfig(Strict):
     teacher's own answer) / `temperature`; `uniform` / `product`: equal weights, mixed in
     probability space / as a product of experts; `fixed`: `weights` per teacher (sum 1);
     `confidence`: per position, softmax of log top-1 probability / `temperature`; `route`: each
-    example to the teacher `routes` names for its domain; `mince` / `avgce`: FuseLLM's baselines,
-    which read the gold answers.
+    prompt to the teacher `routes` names for its tag; `mince` / `avgce`: FuseLLM's baselines,
+    which read the reference answers.
     """
 
     strategy: FusionStrategy = "evidence"
@@ -266,25 +272,28 @@ class FusionConfig(Strict):
 
 
 class CurriculumConfig(Strict):
-    """The student's first `steps` optimiser steps draw rows of the `first` domains alone, then
-    rows of every domain. Every model of a run (baselines too) trains on the same schedule.
+    """The student's first `steps` optimiser steps draw rows of the `first` tags alone, then
+    rows of every tag. Every model of a run (baselines too) trains on the same schedule.
     Measured on the specialists benchmark in benchmarks/RESULTS.md, "Student recipe"."""
 
-    first: Annotated[list[Domain], Field(min_length=1)]
+    first: Annotated[list[TagName], Field(min_length=1)]
     steps: Positive
 
 
 class StudentConfig(Strict):
-    """The student distilled from `teachers` on their answers to the domains' prompts.
+    """The student distilled from `teachers` on their answers to the run's training prompts.
 
-    `domains`: whose training prompts the student sees (default: all its teachers' domains),
-    `prompts_per_domain` of each (one count, or a count per domain; a domain with fewer prompts
-    repeats them, one a mapping leaves out keeps all of its own). Every teacher answers every prompt
+    `tags`: whose training prompts the student sees (default: with the world as `data`, all its
+    teachers' domains; with prompt files, every tag of the train split; a record without a tag
+    is tagged `untagged`), `prompts_per_tag` of each (one count, or a count per tag; a tag with
+    fewer prompts repeats them, one a mapping leaves out keeps all of its own). Every teacher
+    answers every prompt
     `completions_per_prompt` times (greedily, then sampled); the best-ranked answers are the
     student's, and the fused `top_k` + tail of all teachers at `temperature` are the targets of
     the `loss`; `ce_weight` mixes in cross-entropy on the answer tokens, `prompt_loss_weight`
     cross-entropy on the prompt tokens (per token, relative to an answer token; one weight, or
-    one per domain, 0 for a domain a mapping leaves out).
+    one per tag, 0 for a tag a mapping leaves out). A tag these settings name that no training
+    prompt has is an error when the prompts are read.
     """
 
     teachers: Annotated[list[str], Field(min_length=1)]
@@ -293,19 +302,19 @@ class StudentConfig(Strict):
     tokenizer: TokenizerStyle = "student"
     model: ModelSize = ModelSize()
     train: TrainConfig = TrainConfig()
-    domains: list[Domain] | None = None
-    prompts_per_domain: Positive | dict[Domain, Positive] | None = None
+    tags: Annotated[list[TagName], Field(min_length=1)] | None = None
+    prompts_per_tag: Positive | dict[str, Positive] | None = None
     loss: LossKind = "forward_kl"
     beta: Fraction = 0.5
     temperature: Annotated[float, Field(gt=0)] = 1.0
     top_k: Positive = 32
     ce_weight: Fraction = 0.0
-    prompt_loss_weight: Fraction | dict[Domain, Fraction] = 0.0
+    prompt_loss_weight: Fraction | dict[str, Fraction] = 0.0
     completions_per_prompt: Positive = 1
     curriculum: CurriculumConfig | None = None
     checkpoint_every: NonNegative = 100
     # Every `validate_every` steps (0: never) and at the end, the weights the run would return
-    # are scored on the world's validation prompts against the answers the model's own fusion
+    # are scored on the validation prompts against the answers the model's own fusion
     # chooses from its teachers (label-free but for the baselines that read gold in training
     # too: the oracle scores against gold, mince / avgce rank by it), and the best-scoring
     # weights become the model.
@@ -314,23 +323,21 @@ class StudentConfig(Strict):
     # readings come from it, no teacher model is loaded (its fingerprints must match).
     store: LaxPath | None = None
 
-    def prompt_weight_of(self, domain: str) -> float:
-        """The prompt loss weight of `domain`'s prompts."""
+    def prompt_weight_of(self, tag: str) -> float:
+        """The prompt loss weight of `tag`'s prompts."""
         weights = self.prompt_loss_weight
-        return weights.get(domain, 0.0) if isinstance(weights, dict) else weights
+        return weights.get(tag, 0.0) if isinstance(weights, dict) else weights
 
-    @field_validator("prompt_loss_weight", "prompts_per_domain", mode="before")
+    @field_validator("prompt_loss_weight", "prompts_per_tag", mode="before")
     @classmethod
-    def _mapping_names_domains(cls, values: Any, info: ValidationInfo) -> Any:
+    def _mapping_names_tags(cls, values: Any, info: ValidationInfo) -> Any:
         """A mapping's own one-line errors (a union's would blame its number branch)."""
         if not isinstance(values, dict):
             return values
-        counts = info.field_name == "prompts_per_domain"
+        counts = info.field_name == "prompts_per_tag"
         for domain, value in values.items():
-            if domain not in get_args(Domain):
-                raise ValueError(
-                    f"unknown domain {domain!r} (domains: {', '.join(get_args(Domain))})"
-                )
+            if not isinstance(domain, str) or not domain:
+                raise ValueError(f"{domain!r} is not a tag")
             number = not isinstance(value, bool) and isinstance(
                 value, int if counts else int | float
             )
@@ -377,8 +384,30 @@ def _error_at(location: tuple[str, ...], message: str) -> ValidationError:
     return ValidationError.from_exception_data("config", [detail])
 
 
+class WorldData(Strict):
+    """The specialists world's examples as the prompts: tag = domain, held-out = test split."""
+
+    source: Literal["world"]
+
+
+def _data_kind(value: Any) -> str:
+    """Which `data:` a mapping is: the world's (it names `source`) or the user's files."""
+    if isinstance(value, WorldData) or (isinstance(value, dict) and "source" in value):
+        return "data-world"
+    return "data-files"
+
+
+DataChoice = Annotated[
+    Annotated[WorldData, Tag("data-world")] | Annotated[DataConfig, Tag("data-files")],
+    Discriminator(_data_kind),
+]
+
+
 class RunConfig(Strict):
     world: WorldConfig = WorldConfig()
+    # The prompts: `{source: world}` (the default: the world's domains' examples) or the
+    # user's prompt files (`polydistill.data.DataConfig`: `train`, `validation`, `test`, ...).
+    data: DataChoice = WorldData(source="world")
     teachers: Annotated[list[TeacherConfig], Field(min_length=1)]
     eval: EvalConfig = EvalConfig()
     threads: Positive | None = None
@@ -394,7 +423,8 @@ class RunConfig(Strict):
     def _student_has_its_teachers(
         cls, student: StudentConfig | None, info: ValidationInfo
     ) -> StudentConfig | None:
-        """The named teachers exist; fusion settings name them; domains default to theirs."""
+        """The named teachers exist; fusion settings name them; with the world as `data`, tags
+        default to their domains."""
         if student is None or "teachers" not in info.data:
             return student
         teachers = {t.name: t for t in info.data["teachers"]}
@@ -404,22 +434,21 @@ class RunConfig(Strict):
                 raise _error_at(("teachers", i), f"no teacher named {name!r} (teachers: {known})")
         if len(set(student.teachers)) != len(student.teachers):
             raise _error_at(("teachers",), f"a teacher is listed twice: {student.teachers}")
-        if student.domains is None:
+        world_data = isinstance(info.data.get("data"), WorldData)
+        if student.tags is None and world_data:
             domains = sorted({d for n in student.teachers for d in teachers[n].domains})
             if not domains:
                 raise _error_at(
-                    ("domains",),
-                    "the student's teachers have no domains; list the domains whose prompts "
+                    ("tags",),
+                    "the student's teachers have no domains; list the tags whose prompts "
                     "the student sees",
                 )
-            student = student.model_copy(update={"domains": domains})
-        for field in ("prompts_per_domain", "prompt_loss_weight"):
-            per_domain = getattr(student, field)
-            if isinstance(per_domain, dict) and set(per_domain) - set(student.domains):
-                unknown = sorted(set(per_domain) - set(student.domains))
-                raise _error_at(
-                    (field,), f"{unknown} not among the student's domains {student.domains}"
-                )
+            student = student.model_copy(update={"tags": domains})
+        for field in ("prompts_per_tag", "prompt_loss_weight"):
+            per_tag = getattr(student, field)
+            if student.tags and isinstance(per_tag, dict) and set(per_tag) - set(student.tags):
+                unknown = sorted(set(per_tag) - set(student.tags))
+                raise _error_at((field,), f"{unknown} not among the student's tags {student.tags}")
         if student.validate_every and student.store is not None:
             raise _error_at(
                 ("validate_every",),
@@ -464,15 +493,16 @@ def _check_curriculum(student: StudentConfig) -> None:
     curriculum = student.curriculum
     if curriculum is None:
         return
-    unknown = sorted(set(curriculum.first) - set(student.domains))
-    if unknown:
-        raise _error_at(
-            ("curriculum", "first"), f"{unknown} not among the student's domains {student.domains}"
-        )
-    if set(curriculum.first) == set(student.domains):
-        raise _error_at(
-            ("curriculum", "first"), "names every domain of the student: it would change nothing"
-        )
+    if student.tags is not None:
+        unknown = sorted(set(curriculum.first) - set(student.tags))
+        if unknown:
+            raise _error_at(
+                ("curriculum", "first"), f"{unknown} not among the student's tags {student.tags}"
+            )
+        if set(curriculum.first) == set(student.tags):
+            raise _error_at(
+                ("curriculum", "first"), "names every tag of the student: it would change nothing"
+            )
     if curriculum.steps >= student.train.steps:
         raise _error_at(
             ("curriculum", "steps"),
@@ -494,18 +524,20 @@ def _check_fusion(student: StudentConfig) -> None:
                 ("fusion", "weights"), f"must be non-negative and sum to 1, got {total}"
             )
     if fusion.strategy == "route" and fusion.routes is None:
-        raise _error_at(("fusion", "routes"), "strategy route needs a teacher per domain")
+        raise _error_at(("fusion", "routes"), "strategy route needs a teacher per tag")
     if fusion.routes is not None:
         unknown = sorted(set(fusion.routes.values()) - set(names))
         if unknown:
             raise _error_at(("fusion", "routes"), f"unknown teacher(s) {unknown}")
-        missing = sorted(set(student.domains or []) - set(fusion.routes))
+        missing = sorted(set(student.tags or []) - set(fusion.routes))
         if missing:
-            raise _error_at(("fusion", "routes"), f"no teacher for domain(s) {missing}")
+            raise _error_at(("fusion", "routes"), f"no teacher for tag(s) {missing}")
 
 
 # What pydantic adds to an error's location besides keys: validator and union branch tags.
-_SCHEMA_TAG = re.compile(r"^(function-.*|(constrained-)?(int|float|str|bool)|(dict|list)\[.*)$")
+_SCHEMA_TAG = re.compile(
+    r"^(function-.*|(constrained-)?(int|float|str|bool)|(dict|list)\[.*|data-world|data-files)$"
+)
 
 
 def _first_error(error: ValidationError) -> str:

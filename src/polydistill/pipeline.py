@@ -1,68 +1,113 @@
-"""`polydistill run`: the main job, top to bottom.
+"""`polydistill run`: the main job, top to bottom, on plain inputs.
+
+    metrics = run(cfg, out, inputs)    # inputs: `polydistill.inputs.RunInputs`
 
 0. Check every teacher against the run's policy (`lineage.policy`: licence, origin, ...) before
-   anything is loaded, and every real checkpoint's tokenizer, so that a bad path fails at once.
-   A teacher the policy excludes is never loaded, called or read from a store.
-1. Build (or reuse) the world: domain data, tokenizers, world teachers.
-2. Evaluate every teacher (world-trained or a real local checkpoint) on every held-out domain.
-3. With a `student:` section: every teacher answers and scores the student's prompts once
-   (`student.teacher_readings`); then the student and each baseline of `benchmark:` are trained
-   on their fused targets (`student`), evaluated like the teachers, and their training logs kept
-   in `train_logs/`. The student is saved to `student/` as a standard checkpoint with its
-   signed lineage (`lineage.write`: `lineage.json` with its teachers' facts, fingerprints and
-   shares, the policy, data and config hashes; `bom.cdx.json`, `NOTICE`, the model card
-   `README.md`), and who supplied its targets to `contributions.json`.
-4. Write `metrics.json`, the resolved config and the world's location into the output folder,
-   and the report (`report.html`).
+   anything is loaded, and every checkpoint's tokenizer, so that a bad path fails at once. A
+   teacher the policy excludes is never loaded, called or read from a store. (`check_run`; the
+   caller runs it before it resolves the inputs too.)
+1. Read the prompt records once (`student.prompts.prompt_sets`): prompts longer than a teacher's
+   or the student's context are dropped and counted (`data.ContextLimit`).
+2. Evaluate every teacher on every held-out tag (the test split).
+3. With a `student:` section: the student stage (`student.recipe`): readings, targets,
+   training and evaluation of the student and each baseline; the student lands in `student/`
+   as a standard checkpoint with its signed lineage.
+4. Write `metrics.json` (with the prompt set's counts under `data`), the resolved config, where
+   the inputs came from (`inputs.json`; `world.json` for the world), and the report.
 
 The output folder is assembled in a temporary sibling and renamed into place at the end, so a
 failed or interrupted run leaves no half-written folder and never touches an earlier result
 unless `force` is given (then the old folder is replaced only once the new one is complete).
 """
 
-import hashlib
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 from rich.progress import Progress
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from polydistill import student, student_runs
 from polydistill.config import EvalConfig, RunConfig
+from polydistill.data import ContextLimit, DataSummary, PromptRecord
 from polydistill.errors import UserError
 from polydistill.evaluate import evaluate_model
+from polydistill.evaluate.prompts import encode_records
+from polydistill.inputs import RunInputs
 from polydistill.lineage.policy import Gate, run_gate
-from polydistill.lineage.write import write_student_lineage
 from polydistill.progress import console, progress_bars
 from polydistill.report import write_report
 from polydistill.staging import staged_folder
 from polydistill.store.cached import check_store_policy
-from polydistill.store.manifest import prompts_hash
+from polydistill.student.prompts import prompt_sets
+from polydistill.student.recipe import distil_and_evaluate
 from polydistill.teachers import load_checkpoint, load_tokenizer
-from polydistill.teachers.checkpoint import DTYPES
-from polydistill.train.log import LOG_FILE, TENSORBOARD_DIR
-from polydistill.world.build import World, build_world
-from polydistill.world.domains import DOMAINS
+from polydistill.teachers.checkpoint import DTYPES, is_gguf
+
+
+def check_output(out: Path, force: bool) -> None:
+    """An existing, non-empty `out` is replaced only with `force`."""
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(
+            f"output folder {out} already exists and is not empty; pass --force to replace it"
+        )
 
 
 @contextmanager
 def staged_output(out: Path, force: bool) -> Iterator[Path]:
     """A temporary folder that becomes `out` only if the block completes."""
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(
-            f"output folder {out} already exists and is not empty; pass --force to replace it"
-        )
+    check_output(out, force)
     with staged_folder(out, replace=True) as staging:
         yield staging
 
 
-def heldout_sets(world: World, limit: int | None) -> dict:
-    return {d: world.heldout[d][:limit] if limit else world.heldout[d] for d in DOMAINS}
+def check_run(cfg: RunConfig, out: Path, force: bool) -> Gate:
+    """The output folder, the policy gate (files only), the store's policy, and every checkpoint
+    teacher's tokenizer: what can fail before anything is built or loaded."""
+    check_output(out, force)
+    gate = run_gate(cfg)  # reads files only: no teacher is loaded before the policy allows it
+    cfg = gate.config
+    if cfg.student is not None and cfg.student.store is not None:
+        check_store_policy(cfg.student.store, gate.policy and gate.policy.digest)
+    for teacher in cfg.teachers:
+        if teacher.path is not None and teacher.name not in gate.excluded:  # fail fast
+            load_tokenizer(teacher.path, f"teacher {teacher.name!r}", teacher.template)
+    return gate
+
+
+def _token_counter(tokenizer: PreTrainedTokenizerBase, who: str):
+    return lambda record: len(encode_records(tokenizer, [record], who)[0])
+
+
+def _positions(path: Path) -> int | None:
+    """A checkpoint's context length from its config (None when it states none)."""
+    folder, extra = (path.parent, {"gguf_file": path.name}) if is_gguf(path) else (path, {})
+    config = AutoConfig.from_pretrained(folder, **extra)
+    return getattr(config, "max_position_embeddings", None)
+
+
+def context_limits(
+    cfg: RunConfig, inputs: RunInputs, excluded: frozenset[str]
+) -> dict[str, ContextLimit]:
+    """Per model (each teacher, the student): its prompt length and the most prompt tokens it
+    takes, its context less the `eval.max_new_tokens` its answer needs."""
+    room = cfg.eval.max_new_tokens
+    limits: dict[str, ContextLimit] = {}
+    for teacher in (t for t in cfg.teachers if t.name not in excluded):
+        path, who = inputs.teachers[teacher.name], f"teacher {teacher.name!r}"
+        positions = _positions(path)
+        if positions is not None:
+            tokenizer = load_tokenizer(path, who, teacher.template)
+            limits[teacher.name] = ContextLimit(_token_counter(tokenizer, who), positions - room)
+    if cfg.student is not None:
+        tokenizer = inputs.student.tokenizer()
+        limits["student"] = ContextLimit(
+            _token_counter(tokenizer, "student"), inputs.student.max_positions() - room
+        )
+    return limits
 
 
 def evaluate_with_progress(
@@ -70,7 +115,7 @@ def evaluate_with_progress(
     label: str,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    heldout: dict,
+    heldout: Mapping[str, list[PromptRecord]],
     settings: EvalConfig,
     who: str,
 ) -> dict:
@@ -90,15 +135,18 @@ def evaluate_with_progress(
 
 
 def evaluate_teachers(
-    cfg: RunConfig, world: World, excluded: frozenset[str] = frozenset()
+    cfg: RunConfig,
+    inputs: RunInputs,
+    heldout: Mapping[str, list[PromptRecord]],
+    excluded: frozenset[str] = frozenset(),
 ) -> dict[str, dict]:
-    heldout = heldout_sets(world, cfg.eval.heldout_limit)
+    """Every allowed teacher's held-out scores, by `teacher:<name>`."""
     results: dict[str, dict] = {}
     with progress_bars() as bars:
         for teacher in (t for t in cfg.teachers if t.name not in excluded):
             who = f"teacher {teacher.name!r}"
-            path = teacher.path or world.teachers[teacher.name]
             dtype = DTYPES[teacher.dtype]
+            path = inputs.teachers[teacher.name]
             model, tokenizer = load_checkpoint(path, who, dtype, teacher.template)
             label = f"teacher:{teacher.name}"
             results[label] = evaluate_with_progress(
@@ -107,90 +155,33 @@ def evaluate_teachers(
     return results
 
 
-def keep_train_log(work: Path, staging: Path, name: str) -> None:
-    """The model's `train_log.jsonl` (and TensorBoard folder) into `staging/train_logs/`."""
-    logs = staging / "train_logs"
-    logs.mkdir(exist_ok=True)
-    label = name.replace(":", "__")
-    if (work / LOG_FILE).is_file():
-        shutil.copy2(work / LOG_FILE, logs / f"{label}.jsonl")
-    if (work / TENSORBOARD_DIR).is_dir():
-        shutil.copytree(work / TENSORBOARD_DIR, logs / f"{label}.tensorboard")
-
-
-def distil_and_evaluate(
-    cfg: RunConfig, world: World, out: Path, staging: Path, gate: Gate
-) -> tuple[dict, list[Path]]:
-    """Train and score the student and the baselines; returns their metrics and work folders."""
-    tokenizer = student.student_tokenizer(cfg, world)
-    prompts = student.student_prompts(cfg, world)
-    teachers = student.student_teachers(cfg, world, gate.policy and gate.policy.digest)
-    readings = student.teacher_readings(cfg, teachers, prompts)
-    if cfg.student.validate_every:
-        checking = student.validation_prompts(cfg, world)
-        checked = student.teacher_readings(cfg, teachers, checking)
-    jobs, fused, projections, accounts = [], {}, {}, None
-    for plan in student.model_plans(cfg):
-        work, rows_file = student.model_work_dir(out, cfg, world, plan), None
-        if plan.sft != "gold":
-            key = (plan.strategy, json.dumps(plan.fixed, sort_keys=True), plan.without)
-            if key not in fused:  # e.g. seqkd trains on the student's rows: written once
-                rows, plan_accounts = student.plan_data(
-                    cfg, plan, teachers, tokenizer, prompts, readings, projections
-                )
-                student_runs.save_rows(rows, work / student_runs.ROWS_FILE)
-                fused[key] = (work / student_runs.ROWS_FILE, plan_accounts)
-            rows_file, plan_accounts = fused[key]
-            accounts = plan_accounts if plan.name == "student" else accounts
-        references = None
-        if cfg.student.validate_every:
-            references = student.validation_references(cfg, plan, teachers, checking, checked)
-        jobs.append(student_runs.PlanJob(plan, work, rows_file, references))
-    del projections, readings  # the workers read their rows from the files
-    heldout = heldout_sets(world, cfg.eval.heldout_limit)
-    results = student_runs.train_and_score(cfg, world, jobs, heldout)
-    for job in jobs:
-        keep_train_log(job.work, staging, job.plan.name)
-    shutil.copytree(jobs[0].work / student_runs.FINAL_DIR, staging / "student")
-    (staging / "contributions.json").write_text(json.dumps(accounts, indent=1))
-    write_student_lineage(  # signed, bound to the weights now in staging/student
-        gate,
-        accounts,
-        staging / "student",
-        fingerprints={t.name: t.fingerprint() for t in teachers},
-        prompts={"count": len(prompts.texts), "sha256": prompts_hash(prompts.texts)},
-        config_sha256=hashlib.sha256(cfg.model_dump_json().encode()).hexdigest(),
-        accuracy=results["student"]["accuracy"],
-    )
-    return results, [job.work for job in jobs]
-
-
-def run(cfg: RunConfig, out: Path, force: bool = False) -> dict:
+def run(cfg: RunConfig, out: Path, inputs: RunInputs, force: bool = False) -> dict:
     """The whole job; returns the metrics written to `out/metrics.json`."""
-    gate = run_gate(cfg)  # reads files only: no teacher is loaded before the policy allows it
-    cfg = gate.config
-    if cfg.student is not None and cfg.student.store is not None:
-        check_store_policy(cfg.student.store, gate.policy and gate.policy.digest)
-    for teacher in cfg.teachers:
-        if teacher.path is not None and teacher.name not in gate.excluded:  # fail fast
-            load_tokenizer(teacher.path, f"teacher {teacher.name!r}", teacher.template)
+    gate = check_run(cfg, out, force)
+    cfg, excluded = gate.config, frozenset(gate.excluded)
+    summary = DataSummary()
+    limits = context_limits(cfg, inputs, excluded)
+    sets = prompt_sets(cfg, inputs.prompts.records(limits, summary))
+    console.log(f"prompts: {summary.describe()}")
     works: list[Path] = []
     with staged_output(out, force) as staging:
-        world = build_world(cfg)
         metrics = {
-            "domains": list(DOMAINS),
-            "models": evaluate_teachers(cfg, world, frozenset(gate.excluded)),
+            "domains": list(sets.heldout),  # the test split's tags (the report's rows)
+            "data": summary.metrics(),
+            "models": evaluate_teachers(cfg, inputs, sets.heldout, excluded),
         }
         if cfg.student is not None:
-            trained, works = distil_and_evaluate(cfg, world, out, staging, gate)
+            trained, works = distil_and_evaluate(cfg, inputs, sets, out, staging, gate)
             metrics["models"].update(trained)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (staging / "config.yaml").write_text(
             yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         )
-        (staging / "world.json").write_text(
-            json.dumps({"root": str(world.root.resolve())}, indent=2)
-        )
+        (staging / "inputs.json").write_text(json.dumps(dict(inputs.about), indent=2))
+        if "world" in inputs.about:
+            (staging / "world.json").write_text(
+                json.dumps({"root": inputs.about["world"]}, indent=2)
+            )
         write_report(staging, run_name=out.name)
     for work in works:  # the models are in `out` now; their training checkpoints are spent
         shutil.rmtree(work, ignore_errors=True)

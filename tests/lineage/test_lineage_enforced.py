@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from polydistill import pipeline, student
+from polydistill import pipeline
 from polydistill.lineage.signing import verify_lineage
 from polydistill.store import cached
+from polydistill.student import readings as student
 
 pytestmark = pytest.mark.slow
 TINY = Path(__file__).parent.parent / "tiny.yaml"
@@ -71,7 +72,7 @@ def test_an_excluded_teacher_is_never_loaded_captured_or_read(
         "threads=1",
         "student.teachers=[gemma, gptoss, qwen]",
         "student.top_k=8",
-        "student.prompts_per_domain=4",
+        "student.prompts_per_tag=4",
         "student.train={steps: 2, batch_size: 4, warmup_steps: 0}",
         "student.model={hidden_size: 64, layers: 1, heads: 1, kv_heads: 1, intermediate_size: 64}",
         "eval.max_new_tokens=4",

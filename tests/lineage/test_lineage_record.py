@@ -21,7 +21,7 @@ from polydistill.lineage.signing import verify_lineage, write_keypair
 from polydistill.lineage.write import write_student_lineage
 
 TINY = Path(__file__).parent.parent / "tiny.yaml"
-# What student_targets.contributions writes, for two teachers over two tags.
+# What student.targets.contributions writes, for two teachers over two tags.
 CONTRIBUTIONS = {
     "teachers": ["gemma", "gptoss"],
     "mass": {"strings": {"gemma": 0.9, "gptoss": 0.1}, "arithmetic": {"gemma": 0.2, "gptoss": 0.8}},

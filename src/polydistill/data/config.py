@@ -27,8 +27,9 @@ Positive = Annotated[int, Field(gt=0)]
 
 
 class _Strict(BaseModel):
+    # strict as the run config's sections: `true` is never a number, nor `"3"` a count
     model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True, strict=True
     )
 
 
@@ -36,7 +37,8 @@ def _listed(value: object) -> object:
     return [value] if isinstance(value, str | Path) else value
 
 
-Paths = Annotated[list[Path], BeforeValidator(_listed)]
+# A path is the one value YAML cannot spell as its own type.
+Paths = Annotated[list[Annotated[Path, Field(strict=False)]], BeforeValidator(_listed)]
 """One path or a list of them."""
 
 

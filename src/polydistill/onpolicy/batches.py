@@ -40,12 +40,12 @@ from transformers import PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from polydistill.chat import shuffled_stream
-from polydistill.distill import distillation_batches
 from polydistill.errors import UserError
 from polydistill.onpolicy.config import OnPolicyConfig
 from polydistill.onpolicy.sampling import sample_answers
 from polydistill.onpolicy.targets import Grading, graded_rows
-from polydistill.student_targets import DistillationData
+from polydistill.student.batches import distillation_batches
+from polydistill.student.targets import DistillationData
 from polydistill.teachers.protocol import Teacher, tokenizer_fingerprint
 from polydistill.train import Batch, BatchFn
 from polydistill.train.checkpoint import load_weights

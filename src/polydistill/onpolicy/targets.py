@@ -40,7 +40,7 @@ from polydistill.align import project, render, vocabmap
 from polydistill.align.chunks import AlignedSequence
 from polydistill.errors import UserError
 from polydistill.onpolicy.sampling import Samples
-from polydistill.student_targets import DistillationData, answer_bytes
+from polydistill.student.targets import DistillationData, answer_bytes
 from polydistill.targets import SparseTargets
 from polydistill.teachers.protocol import Teacher, TeacherRows
 

@@ -4,10 +4,11 @@
     polydistill capture CONFIG --out store --shard 0/4     # four workers, one folder
     polydistill capture --merge --out store                # after they all finish
 
-The prompts and teachers are the student's (`student.student_prompts`, `student_teachers`: the
-training prompts of its domains, its teachers in their order, world teachers from the built or
-cached world), and top_k, temperature, answers per prompt, sampling seed
-and `eval.max_new_tokens` come from the config's `student:` and `eval:` sections.
+The prompts and teachers are the student's (`student.prompts.prompt_sets`,
+`student.readings.student_teachers`: the training prompts of its tags, its teachers in their
+order, world teachers from the built or cached world, `world.inputs`), and top_k,
+temperature, answers per prompt, sampling seed and `eval.max_new_tokens` come from the
+config's `student:` and `eval:` sections.
 """
 
 from pathlib import Path
@@ -25,10 +26,12 @@ def capture_from_config(
     cfg: "RunConfig", out: Path, shard: tuple[int, int], block_size: int
 ) -> bool:
     """Capture the config's teachers on the student's prompts; True when the store is complete."""
+    from polydistill.data import DataSummary
     from polydistill.lineage.policy import run_gate
     from polydistill.store.capture import capture_store
-    from polydistill.student import student_prompts, student_teachers
-    from polydistill.world.build import build_world
+    from polydistill.student.prompts import prompt_sets
+    from polydistill.student.readings import student_teachers
+    from polydistill.world.inputs import world_inputs
 
     student = cfg.student
     if student is None:
@@ -38,10 +41,12 @@ def capture_from_config(
         )
     gate = run_gate(cfg)  # before any teacher is loaded or called
     cfg, policy = gate.config, gate.policy and gate.policy.digest
-    world = build_world(cfg)
+    inputs = world_inputs(cfg)
+    # no context limits: the run that reads this store drops the prompts too long for its models
+    prompts = prompt_sets(cfg, inputs.prompts.records({}, DataSummary())).train
     return capture_store(
-        student_teachers(cfg, world, policy),
-        student_prompts(cfg, world).texts,
+        student_teachers(cfg, inputs.teachers, policy),
+        prompts.texts,
         out,
         top_k=student.top_k,
         temperature=student.temperature,

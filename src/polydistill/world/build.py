@@ -127,13 +127,16 @@ def _train_one_teacher(teacher: TeacherConfig, spec: dict, root: Path, events) -
     from polydistill.evaluate import evaluate_model
     from polydistill.train import sft_loss, train
     from polydistill.world.architectures import build_model, count_parameters
+    from polydistill.world.prompts import example_record
 
     cfg = RunConfig.model_validate(spec["run"])
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizers" / teacher.tokenizer_style)
     splits = domain_splits(cfg.world)
     examples = [e for d in teacher.domains for e in splits[d].train]
     # Stopping is a choice, so it is made on validation; held-out is only ever scored.
-    own_validation = {d: splits[d].validation for d in teacher.domains}
+    own_validation = {
+        d: [example_record(e, "validation") for e in splits[d].validation] for d in teacher.domains
+    }
     batches = supervised_batches(
         tokenizer,
         [e.prompt for e in examples],

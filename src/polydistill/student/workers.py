@@ -1,6 +1,6 @@
 """Training and scoring the student and the benchmark's baselines, side by side when cores allow.
 
-    scores = train_and_score(cfg, world, jobs, heldout)   # jobs: one PlanJob per model
+    scores = train_and_score(cfg, stage, jobs)   # jobs: one PlanJob per model
 
 Once its training rows exist, every model (the student, each baseline) is independent of the
 others. Each trains and is scored on `student.train.threads` torch threads (default one; the
@@ -20,23 +20,29 @@ a file in a work folder (written once per distinct set of rows) and leaves the t
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel
 
-from polydistill import student
 from polydistill.config import RunConfig
+from polydistill.data import PromptRecord
 from polydistill.evaluate import evaluate_model, exact_match
+from polydistill.inputs import StudentSource
 from polydistill.processes import stop_workers
 from polydistill.progress import console, progress_bars
+from polydistill.student.batches import plan_batches
+from polydistill.student.plans import ModelPlan, student_fingerprint
+from polydistill.student.prompts import Prompts
+from polydistill.student.targets import DistillationData
+from polydistill.train import BatchFn, LossFn, train
 from polydistill.train.checkpoint import list_checkpoints, read_state, save_final
 from polydistill.train.loop import CHECKPOINTS_DIR
 from polydistill.train.reproducible import fixed_threads
 from polydistill.train.selection import read_selection
-from polydistill.world.build import World
-from polydistill.world.domains import Example
 
 FINAL_DIR = "final"
 ROWS_FILE = "rows.pt"
@@ -47,35 +53,76 @@ class PlanJob:
     """One model to train: its plan, work folder and the file of its training rows (None for the
     oracle, which reads gold answers; models that share rows share the file)."""
 
-    plan: student.ModelPlan
+    plan: ModelPlan
     work: Path
     rows: Path | None = None
-    # Per domain, validation prompts with the answers the model is chosen by (`validate_every`).
-    references: dict[str, list[Example]] | None = None
+    # Per tag, validation prompts with the answers the model is chosen by (`validate_every`).
+    references: dict[str, list[PromptRecord]] | None = None
 
 
-def save_rows(rows: student.DistillationData, path: Path) -> None:
+@dataclass(frozen=True)
+class Stage:
+    """What every job of a run shares: the student's source, its training prompts and the
+    held-out records by tag (sent to each worker process once)."""
+
+    source: StudentSource
+    prompts: Prompts
+    heldout: dict[str, list[PromptRecord]]
+
+
+def save_rows(rows: DistillationData, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(rows, path)
 
 
-def _load_rows(job: PlanJob) -> student.DistillationData | None:
+def _load_rows(job: PlanJob) -> DistillationData | None:
     return None if job.rows is None else torch.load(job.rows, weights_only=False)
 
 
-def train_and_score_one(
-    cfg: RunConfig, world: World, job: PlanJob, heldout: dict, on_step=None
-) -> dict:
+def train_model(
+    cfg: RunConfig,
+    source: StudentSource,
+    plan: ModelPlan,
+    batches: BatchFn,
+    loss_fn: LossFn,
+    work_dir: Path,
+    on_step: Callable[[int, dict], None] | None = None,
+    select_by: Callable[[PreTrainedModel], float] | None = None,
+) -> PreTrainedModel:
+    """A fresh student trained by `loss_fn` on `batches`, resuming from `work_dir`; with
+    `student.validate_every`, the weights `select_by` scores best (`train.selection`)."""
+    s, t = cfg.student, cfg.student.train
+    model = source.model(t.seed)
+    found = list_checkpoints(work_dir / CHECKPOINTS_DIR)
+    if found:
+        console.log(f"{plan.name}: resuming from {found[-1]}")
+    train(
+        model,
+        batches,
+        loss_fn,
+        **t.loop_arguments(),
+        run_dir=work_dir,
+        checkpoint_every=s.checkpoint_every,
+        resume=s.checkpoint_every > 0,
+        fingerprint=student_fingerprint(cfg, source.identity, plan),
+        on_step=on_step,
+        select_every=s.validate_every,
+        select_by=select_by,
+    )
+    model.eval()
+    return model
+
+
+def train_and_score_one(cfg: RunConfig, stage: Stage, job: PlanJob, on_step=None) -> dict:
     """Train one model (resuming from its work folder) on its fixed threads, save it to
     `work/final`, and return its held-out scores."""
     with fixed_threads(cfg.student.train.threads):
-        return _train_and_score(cfg, world, job, heldout, on_step)
+        return _train_and_score(cfg, stage, job, on_step)
 
 
-def _train_and_score(cfg: RunConfig, world: World, job: PlanJob, heldout: dict, on_step) -> dict:
-    tokenizer = student.student_tokenizer(cfg, world)
-    prompts = student.student_prompts(cfg, world)
-    batches, loss_fn = student.plan_batches(cfg, job.plan, tokenizer, prompts, _load_rows(job))
+def _train_and_score(cfg: RunConfig, stage: Stage, job: PlanJob, on_step) -> dict:
+    tokenizer = stage.source.tokenizer()
+    batches, loss_fn = plan_batches(cfg, job.plan, tokenizer, stage.prompts, _load_rows(job))
     name, settings = job.plan.name, cfg.eval
     select_by = None
     if cfg.student.validate_every:
@@ -88,12 +135,10 @@ def _train_and_score(cfg: RunConfig, world: World, job: PlanJob, heldout: dict, 
             )
             return sum(agreement.values()) / len(agreement)
 
-    model = student.train_model(
-        cfg, world, job.plan, batches, loss_fn, tokenizer, job.work, on_step, select_by
-    )
+    model = train_model(cfg, stage.source, job.plan, batches, loss_fn, job.work, on_step, select_by)
     save_final(model, tokenizer, job.work / FINAL_DIR)
     result = evaluate_model(
-        model, tokenizer, heldout, settings.max_new_tokens, settings.batch_size, name
+        model, tokenizer, stage.heldout, settings.max_new_tokens, settings.batch_size, name
     )
     if select_by is not None:
         result["selection"] = chosen_checkpoint(job.work)
@@ -112,16 +157,16 @@ def chosen_checkpoint(work: Path) -> dict | None:
     return selection
 
 
-def _worker(spec: dict, heldout: dict, events) -> tuple[str, dict]:
+def _worker(spec: dict, stage: Stage, events) -> tuple[str, dict]:
     """Worker process: one job, with its steps reported through `events`."""
-    cfg, world = RunConfig.model_validate(spec["run"]), spec["world"]
-    job = PlanJob(student.ModelPlan(**spec["plan"]), spec["work"], spec["rows"], spec["references"])
+    cfg = RunConfig.model_validate(spec["run"])
+    job = PlanJob(ModelPlan(**spec["plan"]), spec["work"], spec["rows"], spec["references"])
     name = job.plan.name
 
     def on_step(step: int, record: dict) -> None:
         events.put((name, step, record["tokens_per_s"]))
 
-    return name, train_and_score_one(cfg, world, job, heldout, on_step)
+    return name, train_and_score_one(cfg, stage, job, on_step)
 
 
 def worker_count(cfg: RunConfig, models: int) -> tuple[int, int]:
@@ -132,9 +177,7 @@ def worker_count(cfg: RunConfig, models: int) -> tuple[int, int]:
     return max(1, min(models, cores // threads)), threads
 
 
-def train_and_score(
-    cfg: RunConfig, world: World, jobs: list[PlanJob], heldout: dict
-) -> dict[str, dict]:
+def train_and_score(cfg: RunConfig, stage: Stage, jobs: list[PlanJob]) -> dict[str, dict]:
     """Every job's held-out scores, by model name, in the order of `jobs`."""
     workers, threads = worker_count(cfg, len(jobs))
     steps = cfg.student.train.steps
@@ -151,16 +194,16 @@ def train_and_score(
             for job in jobs:
                 name = job.plan.name
                 scores[name] = train_and_score_one(
-                    cfg, world, job, heldout, lambda s, r, n=name: show(n, s, r["tokens_per_s"])
+                    cfg, stage, job, lambda s, r, n=name: show(n, s, r["tokens_per_s"])
                 )
                 console.log(f"{name}: accuracy {scores[name]['accuracy']}")
             return scores
         console.log(f"training {len(jobs)} models, {workers} at a time on {threads} thread(s) each")
-        scores = _in_workers(cfg, world, jobs, heldout, workers, show)
+        scores = _in_workers(cfg, stage, jobs, workers, show)
     return {j.plan.name: scores[j.plan.name] for j in jobs}
 
 
-def _in_workers(cfg, world, jobs, heldout, workers, show) -> dict[str, dict]:
+def _in_workers(cfg, stage, jobs, workers, show) -> dict[str, dict]:
     context = multiprocessing.get_context("spawn")
     manager = context.Manager()
     events = manager.Queue()
@@ -171,7 +214,6 @@ def _in_workers(cfg, world, jobs, heldout, workers, show) -> dict[str, dict]:
             specs = [
                 {
                     "run": run_json,
-                    "world": world,
                     "plan": asdict(j.plan),
                     "work": j.work,
                     "rows": j.rows,
@@ -179,7 +221,7 @@ def _in_workers(cfg, world, jobs, heldout, workers, show) -> dict[str, dict]:
                 }
                 for j in jobs
             ]
-            pending = {pool.submit(_worker, spec, heldout, events) for spec in specs}
+            pending = {pool.submit(_worker, spec, stage, events) for spec in specs}
             while pending:
                 while not events.empty():
                     show(*events.get())

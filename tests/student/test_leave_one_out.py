@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from polydistill.config import load_config
 from polydistill.errors import UserError
-from polydistill.student import ModelPlan, model_plans, student_fingerprint
+from polydistill.student.plans import ModelPlan, model_plans, student_fingerprint
 from polydistill.teachers.protocol import TeacherRows
 from polydistill.teachers.readings import Readings, distinct_candidates, readings_without
 
-TINY = Path(__file__).parent / "tiny.yaml"
+TINY = Path(__file__).parents[1] / "tiny.yaml"
 NAMES = ("gemma", "gptoss", "qwen")
 
 
@@ -77,9 +77,11 @@ def test_one_plan_per_teacher_with_the_students_recipe():
 
 def test_other_plans_keep_their_work_folder_keys(tiny_world):
     cfg = tiny()
-    key = student_fingerprint(cfg, tiny_world, ModelPlan("student", "evidence"))["plan"]
+    key = student_fingerprint(cfg, tiny_world.root.name, ModelPlan("student", "evidence"))["plan"]
     assert key == {"name": "student", "strategy": "evidence", "fixed": None, "sft": None}
-    left = student_fingerprint(cfg, tiny_world, ModelPlan("b", "evidence", without="qwen"))
+    left = student_fingerprint(
+        cfg, tiny_world.root.name, ModelPlan("b", "evidence", without="qwen")
+    )
     assert left["plan"]["without"] == "qwen"
 
 

@@ -1,10 +1,10 @@
-"""The student's side of distillation: batches of its training rows, and the fused loss.
+"""The student's fused distillation loss.
 
-    train(student, distillation_batches(data, pad_id, 64, seed),
+    train(student, distillation_batches(data, pad_id, 64, seed),   # student.batches
           distillation_loss("forward_kl", beta=0.5, temperature=1.0, ce_weight=0.0,
                             vocab_size=len(tokenizer)), steps=..., lr=...)
 
-The rows (`student_targets.DistillationData`) hold prompt and answer ids in the student's
+The rows (`student.targets.DistillationData`) hold prompt and answer ids in the student's
 rendering and, at every position that predicts an answer token, the fused teacher target. The
 student's decoder runs to its final hidden states, the answer positions are picked, and the
 chunked `losses.distill_loss_parts` (fused with the lm_head, summed over positions) gives the
@@ -14,72 +14,19 @@ cross-entropy part, and only when `ce_weight` > 0. With per-row `prompt_weights`
 the student is also a language model of the prompts (cross-entropy on each prompt token after
 the first, per token its row's weight times an answer token's loss): prompts are the one text a
 label-free run has, and the world's teachers learn theirs the same way. The weight is per row so
-that it can differ by domain: the prompts of some domains carry language worth learning, others
+that it can differ by tag: the prompts of some tags carry language worth learning, others
 random digits.
 """
-
-from collections.abc import Sequence
 
 import torch
 from transformers import PreTrainedModel
 
-from polydistill.chat import batch_rows, pad_right
 from polydistill.errors import UserError
 from polydistill.losses import distill_loss_parts
-from polydistill.student_targets import DistillationData
 from polydistill.targets import SparseTargets
-from polydistill.train import Batch, BatchFn, LossFn, LossOutput
+from polydistill.train import Batch, LossFn, LossOutput
 
 IGNORE = -100
-
-
-def distillation_batches(
-    data: DistillationData,
-    pad_id: int,
-    batch_size: int,
-    seed: int,
-    buckets: int = 1,
-    first_rows: Sequence[int] = (),
-    first_batches: int = 0,
-    prompt_weights: Sequence[float] | None = None,
-) -> BatchFn:
-    """`batch_at(i)`: the i-th (micro-)batch of rows (a pure function of `seed` and `i`, see
-    `chat.batch_rows`, also for the curriculum of `first_rows` / `first_batches`), with labels on
-    the completion tokens and the targets of those positions, in the same row-major order; with
-    `prompt_weights` (one per row of `data`), each batch row's weight as `prompt_weights`."""
-    if prompt_weights is not None and len(prompt_weights) != len(data):
-        raise ValueError(f"{len(prompt_weights)} prompt weights for {len(data)} rows")
-    lengths = [len(p) + len(c) for p, c in zip(data.prompts, data.completions, strict=True)]
-    rows_of = batch_rows(lengths, batch_size, seed, buckets, first_rows, first_batches)
-    targets = data.targets
-    ids, logprobs, tail, mask = targets.ids, targets.logprobs, targets.tail, targets.mask
-
-    def batch_at(index: int) -> Batch:
-        chosen = rows_of(index)
-        input_ids, attention_mask = pad_right(
-            [data.prompts[r] + data.completions[r] for r in chosen], pad_id
-        )
-        labels = torch.full_like(input_ids, IGNORE)
-        for row, r in enumerate(chosen):
-            start = len(data.prompts[r])
-            labels[row, start : start + len(data.completions[r])] = torch.tensor(
-                data.completions[r]
-            )
-        spans = [slice(data.offsets[r], data.offsets[r + 1]) for r in chosen]
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": labels,
-            "target_ids": torch.cat([ids[s] for s in spans]),
-            "target_logprobs": torch.cat([logprobs[s] for s in spans]),
-            "target_tail": torch.cat([tail[s] for s in spans]),
-            "target_mask": torch.cat([mask[s] for s in spans]),
-        }
-        if prompt_weights is not None:
-            batch["prompt_weights"] = torch.tensor([float(prompt_weights[r]) for r in chosen])
-        return batch
-
-    return batch_at
 
 
 def prompt_labels(batch: Batch) -> torch.Tensor:
@@ -90,27 +37,6 @@ def prompt_labels(batch: Batch) -> torch.Tensor:
     prompt = before_answer & batch["attention_mask"].bool()
     prompt[:, 0] = False
     return torch.where(prompt, input_ids, IGNORE)
-
-
-def with_prompt_labels(batches: BatchFn) -> BatchFn:
-    """`batches` (with `prompt_weights`) for `sft_loss` that also learns the prompts, as
-    `supervised_batches` does with its `prompt_weight`: the prompt tokens of rows weighted > 0
-    join the labels, at their row's weight (`label_weights`)."""
-
-    def batch_at(index: int) -> Batch:
-        batch = batches(index)
-        weights = batch.pop("prompt_weights", None)
-        if weights is None or not bool((weights > 0).any()):
-            return batch
-        prompt = prompt_labels(batch)
-        on_prompt = (prompt != IGNORE) & (weights > 0)[:, None]
-        return {
-            **batch,
-            "labels": torch.where(on_prompt, prompt, batch["labels"]),
-            "label_weights": torch.where(on_prompt, weights[:, None], 1.0),
-        }
-
-    return batch_at
 
 
 def final_hidden_states(

@@ -18,28 +18,41 @@ import torch
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from polydistill import student, student_runs
 from polydistill.chat import encode_prompts, pad_right, render_answer
 from polydistill.config import BenchmarkConfig, load_config
-from polydistill.distill import (
+from polydistill.data import DataSummary
+from polydistill.errors import UserError
+from polydistill.losses import divergence, reference_distill_loss
+from polydistill.student import workers
+from polydistill.student.batches import distillation_batches, plan_batches
+from polydistill.student.loss import (
     IGNORE,
-    distillation_batches,
     distillation_loss,
     final_hidden_states,
     fused_head_weight,
 )
-from polydistill.errors import UserError
-from polydistill.losses import divergence, reference_distill_loss
-from polydistill.student_targets import student_targets
+from polydistill.student.plans import ModelPlan, model_plans, plan_data, validation_references
+from polydistill.student.prompts import Prompts, as_prompts, prompt_sets
+from polydistill.student.readings import student_teachers, teacher_readings
+from polydistill.student.targets import student_targets
 from polydistill.targets import SparseTargets
 from polydistill.teachers.local import LocalTeacher, local_teacher
 from polydistill.teachers.readings import Candidate, Readings, readings_without
-from polydistill.train import train
+from polydistill.train import sft_loss, train
 from polydistill.world.architectures import build_model
 from polydistill.world.build import build_world
 from polydistill.world.domains import Example
+from polydistill.world.inputs import WorldPrompts, world_inputs, world_student
+from polydistill.world.prompts import example_record
 
-TINY = Path(__file__).parent / "tiny.yaml"
+TINY = Path(__file__).parents[1] / "tiny.yaml"
+
+
+def world_sets(cfg, world):
+    """The run's prompt sets from the world's examples, as `polydistill run` reads them."""
+    return prompt_sets(cfg, WorldPrompts(world).records({}, DataSummary()))
+
+
 SMALL = {"hidden_size": 64, "layers": 1, "heads": 1, "kv_heads": 1, "head_dim": 64}
 
 
@@ -60,7 +73,7 @@ STUDENT = {
     "teachers": ["tutor", "counter"],
     "model": {**SMALL, "intermediate_size": 64},
     "train": {"steps": 4, "batch_size": 8, "lr": 3.0e-3, "warmup_steps": 1},
-    "prompts_per_domain": 16,
+    "prompts_per_tag": 16,
     "top_k": 8,
     "checkpoint_every": 2,
 }
@@ -99,7 +112,7 @@ def world(cfg):
 
 @pytest.fixture(scope="module")
 def teachers(cfg, world) -> list[LocalTeacher]:
-    return student.student_teachers(cfg, world)
+    return student_teachers(cfg, world.teachers)
 
 
 @pytest.fixture(scope="module")
@@ -109,24 +122,24 @@ def tutor(world) -> LocalTeacher:
 
 @pytest.fixture(scope="module")
 def tokenizer(cfg, world):
-    return student.student_tokenizer(cfg, world)
+    return world_student(cfg, world).tokenizer()
 
 
 @pytest.fixture(scope="module")
-def prompts(cfg, world) -> student.Prompts:
-    return student.student_prompts(cfg, world)
+def prompts(cfg, world) -> Prompts:
+    return world_sets(cfg, world).train
 
 
 @pytest.fixture(scope="module")
 def readings(cfg, teachers, prompts):
-    return student.teacher_readings(cfg, teachers, prompts)
+    return teacher_readings(cfg, teachers, prompts)
 
 
 @pytest.fixture(scope="module")
 def data(cfg, teachers, tokenizer, prompts, readings):
     """The student's rows (the configured evidence fusion of both teachers) and accounts."""
-    plan = student.model_plans(cfg)[0]
-    return student.plan_data(cfg, plan, teachers, tokenizer, prompts, readings)
+    plan = model_plans(cfg)[0]
+    return plan_data(cfg, plan, teachers, tokenizer, prompts, readings)
 
 
 def dense_float64(teacher: LocalTeacher):
@@ -196,18 +209,18 @@ def test_sampled_answers_differ_from_greedy_are_seeded_and_leave_the_rng_alone(t
     assert tutor.complete(prompts, seed=6, **args)[0] == first[0]
 
 
-def test_prompts_per_domain_sets_each_domains_share(config_file, world):
+def test_prompts_per_tag_sets_each_domains_share(config_file, world):
     """A count per domain: a smaller domain repeats its prompts in order, one left out of the
     mapping keeps all of its own."""
-    cfg = load_config(config_file, ["student.prompts_per_domain={facts: 5}"])
-    prompts = student.student_prompts(cfg, world)
+    cfg = load_config(config_file, ["student.prompts_per_tag={facts: 5}"])
+    prompts = world_sets(cfg, world).train
     arithmetic = [e.prompt for e in world.train["arithmetic"]]
     facts = [e.prompt for e in world.train["facts"]][:5]
     assert prompts.texts == arithmetic + facts
-    assert prompts.domains == ["arithmetic"] * len(arithmetic) + ["facts"] * 5
-    cfg = load_config(config_file, [f"student.prompts_per_domain={{facts: {len(facts) * 3}}}"])
+    assert prompts.tags == ["arithmetic"] * len(arithmetic) + ["facts"] * 5
+    cfg = load_config(config_file, [f"student.prompts_per_tag={{facts: {len(facts) * 3}}}"])
     pool = [e.prompt for e in world.train["facts"]]
-    repeated = student.student_prompts(cfg, world).texts[len(arithmetic) :]
+    repeated = world_sets(cfg, world).train.texts[len(arithmetic) :]
     assert repeated == [pool[i % len(pool)] for i in range(len(facts) * 3)]
 
 
@@ -220,13 +233,13 @@ def test_fine_tuning_baselines_learn_the_prompts_at_the_students_weight(
     has the same recipe: each prompt token after the first is a label at its domain's weight
     (none where that is 0)."""
     cfg = load_config(config_file, [f"student.prompt_loss_weight={weight}"])
-    plan = student.ModelPlan(f"baseline:{sft}", "evidence" if sft == "chosen" else None, sft=sft)
-    batches, loss_fn = student.plan_batches(cfg, plan, tokenizer, prompts, data[0])
+    plan = ModelPlan(f"baseline:{sft}", "evidence" if sft == "chosen" else None, sft=sft)
+    batches, loss_fn = plan_batches(cfg, plan, tokenizer, prompts, data[0])
     rows = data[0]
     domain_of = {
-        tuple(p): prompts.domains[i] for p, i in zip(rows.prompts, rows.prompt_of, strict=True)
+        tuple(p): prompts.tags[i] for p, i in zip(rows.prompts, rows.prompt_of, strict=True)
     }
-    assert loss_fn is student.sft_loss
+    assert loss_fn is sft_loss
     seen = set()
     for index in range(4):
         batch = batches(index)
@@ -258,11 +271,9 @@ def test_a_curriculum_draws_its_first_steps_from_its_domains_alone(
         config_file,
         ["student.curriculum={first: [facts], steps: 2}", "student.train.length_buckets=2"],
     )
-    plan = student.ModelPlan("baseline:oracle", sft="gold") if sft else student.model_plans(cfg)[0]
-    batches, _ = student.plan_batches(cfg, plan, tokenizer, prompts, None if sft else data[0])
-    facts = {
-        tuple(p) for p, d in zip(data[0].prompts, prompts.domains, strict=True) if d == "facts"
-    }
+    plan = ModelPlan("baseline:oracle", sft="gold") if sft else model_plans(cfg)[0]
+    batches, _ = plan_batches(cfg, plan, tokenizer, prompts, None if sft else data[0])
+    facts = {tuple(p) for p, d in zip(data[0].prompts, prompts.tags, strict=True) if d == "facts"}
     assert data[0].prompt_of == list(range(len(prompts.texts)))
 
     def domains_of(index: int) -> set[str]:
@@ -288,22 +299,20 @@ def test_student_rows_never_see_gold_answers(cfg, world, teachers, tokenizer, pr
         }
 
     fake = dataclasses.replace(world, train=garbled(world.train), heldout=garbled(world.heldout))
-    fake_prompts = student.student_prompts(cfg, fake)
-    assert fake_prompts.texts == prompts.texts and fake_prompts.domains == prompts.domains
+    fake_prompts = world_sets(cfg, fake).train
+    assert fake_prompts.texts == prompts.texts and fake_prompts.tags == prompts.tags
     assert fake_prompts.gold != prompts.gold
-    fake_readings = student.teacher_readings(cfg, teachers, fake_prompts)
-    plan = student.model_plans(cfg)[0]
+    fake_readings = teacher_readings(cfg, teachers, fake_prompts)
+    plan = model_plans(cfg)[0]
     rows, accounts = data
-    again, again_accounts = student.plan_data(
-        cfg, plan, teachers, tokenizer, fake_prompts, fake_readings
-    )
+    again, again_accounts = plan_data(cfg, plan, teachers, tokenizer, fake_prompts, fake_readings)
     assert again.prompts == rows.prompts and again.completions == rows.completions
     assert again.offsets == rows.offsets
     for name in ("ids", "logprobs", "tail", "mask"):
         assert torch.equal(getattr(again.targets, name), getattr(rows.targets, name))
     assert again_accounts == accounts
     expected = [(d, e.prompt) for d in ("arithmetic", "facts") for e in world.train[d][:16]]
-    assert list(zip(prompts.domains, prompts.texts, strict=True)) == expected
+    assert list(zip(prompts.tags, prompts.texts, strict=True)) == expected
     assert rows.prompts == encode_prompts(tokenizer, prompts.texts, "t")
 
 
@@ -343,7 +352,7 @@ def test_prompt_weights_add_each_rows_prompt_cross_entropy_at_its_weight(
     """A row's prompt tokens after the first count at its domain's weight (none at 0): the
     fused loss against a dense float64 cross-entropy, row by row."""
     rows, _ = data
-    weights = [by_domain.get(prompts.domains[i], 0.0) for i in rows.prompt_of]
+    weights = [by_domain.get(prompts.tags[i], 0.0) for i in rows.prompt_of]
     plain_batches = distillation_batches(rows, tokenizer.pad_token_id, 5, seed=1)
     weighted = distillation_batches(rows, tokenizer.pad_token_id, 5, 1, prompt_weights=weights)
     index = next(i for i in range(40) if weighted(i)["prompt_weights"].unique().numel() == 2)
@@ -389,8 +398,8 @@ def full_vocabulary_kl(student_model, teacher_model, rows, pad_id: int) -> float
 def test_distillation_reduces_the_divergence_to_a_same_tokenizer_teacher(
     cfg, teachers, tokenizer, prompts, readings, tutor
 ):
-    plan = student.ModelPlan("baseline:single:tutor", "fixed", {"tutor": 1.0})
-    rows, accounts = student.plan_data(cfg, plan, teachers, tokenizer, prompts, readings)
+    plan = ModelPlan("baseline:single:tutor", "fixed", {"tutor": 1.0})
+    rows, accounts = plan_data(cfg, plan, teachers, tokenizer, prompts, readings)
     assert set(accounts["mass"]) == {"arithmetic", "facts"}
     assert all(m == {"tutor": 1.0, "counter": 0.0} for m in accounts["mass"].values())
     model = build_model("qwen", cfg.student.model, tokenizer, 0)
@@ -516,11 +525,11 @@ def test_a_soft_capped_student_is_refused():
         ),
         (
             ["student.fusion.routes={facts: tutor}"],
-            "student.fusion.routes: no teacher for domain(s) ['arithmetic']",
+            "student.fusion.routes: no teacher for tag(s) ['arithmetic']",
         ),
         (
             ["student.fusion.strategy=route"],
-            "student.fusion.routes: strategy route needs a teacher per domain",
+            "student.fusion.routes: strategy route needs a teacher per tag",
         ),
         (["student.fusion.strategy=best"], "student.fusion.strategy: Input should be"),
         (
@@ -538,18 +547,18 @@ def test_a_soft_capped_student_is_refused():
         (["benchmark.baselines=[nonsense]"], "benchmark.baselines[0]: Input should be"),
         (["student.loss=kl"], "student.loss: Input should be"),
         (["student.top_k=0"], "student.top_k: Input should be greater than 0"),
-        (["student.domains=[poetry]"], "student.domains[0]: Input should be"),
+        (["student.tags=['']"], "student.tags[0]: String should have at least 1 character"),
         (
-            ["student.prompts_per_domain={strings: 4}"],
-            "student.prompts_per_domain: ['strings'] not among the student's domains",
+            ["student.prompts_per_tag={strings: 4}"],
+            "student.prompts_per_tag: ['strings'] not among the student's tags",
         ),
         (
-            ["student.prompts_per_domain={facts: 0}"],
-            "student.prompts_per_domain: facts: 0 is not a positive number of prompts",
+            ["student.prompts_per_tag={facts: 0}"],
+            "student.prompts_per_tag: facts: 0 is not a positive number of prompts",
         ),
         (
             ["student.prompt_loss_weight={strings: 0.2}"],
-            "student.prompt_loss_weight: ['strings'] not among the student's domains",
+            "student.prompt_loss_weight: ['strings'] not among the student's tags",
         ),
         (
             ["student.prompt_loss_weight={facts: 2}"],
@@ -557,19 +566,19 @@ def test_a_soft_capped_student_is_refused():
         ),
         (
             ["student.prompt_loss_weight={poetry: 0.1}"],
-            "student.prompt_loss_weight: unknown domain 'poetry' (domains: arithmetic, facts",
+            "student.prompt_loss_weight: ['poetry'] not among the student's tags",
         ),
         (
-            ["student.prompts_per_domain={poetry: 3}"],
-            "student.prompts_per_domain: unknown domain 'poetry' (domains: arithmetic, facts",
+            ["student.prompts_per_tag={poetry: 3}"],
+            "student.prompts_per_tag: ['poetry'] not among the student's tags",
         ),
         (
             ["student.curriculum={first: [strings], steps: 2}"],
-            "student.curriculum.first: ['strings'] not among the student's domains",
+            "student.curriculum.first: ['strings'] not among the student's tags",
         ),
         (
             ["student.curriculum={first: [facts, arithmetic], steps: 2}"],
-            "student.curriculum.first: names every domain of the student",
+            "student.curriculum.first: names every tag of the student",
         ),
         (
             ["student.curriculum={first: [facts], steps: 4}"],
@@ -595,27 +604,26 @@ def test_run_distils_the_student_and_resumes_after_a_crash(
     from the finished checkpoint; the student joins metrics.json with its train log, accounts
     and report, and loads as a checkpoint."""
     import polydistill.pipeline as pipeline
-    import polydistill.student_runs as student_runs
 
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"heldout_limit": 3})})
     out = tmp_path / "out"
-    evaluate = student_runs.evaluate_model
+    evaluate = workers.evaluate_model
 
     def crash_on_the_student(model, tokenizer, heldout, new_tokens, batch, who, *rest):
         if who == "student":
             raise KeyboardInterrupt
         return evaluate(model, tokenizer, heldout, new_tokens, batch, who, *rest)
 
-    monkeypatch.setattr(student_runs, "evaluate_model", crash_on_the_student)
+    monkeypatch.setattr(workers, "evaluate_model", crash_on_the_student)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run(cfg, out)
+        pipeline.run(cfg, out, world_inputs(cfg))
     assert not out.exists()
     (work,) = [p for p in tmp_path.iterdir() if ".student-" in p.name]
     assert (work / "checkpoints" / "step-00000004").is_dir()
-    monkeypatch.setattr(student_runs, "evaluate_model", evaluate)
+    monkeypatch.setattr(workers, "evaluate_model", evaluate)
     capsys.readouterr()
 
-    metrics = pipeline.run(cfg, out)
+    metrics = pipeline.run(cfg, out, world_inputs(cfg))
     assert "student: resuming from" in capsys.readouterr().err
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert set(metrics["models"]) == {"teacher:tutor", "teacher:counter", "student"}
@@ -650,26 +658,26 @@ def test_the_benchmarks_models_train_the_same_in_two_worker_processes(cfg, tmp_p
     baselines = BenchmarkConfig(baselines=["single", "seqkd", "oracle"])
     one = cfg.model_copy(update={"benchmark": baselines, "threads": 1})
     two = cfg.model_copy(update={"benchmark": baselines, "threads": 2})
-    assert student_runs.worker_count(one, 5) == (1, 1)
-    assert student_runs.worker_count(two, 5) == (2, 1)
+    assert workers.worker_count(one, 5) == (1, 1)
+    assert workers.worker_count(two, 5) == (2, 1)
     wider = cfg.student.model_copy(
         update={"train": cfg.student.train.model_copy(update={"threads": 2})}
     )
-    assert student_runs.worker_count(two.model_copy(update={"student": wider}), 5) == (1, 2)
-    train_model, settings = student.train_model, set()
+    assert workers.worker_count(two.model_copy(update={"student": wider}), 5) == (1, 2)
+    train_model, settings = workers.train_model, set()
 
     def recorded(*args, **kwargs):
         settings.add((torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()))
         return train_model(*args, **kwargs)
 
-    monkeypatch.setattr(student, "train_model", recorded)
+    monkeypatch.setattr(workers, "train_model", recorded)
     torch.set_num_threads(2)
     try:
-        here = pipeline.run(one, tmp_path / "here")
+        here = pipeline.run(one, tmp_path / "here", world_inputs(one))
     finally:
         torch.set_num_threads(1)
     assert settings == {(1, True)}
-    apart = pipeline.run(two, tmp_path / "apart")
+    apart = pipeline.run(two, tmp_path / "apart", world_inputs(two))
     names = {"student", "baseline:single:tutor", "baseline:single:counter"}
     names |= {"baseline:seqkd", "baseline:oracle"}
     assert names <= set(apart["models"])
@@ -700,24 +708,28 @@ def test_validation_chooses_each_models_weights_by_its_own_teachers_answers(cfg,
             "student": cfg.student.model_copy(update={"validate_every": 2}),
         }
     )
-    prompts = student.validation_prompts(checked, world)
+    records = world_sets(checked, world).validation
+    prompts = as_prompts(records)
     assert len(prompts.texts) == sum(len(world.validation[d]) for d in ("facts", "arithmetic"))
-    teachers = student.student_teachers(checked, world)
-    readings = student.teacher_readings(checked, teachers, prompts)
-    plans = {p.name: p for p in student.model_plans(checked)}
+    teachers = student_teachers(checked, world.teachers)
+    readings = teacher_readings(checked, teachers, prompts)
+    plans = {p.name: p for p in model_plans(checked)}
     by_plan = {
-        name: student.validation_references(checked, plan, teachers, prompts, readings)
+        name: validation_references(checked, plan, teachers, records, prompts, readings)
         for name, plan in plans.items()
     }
-    gold = {d: world.validation[d] for d in ("facts", "arithmetic")}
+    gold = {
+        d: [example_record(e, "validation", f"world {d} validation") for e in world.validation[d]]
+        for d in ("facts", "arithmetic")
+    }
     assert by_plan["baseline:oracle"] == gold
     counter = teachers[1].complete(prompts.texts, samples=1, max_new_tokens=8, seed=0)[0]
     assert [
-        e.answer for d in ("facts", "arithmetic") for e in by_plan["baseline:single:counter"][d]
+        e.reference for d in ("arithmetic", "facts") for e in by_plan["baseline:single:counter"][d]
     ] == [a.strip() for a in counter]
-    assert [e.prompt for e in by_plan["student"]["facts"]] == [e.prompt for e in gold["facts"]]
+    assert [e.messages for e in by_plan["student"]["facts"]] == [e.messages for e in gold["facts"]]
 
-    metrics = pipeline.run(checked, tmp_path / "out")
+    metrics = pipeline.run(checked, tmp_path / "out", world_inputs(checked))
     for name in plans:
         selection = metrics["models"][name]["selection"]
         scores = [p["score"] for p in selection["history"]]
@@ -744,16 +756,14 @@ def test_a_leave_one_out_plan_reuses_the_runs_projections_exactly(
     plan without one of them; its rows equal those computed afresh from readings gathered
     without it, and its accounts name only the teachers left."""
     shared: dict = {}
-    student.plan_data(
-        cfg, student.model_plans(cfg)[0], teachers, tokenizer, prompts, readings, shared
-    )
+    plan_data(cfg, model_plans(cfg)[0], teachers, tokenizer, prompts, readings, shared)
     left_out = teachers[0].name
-    plan = student.ModelPlan("baseline:without", "evidence", without=left_out)
-    reused, accounts = student.plan_data(cfg, plan, teachers, tokenizer, prompts, readings, shared)
+    plan = ModelPlan("baseline:without", "evidence", without=left_out)
+    reused, accounts = plan_data(cfg, plan, teachers, tokenizer, prompts, readings, shared)
     others = [t for t in teachers if t.name != left_out]
-    fresh, _ = student.plan_data(
+    fresh, _ = plan_data(
         cfg,
-        student.ModelPlan("fresh", "evidence"),
+        ModelPlan("fresh", "evidence"),
         others,
         tokenizer,
         prompts,

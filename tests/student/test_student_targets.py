@@ -1,4 +1,4 @@
-"""From readings to the student's rows (`polydistill.student_targets`), with scripted teachers.
+"""From readings to the student's rows (`polydistill.student.targets`), with scripted teachers.
 
 A `ScriptedTeacher` implements the `Teacher` protocol over a tokenizer of the tiny world: its
 answers are given, and its reading of an answer lists seeded random tokens of its vocabulary and
@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 from polydistill import fusion
 from polydistill.chat import render_answer
 from polydistill.errors import UserError
-from polydistill.student_targets import (
+from polydistill.student.targets import (
     answer_bytes,
     choose_answers,
     own_answer_bits_per_byte,

@@ -1,0 +1,85 @@
+"""The student's teachers and their readings: every teacher answers and scores every prompt once.
+
+    teachers = student_teachers(cfg, inputs.teachers, policy)   # live, or from `student.store`
+    readings = teacher_readings(cfg, teachers, prompts)
+
+Every teacher answers every prompt `completions_per_prompt` times (greedily, then sampled), and
+every teacher scores every distinct answer in its own tokenizer and chat template
+(`teachers.readings`). With `student.store`, no teacher model is loaded: the readings come from
+the captured store, whose fingerprints must match the checkpoints'.
+"""
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from rich.progress import Progress as Bars
+
+from polydistill.config import RunConfig
+from polydistill.progress import console, progress_bars
+from polydistill.store.cached import local_fingerprint, open_store, store_teachers
+from polydistill.student.prompts import Prompts
+from polydistill.teachers.checkpoint import DTYPES
+from polydistill.teachers.local import local_teacher
+from polydistill.teachers.protocol import Progress, Teacher
+from polydistill.teachers.readings import Readings, gather_readings
+
+
+def student_teachers(
+    cfg: RunConfig, paths: Mapping[str, Path], policy: str | None = None
+) -> list[Teacher]:
+    """The student's teachers (checkpoints by name in `paths`): live checkpoints, or their
+    captured readings (`student.store`, captured under the teacher policy whose digest is
+    `policy`)."""
+    configs = {t.name: t for t in cfg.teachers}
+    names = cfg.student.teachers
+    if cfg.student.store is None:
+        return [
+            local_teacher(
+                n, paths[n], cfg.eval.batch_size, DTYPES[configs[n].dtype], configs[n].template
+            )
+            for n in names
+        ]
+    expected = {
+        n: local_fingerprint(paths[n], f"teacher {n!r}", configs[n].template) for n in names
+    }
+    return store_teachers(open_store(cfg.student.store, policy), expected)
+
+
+def _rate_task(bars: Bars) -> Callable[[str, int], Progress]:
+    """A factory of bars counting rows and showing tokens per second."""
+
+    def make(description: str, total: int) -> Progress:
+        task = bars.add_task(description, total=total, rate="")
+        started, tokens = time.perf_counter(), 0
+
+        def advance(rows: int, new_tokens: int) -> None:
+            nonlocal tokens
+            tokens += new_tokens
+            rate = tokens / max(time.perf_counter() - started, 1e-9)
+            bars.update(task, advance=rows, rate=f"{rate:,.0f} tok/s")
+
+        return advance
+
+    return make
+
+
+def teacher_readings(cfg: RunConfig, teachers: list[Teacher], prompts: Prompts) -> Readings:
+    """Every teacher's answers to `prompts` and every teacher's scores of every answer."""
+    s = cfg.student
+    with progress_bars() as bars:
+        readings = gather_readings(
+            teachers,
+            prompts.texts,
+            samples=s.completions_per_prompt,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            seed=s.train.seed,
+            top_k=s.top_k,
+            temperature=s.temperature,
+            progress=_rate_task(bars),
+        )
+    console.log(
+        f"student: {len(prompts.texts)} prompts, {len(readings.candidates)} distinct answers "
+        f"from {', '.join(t.name for t in teachers)}"
+    )
+    return readings

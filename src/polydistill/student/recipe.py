@@ -1,0 +1,116 @@
+"""The student stage of `polydistill run`, in the order it runs.
+
+    results, works = distil_and_evaluate(cfg, inputs, sets, out, staging, gate)
+
+1. Prompts (`prompts.prompt_sets`, read by the pipeline): the train split's prompts of the
+   student's tags (never their references), the validation split's, the test split's by tag.
+2. Readings (`readings`): every teacher answers and scores every training prompt once (and
+   every validation prompt, with `student.validate_every`).
+3. Per model to train (`plans`: the student, then each baseline of `benchmark.baselines`): its
+   fusion weighs the teachers, picks each prompt's answer, and the teachers' readings of it are
+   projected into the student's vocabulary (once per answer for all models) and fused
+   (`targets`); or, for `seqkd` and the oracle, fine-tuning rows. The rows go to a file in the
+   model's work folder.
+4. Train and evaluate (`workers`): each model is built from the student's source, trained on
+   its batches (`batches`) by its loss (`loss`), resuming from its work folder, and scored on the
+   held-out records, side by side in worker processes when there are cores for it.
+5. The student is copied to `staging/student` with its signed lineage, who supplied its targets
+   to `contributions.json`, every model's training log to `train_logs/`.
+"""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from polydistill.config import RunConfig
+from polydistill.errors import UserError
+from polydistill.inputs import RunInputs
+from polydistill.lineage.policy import Gate
+from polydistill.lineage.write import write_student_lineage
+from polydistill.store.manifest import prompts_hash
+from polydistill.student.plans import (
+    model_plans,
+    model_work_dir,
+    plan_data,
+    reads_gold,
+    validation_references,
+)
+from polydistill.student.prompts import PromptSets, as_prompts
+from polydistill.student.readings import student_teachers, teacher_readings
+from polydistill.student.workers import (
+    FINAL_DIR,
+    ROWS_FILE,
+    PlanJob,
+    Stage,
+    save_rows,
+    train_and_score,
+)
+from polydistill.train.log import LOG_FILE, TENSORBOARD_DIR
+
+
+def keep_train_log(work: Path, staging: Path, name: str) -> None:
+    """The model's `train_log.jsonl` (and TensorBoard folder) into `staging/train_logs/`."""
+    logs = staging / "train_logs"
+    logs.mkdir(exist_ok=True)
+    label = name.replace(":", "__")
+    if (work / LOG_FILE).is_file():
+        shutil.copy2(work / LOG_FILE, logs / f"{label}.jsonl")
+    if (work / TENSORBOARD_DIR).is_dir():
+        shutil.copytree(work / TENSORBOARD_DIR, logs / f"{label}.tensorboard")
+
+
+def distil_and_evaluate(
+    cfg: RunConfig, inputs: RunInputs, sets: PromptSets, out: Path, staging: Path, gate: Gate
+) -> tuple[dict, list[Path]]:
+    """Train and score the student and the baselines; returns their metrics and work folders."""
+    plans = model_plans(cfg)
+    if any(reads_gold(p) for p in plans) and None in sets.train.gold:
+        names = ", ".join(p.name for p in plans if reads_gold(p))
+        raise UserError(f"{names}: read reference answers, and some training prompts have none")
+    source, prompts = inputs.student, sets.train
+    tokenizer = source.tokenizer()
+    # 2. readings: every teacher, once
+    teachers = student_teachers(cfg, inputs.teachers, gate.policy and gate.policy.digest)
+    readings = teacher_readings(cfg, teachers, prompts)
+    if cfg.student.validate_every:
+        checking = as_prompts(sets.validation)
+        checked = teacher_readings(cfg, teachers, checking)
+    # 3. per model: its rows, written once per distinct fusion (seqkd shares the student's)
+    jobs, fused, projections, accounts = [], {}, {}, None
+    for plan in plans:
+        work, rows_file = model_work_dir(out, cfg, source.identity, plan), None
+        if plan.sft != "gold":
+            key = (plan.strategy, json.dumps(plan.fixed, sort_keys=True), plan.without)
+            if key not in fused:
+                rows, plan_accounts = plan_data(
+                    cfg, plan, teachers, tokenizer, prompts, readings, projections
+                )
+                save_rows(rows, work / ROWS_FILE)
+                fused[key] = (work / ROWS_FILE, plan_accounts)
+            rows_file, plan_accounts = fused[key]
+            accounts = plan_accounts if plan.name == "student" else accounts
+        references = None
+        if cfg.student.validate_every:
+            references = validation_references(
+                cfg, plan, teachers, sets.validation, checking, checked
+            )
+        jobs.append(PlanJob(plan, work, rows_file, references))
+    del projections, readings  # the workers read their rows from the files
+    # 4. train and evaluate every model
+    results = train_and_score(cfg, Stage(source, prompts, sets.heldout), jobs)
+    # 5. the student, its lineage and the logs into the output
+    for job in jobs:
+        keep_train_log(job.work, staging, job.plan.name)
+    shutil.copytree(jobs[0].work / FINAL_DIR, staging / "student")
+    (staging / "contributions.json").write_text(json.dumps(accounts, indent=1))
+    write_student_lineage(  # signed, bound to the weights now in staging/student
+        gate,
+        accounts,
+        staging / "student",
+        fingerprints={t.name: t.fingerprint() for t in teachers},
+        prompts={"count": len(prompts.texts), "sha256": prompts_hash(prompts.texts)},
+        config_sha256=hashlib.sha256(cfg.model_dump_json().encode()).hexdigest(),
+        accuracy=results["student"]["accuracy"],
+    )
+    return results, [job.work for job in jobs]

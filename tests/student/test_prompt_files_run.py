@@ -1,0 +1,112 @@
+"""`polydistill run` on the user's own prompt file: a JSONL of prompt / reference / tag rows,
+teachers given as `path:` checkpoints (the tiny world's, built beforehand), no world prompts.
+
+Checks what only the wiring can get wrong: the data summary's counts (read, dropped as empty,
+duplicate or too long for a model's context, kept per split) land in `metrics.json`; every
+model is scored per tag of the test file; the student learns only from train-split prompts; a
+tag the config names that no training prompt has is a one-line error that writes nothing.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+TINY = Path(__file__).parents[1] / "tiny.yaml"
+SMALL = {"hidden_size": 64, "layers": 1, "heads": 1, "kv_heads": 1, "head_dim": 64}
+
+
+def rows_of(examples, tag: str) -> list[dict]:
+    return [{"prompt": e.prompt, "reference": e.answer, "tag": tag} for e in examples]
+
+
+@pytest.fixture
+def prompt_config(tmp_path, tiny_world, tiny_cache) -> Path:
+    """Train and test files of two tags from the tiny world's examples, with one empty row, one
+    duplicate and one prompt longer than every model's context in the train file."""
+    train = rows_of(tiny_world.train["arithmetic"][:6], "math")
+    train += rows_of(tiny_world.train["strings"][:6], "text")
+    train += [train[0], {"prompt": "  ", "tag": "math"}]
+    train.append({"prompt": " ".join(["word"] * 400), "tag": "text"})
+    test = rows_of(tiny_world.heldout["arithmetic"][:3], "math")
+    test += rows_of(tiny_world.heldout["strings"][:2], "text")
+    for name, rows in (("train", train), ("test", test)):
+        with (tmp_path / f"{name}.jsonl").open("w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+    raw = yaml.safe_load(TINY.read_text())
+    raw["world"]["cache_dir"] = str(tiny_cache)
+    raw["threads"] = 1
+    raw["teachers"] = [
+        {"name": name, "family": family, "path": str(tiny_world.teachers[name]),
+         "licence": {"id": "apache-2.0"}}
+        for name, family in (("gemma", "gemma"), ("qwen", "qwen"))
+    ]  # fmt: skip
+    raw["data"] = {
+        "train": str(tmp_path / "train.jsonl"),
+        "test": str(tmp_path / "test.jsonl"),
+        "fractions": {"validation": 0.0},
+    }
+    raw["student"] = {
+        "teachers": ["gemma", "qwen"],
+        "model": {**SMALL, "intermediate_size": 64},
+        "train": {"steps": 2, "batch_size": 4, "lr": 3.0e-3, "warmup_steps": 1},
+        "prompts_per_tag": 4,
+        "top_k": 8,
+        "checkpoint_every": 0,
+    }
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_a_run_on_a_jsonl_prompt_file_scores_per_tag_and_counts_the_data(
+    cli, tmp_path, prompt_config
+):
+    out = tmp_path / "run"
+    result = cli("run", str(prompt_config), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["domains"] == ["math", "text"]
+    assert set(metrics["models"]) == {"teacher:gemma", "teacher:qwen", "student"}
+    for scores in metrics["models"].values():
+        assert set(scores["accuracy"]) == set(scores["bits_per_byte"]) == {"math", "text"}
+    data = metrics["data"]
+    assert data["data/rows"] == 5 + 15
+    assert (data["data/empty"], data["data/duplicates"], data["data/too_long"]) == (1, 1, 1)
+    assert data["data/too_long_for/student"] == 1 and data["data/too_long_for/gemma"] == 1
+    assert (data["data/kept/train"], data["data/kept/test"]) == (12, 5)
+    accounts = json.loads((out / "contributions.json").read_text())
+    assert set(accounts["mass"]) == {"math", "text"}
+    assert len(accounts["examples"]) == 8  # 4 per tag, train prompts only
+    assert json.loads((out / "inputs.json").read_text())["world"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "student.prompts_per_tag={poetry: 3}",
+            "student.prompts_per_tag: no training prompts tagged ['poetry'] (tags: math, text)",
+        ),
+        (
+            "student.fusion={strategy: route, routes: {math: qwen}}",
+            "student.fusion.routes: no teacher for tag(s) ['text']",
+        ),
+        (
+            "student.curriculum={first: [prose], steps: 1}",
+            "student.curriculum.first: no training prompts tagged ['prose'] (tags: math, text)",
+        ),
+        (
+            "student.fusion={strategy: route, routes: {math: qwen, text: nobody}}",
+            "student.fusion.routes: unknown teacher(s) ['nobody']",
+        ),
+    ],
+)
+def test_a_tag_the_prompts_do_not_have_is_one_line(cli, tmp_path, prompt_config, override, message):
+    """Tags are free strings, checked against the training prompts once they are read."""
+    out = tmp_path / "run"
+    result = cli("run", str(prompt_config), "--out", str(out), override)
+    assert result.returncode == 2 and not out.exists()
+    assert result.stderr.strip().splitlines()[-1] == f"error: {message}"
