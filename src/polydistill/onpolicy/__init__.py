@@ -14,6 +14,7 @@
 - `batches`: the buffer, the λ mix with off-policy batches, warm start; a `BatchFn` for `train`.
 """
 
+from polydistill.config.on_policy import OnPolicyConfig
 from polydistill.onpolicy.batches import (
     OnPolicyRun,
     is_on_policy,
@@ -21,7 +22,6 @@ from polydistill.onpolicy.batches import (
     refresh_rows,
     warm_start,
 )
-from polydistill.onpolicy.config import OnPolicyConfig
 from polydistill.onpolicy.sampling import Sample, Samples, sample_answers
 from polydistill.onpolicy.targets import Grading, graded_rows
 

@@ -40,8 +40,8 @@ from transformers import PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from polydistill.chat import shuffled_stream
+from polydistill.config.on_policy import OnPolicyConfig
 from polydistill.errors import UserError
-from polydistill.onpolicy.config import OnPolicyConfig
 from polydistill.onpolicy.sampling import sample_answers
 from polydistill.onpolicy.targets import Grading, graded_rows
 from polydistill.student.batches import distillation_batches

@@ -27,11 +27,10 @@ type) is the one a checkpoint of that depth would have.
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import torch
 from jinja2 import TemplateError
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -40,6 +39,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from polydistill.config.student_init import Prune, StudentInit
 from polydistill.errors import UserError
 from polydistill.teachers.checkpoint import checked_tokenizer, load_checkpoint
 from polydistill.teachers.local import weights_hash
@@ -47,59 +47,6 @@ from polydistill.teachers.protocol import text_hash, tokenizer_fingerprint
 
 # Per-layer config entries that list layer *indices* rather than one value per layer.
 _INDEX_LISTS = ("mlp_only_layers",)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
-    )
-
-
-class Prune(_Strict):
-    """A depth-pruned copy of a teacher: which checkpoint, which decoder layers."""
-
-    teacher_path: Path
-    """The teacher: a Hugging Face folder or a GGUF file."""
-    layers: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None = None
-    """The decoder layers kept, 0-based; kept in increasing order."""
-    keep: Annotated[int, Field(ge=2)] | None = None
-    """How many decoder layers to keep, evenly spaced; the first and last are always kept."""
-
-    @model_validator(mode="after")
-    def _one_choice(self) -> "Prune":
-        if (self.layers is None) == (self.keep is None):
-            raise ValueError("give exactly one of layers (indices) or keep (a count)")
-        if self.layers is not None and len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"layers lists a layer twice: {self.layers}")
-        return self
-
-
-class StudentInit(_Strict):
-    """How the student starts: exactly one of `checkpoint`, `prune` or `config` (with
-    `tokenizer`); no `init` at all is the world-style student."""
-
-    checkpoint: Path | None = None
-    """A checkpoint to start from, pretrained or instruct: a Hugging Face folder (config.json,
-    safetensors weights, a fast tokenizer and its chat template) or a GGUF file."""
-    prune: Prune | None = None
-    """A teacher to start from with only some of its decoder layers."""
-    config: Path | None = None
-    """A transformers config.json (or a folder holding one): random weights, seeded by the
-    run's seed, sized for `tokenizer`."""
-    tokenizer: Path | None = None
-    """With `config`: a folder with a fast tokenizer (tokenizer.json) and its chat template."""
-    template: str | None = None
-    """A chat template for a tokenizer without one (a Jinja file or a built-in: gemma,
-    chatml); without either the student is completion-style."""
-
-    @model_validator(mode="after")
-    def _one_start(self) -> "StudentInit":
-        chosen = [k for k in ("checkpoint", "prune", "config") if getattr(self, k) is not None]
-        if len(chosen) != 1:
-            raise ValueError("give exactly one of checkpoint, prune or config (+ tokenizer)")
-        if (self.config is None) != (self.tokenizer is None):
-            raise ValueError("tokenizer goes with config, and config needs one")
-        return self
 
 
 def init_student(

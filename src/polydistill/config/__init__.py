@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from polydistill.config.on_policy import OnPolicyConfig
+from polydistill.config.student_init import StudentInit
 from polydistill.data import DataConfig
 from polydistill.errors import UserError
 from polydistill.overrides import apply_override, key_path, read_yaml
@@ -322,6 +324,23 @@ class StudentConfig(Strict):
     # A store written by `polydistill capture` of this config: the teachers' answers and
     # readings come from it, no teacher model is loaded (its fingerprints must match).
     store: LaxPath | None = None
+    # Where the student's first weights come from: a checkpoint, a depth-pruned teacher, or a
+    # config + tokenizer (`config.student_init`); unset, a fresh world architecture
+    # (`family`, `model`) on a world tokenizer style (`tokenizer`).
+    init: StudentInit | None = None
+    # On-policy / mixed distillation (`config.on_policy`): the student also learns from its own
+    # samples, graded by its teachers; unset, off-policy only.
+    on_policy: OnPolicyConfig | None = None
+
+    @model_validator(mode="after")
+    def _init_or_world_style(self) -> "StudentConfig":
+        world_keys = sorted({"family", "tokenizer", "model"} & self.model_fields_set)
+        if self.init is not None and world_keys:
+            raise ValueError(
+                f"{', '.join(world_keys)}: for a world-style student; init decides the "
+                "student's architecture and tokenizer"
+            )
+        return self
 
     def prompt_weight_of(self, tag: str) -> float:
         """The prompt loss weight of `tag`'s prompts."""
