@@ -115,7 +115,8 @@ def test_vllm_fingerprint_names_the_served_model(gemma_served, gemma_local, gemm
 @pytest.mark.slow
 def test_vllm_refuses_a_different_tokenizer(vllm_gemma, tiny_world):
     with pytest.raises(
-        UserError, match=r"server tokenizer differs from the configured one at id #"
+        UserError,
+        match=re.escape(f"server {vllm_gemma} tokenizer differs from the configured one at id #"),
     ):
         served_teacher("gemma", tiny_world.teachers["qwen"], base_url=vllm_gemma)
 
@@ -184,7 +185,9 @@ def test_a_wrong_api_key_is_refused_at_once(fake, tiny_world):
 
 
 def test_the_fake_refuses_a_different_tokenizer(fake, tiny_world):
-    with pytest.raises(UserError, match="differs from the configured one at id #"):
+    with pytest.raises(
+        UserError, match=re.escape(f"server {fake.base_url} tokenizer differs from the configured")
+    ):
         served_teacher(
             "qwen",
             load_tokenizer(tiny_world.teachers["gptoss"], "gptoss"),
