@@ -74,6 +74,7 @@ def test_a_failing_server_s_requests_move_to_the_other(servers, tiny_world, qwen
     try:
         rows = teacher.score(MANY_PROMPTS, MANY_ANSWERS, top_k=5, temperature=1.0)
         assert teacher.pool.served == [0, len(MANY_PROMPTS)]
+        assert teacher.pool.failed[0] > 0 and teacher.pool.failed[1] == 0
     finally:
         teacher.close()
     assert a.completion_calls > 0, "the failing server was never tried: the test proves nothing"

@@ -47,6 +47,7 @@ class ServerPool:
         self._resting_until = [0.0] * len(clients)
         self._changed = threading.Condition()
         self.served = [0] * len(clients)  # answers each server gave: how the work was spread
+        self.failed = [0] * len(clients)  # tries each server failed (retryable failures)
 
     @property
     def concurrency(self) -> int:
@@ -127,6 +128,7 @@ class ServerPool:
                 self._strikes[server] = 0
                 self.served[server] += answered
             else:
+                self.failed[server] += 1
                 rest = failure.delay(self.backoff_s, self._strikes[server])
                 self._strikes[server] += 1
                 until = time.monotonic() + rest
