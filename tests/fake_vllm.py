@@ -1,6 +1,7 @@
 """A small stand-in for vLLM's OpenAI-compatible server, in a thread, for the served teacher's
 failure paths: it answers the endpoints the teacher uses from a local model and tokenizer, and
-can be told to fail the next completion requests with given statuses (5xx, 429).
+can be told to fail the next completion requests with given statuses (5xx, 429), or to answer
+slowly (`delay_s`).
 
     with fake_vllm(model, tokenizer, api_key="k") as server:
         server.failures += [503, 429]
@@ -10,6 +11,7 @@ Prompt log-probs are computed as vLLM computes them (float32 log-softmax over th
 top-k plus the actual token with its rank); generation is greedy only.
 """
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -29,6 +31,7 @@ class FakeServer:
     base_url: str
     failures: list[int] = field(default_factory=list)
     completion_calls: int = 0
+    delay_s: float = 0.0  # each completion answers this much later: a slow server
 
 
 def _prompt_logprobs(model, ids: list[int], k: int) -> list[dict[str, Any] | None]:
@@ -63,7 +66,7 @@ def _greedy(model, tokenizer, ids: list[int], max_tokens: int) -> list[int]:
     return out[0, len(ids) :].tolist()
 
 
-def _app(server: FakeServer, model, tokenizer, api_key: str | None) -> FastAPI:
+def _app(server: FakeServer, model, tokenizer, api_key: str | None, model_id: str) -> FastAPI:
     app = FastAPI()
 
     @app.middleware("http")
@@ -74,7 +77,7 @@ def _app(server: FakeServer, model, tokenizer, api_key: str | None) -> FastAPI:
 
     @app.get("/v1/models")
     def models() -> dict:
-        return {"data": [{"id": "fake-model", "root": "/models/fake", "object": "model"}]}
+        return {"data": [{"id": model_id, "root": "/models/fake", "object": "model"}]}
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> dict:
@@ -85,6 +88,7 @@ def _app(server: FakeServer, model, tokenizer, api_key: str | None) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request):
         server.completion_calls += 1
+        await asyncio.sleep(server.delay_s)
         if server.failures:
             status = server.failures.pop(0)
             headers = {"Retry-After": "0"} if status == 429 else {}
@@ -106,12 +110,14 @@ def _app(server: FakeServer, model, tokenizer, api_key: str | None) -> FastAPI:
 
 
 @contextlib.contextmanager
-def fake_vllm(model, tokenizer, api_key: str | None = None) -> Iterator[FakeServer]:
+def fake_vllm(
+    model, tokenizer, api_key: str | None = None, model_id: str = "fake-model"
+) -> Iterator[FakeServer]:
+    """The fake on a free port, serving `model` as `model_id`."""
     port = free_port()
     server = FakeServer(f"http://127.0.0.1:{port}")
-    config = uvicorn.Config(
-        _app(server, model, tokenizer, api_key), host="127.0.0.1", port=port, log_level="error"
-    )
+    app = _app(server, model, tokenizer, api_key, model_id)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error")
     runner = uvicorn.Server(config)
     thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()

@@ -10,33 +10,15 @@ provoked.
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from fake_vllm import fake_vllm
+from served_checks import ANSWERS, PROMPTS, assert_same_rows, eos_silenced
 from vllm_server import free_port, vllm_server
 
 from polydistill.errors import UserError
-from polydistill.teachers.checkpoint import load_checkpoint, load_tokenizer
+from polydistill.teachers.checkpoint import load_tokenizer
 from polydistill.teachers.local import local_teacher
-from polydistill.teachers.protocol import check_rows
 from polydistill.teachers.served import env_name, served_teacher
-
-PROMPTS = ["Where does Tomuqa Ruza live?", "What does Sudi Reqiqa do?", "reverse: abc", "7+35"]
-# Gold-ish, odd and empty answers: the scored text need not be the teacher's own.
-ANSWERS = ["Lisubofall", "vibowright keeper", "cba", ""]
-TOL = 1e-3
-
-
-def assert_same_rows(served, local) -> None:
-    assert len(served) == len(local)
-    for s, loc in zip(served, local, strict=True):
-        check_rows(s, "served")
-        np.testing.assert_array_equal(s.ids, loc.ids)
-        assert s.start == loc.start
-        np.testing.assert_array_equal(s.top_ids, loc.top_ids)
-        np.testing.assert_allclose(s.top_logprobs, loc.top_logprobs, atol=TOL, rtol=0)
-        np.testing.assert_allclose(s.token_logprobs, loc.token_logprobs, atol=TOL, rtol=0)
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +28,9 @@ def qwen_local(tiny_world):
 
 @pytest.fixture(scope="module")
 def gemma_checkpoint(tiny_world, tmp_path_factory) -> Path:
-    """The world's gemma teacher with its end-of-turn embedding row zeroed (tied, so its logit
-    is 0): tiny teachers often end every answer at once, and greedy answers that run on make
-    the comparison of generations bite."""
-    model, tokenizer = load_checkpoint(tiny_world.teachers["gemma"], "gemma")
-    with torch.no_grad():
-        model.get_input_embeddings().weight[tokenizer.eos_token_id] = 0.0
+    """The world's gemma teacher, its answers running on (`eos_silenced`)."""
     out = tmp_path_factory.mktemp("served") / "gemma"
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return eos_silenced(tiny_world.teachers["gemma"], out, "gemma")
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +90,8 @@ def test_vllm_fingerprint_names_the_served_model(gemma_served, gemma_local, gemm
 @pytest.mark.slow
 def test_vllm_refuses_a_different_tokenizer(vllm_gemma, tiny_world):
     with pytest.raises(
-        UserError, match=r"server tokenizer differs from the configured one at id #"
+        UserError,
+        match=re.escape(f"server {vllm_gemma} tokenizer differs from the configured one at id #"),
     ):
         served_teacher("gemma", tiny_world.teachers["qwen"], base_url=vllm_gemma)
 
@@ -184,7 +160,9 @@ def test_a_wrong_api_key_is_refused_at_once(fake, tiny_world):
 
 
 def test_the_fake_refuses_a_different_tokenizer(fake, tiny_world):
-    with pytest.raises(UserError, match="differs from the configured one at id #"):
+    with pytest.raises(
+        UserError, match=re.escape(f"server {fake.base_url} tokenizer differs from the configured")
+    ):
         served_teacher(
             "qwen",
             load_tokenizer(tiny_world.teachers["gptoss"], "gptoss"),

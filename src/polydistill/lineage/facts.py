@@ -5,13 +5,16 @@ origin jurisdiction, licence and what the licence asks of a distilled model.
 
 Where each fact comes from, first found wins:
 1. the run config's `teachers[i].licence` (id, publisher, origin, or a whole licence);
-2. the checkpoint: its model card's front matter (`README.md`: `license`, `license_name`,
-   `license_link`) and its `LICENSE` / `NOTICE` files, matched against `licences.LICENCES`;
-   a GGUF file's `general.license` metadata, and those files beside it;
-3. for a world teacher (no `path`), its family's facts (`licences.FAMILIES`): it stands in for
-   that family's checkpoints. Publisher and origin of a real checkpoint come from its family too.
-A real checkpoint whose licence none of these determines, or whose files name two licences,
-is refused with a one-line error unless the config declares it.
+2. the checkpoint (`path`; a served teacher: its tokenizer folder, `served.tokenizer`, where the
+   model's card and licence files travel with the tokenizer): its model card's front matter
+   (`README.md`: `license`, `license_name`, `license_link`) and its `LICENSE` / `NOTICE` files,
+   matched against `licences.LICENCES`; a GGUF file's `general.license` metadata, and those
+   files beside it;
+3. for a world teacher (neither `path` nor `served`), its family's facts (`licences.FAMILIES`):
+   it stands in for that family's checkpoints. Publisher and origin of a real checkpoint or
+   served model come from its family too.
+A real checkpoint or served model whose licence none of these determines, or whose files name
+two licences, is refused with a one-line error unless the config declares it.
 """
 
 from dataclasses import dataclass, replace
@@ -112,24 +115,29 @@ def teacher_licence(teacher: TeacherConfig) -> tuple[Licence, str]:
     declared = declared_licence(teacher)
     if declared is not None:
         return declared, "config"
-    if teacher.path is None:
+    if teacher.kind == "world":
         return LICENCES[FAMILIES[teacher.family][1]], f"world stand-in for {teacher.family}"
-    found = checkpoint_licences(teacher.path)
+    files = teacher.path if teacher.kind == "path" else teacher.served.tokenizer
+    found = checkpoint_licences(files)
     known = {source: lid for source, lid in found.items() if lid is not None}
     if len(set(known.values())) > 1:
         said = ", ".join(f"{source} says {lid}" for source, lid in known.items())
         raise UserError(
-            f"teacher {teacher.name!r}: its checkpoint names two licences ({said}); "
+            f"teacher {teacher.name!r}: its {_files_are(teacher)} names two licences ({said}); "
             f"declare one in teachers[].licence.id"
         )
     if not known:
         seen = f" (it mentions one not in the table: {', '.join(found)})" if found else ""
         raise UserError(
-            f"teacher {teacher.name!r}: cannot determine the licence of {teacher.path}{seen}; "
+            f"teacher {teacher.name!r}: cannot determine the licence of {files}{seen}; "
             f"declare it in teachers[].licence.id (known: {', '.join(LICENCES)})"
         )
     source, lid = next(iter(known.items()))
     return LICENCES[lid], source
+
+
+def _files_are(teacher: TeacherConfig) -> str:
+    return "checkpoint" if teacher.kind == "path" else "served model's tokenizer folder"
 
 
 def teacher_facts(teacher: TeacherConfig) -> TeacherFacts:

@@ -8,13 +8,31 @@
 - `served`: any OpenAI-compatible server with per-token log-probs (vLLM), token ids both
   ways, the tokenizer probed against the server's (`server_client`: retries, backoff,
   bounded concurrency; `prompt_logprobs`: the server's per-position maps as `TeacherRows`).
+- `server_pool`: several servers of one served teacher: requests to free slots, failed tries
+  moved to another server.
+- `served_config`: the `teachers[].served` config section; `from_config`: a configured
+  teacher (`path` or `served`) as a `Teacher`.
 - `readings`: every teacher answers the prompts, and every teacher scores every distinct answer.
 
 Every source hands back teacher-vocabulary rows; `polydistill.align` projects them into the
 student's vocabulary.
 """
 
-from polydistill.teachers.checkpoint import load_checkpoint, load_tokenizer
-from polydistill.teachers.protocol import Teacher, TeacherRows
+import importlib
+from typing import Any
 
 __all__ = ["Teacher", "TeacherRows", "load_checkpoint", "load_tokenizer"]
+_HOMES = {
+    "Teacher": "protocol",
+    "TeacherRows": "protocol",
+    "load_checkpoint": "checkpoint",
+    "load_tokenizer": "checkpoint",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Imported on first use: the run config imports `served_config` from this package, and
+    must not bring transformers in with it."""
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

@@ -29,12 +29,15 @@ def is_gguf(path: Path) -> bool:
     return path.suffix.lower() == ".gguf"
 
 
-def _source(path: Path, who: str) -> tuple[Path, dict]:
-    """The folder `from_pretrained` reads, and its keyword arguments for this checkpoint."""
+def _source(path: Path, who: str, tokenizer_only: bool = False) -> tuple[Path, dict]:
+    """The folder `from_pretrained` reads, and its keyword arguments for this checkpoint (or,
+    `tokenizer_only`, this tokenizer folder: a served teacher's weights are elsewhere)."""
     if is_gguf(path):
         if not path.is_file():
             raise UserError(f"{who}: no such GGUF file: {path}")
         return path.parent, {"gguf_file": path.name}
+    if tokenizer_only and (path / "tokenizer.json").is_file():
+        return path, {}
     if not (path / "config.json").is_file():
         raise UserError(f"{who}: not a Hugging Face checkpoint (no config.json): {path}")
     return path, {}
@@ -49,8 +52,9 @@ def _gguf_problem(error: Exception) -> str:
 
 def load_tokenizer(path: Path, who: str, template: str | None = None) -> PreTrainedTokenizerBase:
     """The checkpoint's tokenizer, checked for what alignment and chat rendering need; with
-    `template`, that chat template replaces the checkpoint's own."""
-    folder, extra = _source(path, who)
+    `template`, that chat template replaces the checkpoint's own. `path` may also be a folder
+    holding a tokenizer alone."""
+    folder, extra = _source(path, who, tokenizer_only=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
     except (OSError, ValueError, ImportError) as error:

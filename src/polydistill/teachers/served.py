@@ -1,14 +1,17 @@
 """A teacher served by an OpenAI-compatible server that returns per-token log-probs (vLLM).
 
     teacher = served_teacher("qwen", Path("ckpt/qwen"), base_url="http://10.0.0.5:8000")
+    teacher = served_teacher("qwen", Path("ckpt/qwen"), base_url=["http://a:8000", "http://b:8000"])
     answers = teacher.complete(prompts, samples=1, max_new_tokens=24, seed=0)[0]
     rows = teacher.score(prompts, answers, top_k=32, temperature=1.0)
 
 Where the server is: arguments first, else the environment, with the teacher's name upper-cased
 and every other character than letters and digits turned into `_`:
-`POLYDISTILL_TEACHER_<NAME>_URL` (base URL, without `/v1`), `POLYDISTILL_TEACHER_<NAME>_MODEL`
-(the served model id; the server's only model when unset) and `POLYDISTILL_TEACHER_<NAME>_API_KEY`
-(sent as a bearer token; keep it out of configs).
+`POLYDISTILL_TEACHER_<NAME>_URL` (base URL, without `/v1`; several servers of the same model
+comma-separated), `POLYDISTILL_TEACHER_<NAME>_MODEL` (the served model id; the server's only model
+when unset) and `POLYDISTILL_TEACHER_<NAME>_API_KEY` (sent as a bearer token; keep it out of
+configs). Several servers share the work (`server_pool.ServerPool`: each its own concurrency, a
+failed try moved to another server); the answers are the same for any number of them.
 
 Everything travels as the teacher's own token ids, so positions are exact: scoring sends the
 rendering of `chat.render_answer` to `/v1/completions` with `prompt_logprobs: k` and reads
@@ -17,9 +20,10 @@ rendering of `chat.render_answer` to `/v1/completions` with `prompt_logprobs: k`
 (`seed`, prompt, sample) so an answer depends on neither batching nor order, stops at the
 end-of-turn id, and decodes the returned ids with the local tokenizer as the local teacher does.
 
-The tokenizer is local (the checkpoint directory) and is probed against the server's
+The tokenizer is local (the checkpoint directory) and is probed against every server's
 (`/tokenize` of multilingual text, digits and the chat markup) before use: any difference is a
-`UserError` naming the first differing id. A scoring temperature other than 1 is exact: the
+`UserError` naming the server and the first differing id; so is a server serving another model
+id than the first. A scoring temperature other than 1 is exact: the
 server returns the whole distribution at every position (`prompt_logprobs: -1`, which needs
 `--max-logprobs -1`) and it is rescaled here; responses then grow with the vocabulary, so keep
 temperature 1 for real vocabularies. Log-probs cover the model's whole output layer: a
@@ -31,6 +35,7 @@ import hashlib
 import os
 import re
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,7 @@ from polydistill.teachers.checkpoint import load_tokenizer
 from polydistill.teachers.prompt_logprobs import MalformedAnswer, rows_from_prompt_logprobs
 from polydistill.teachers.protocol import Progress, TeacherRows, tokenizer_fingerprint
 from polydistill.teachers.server_client import ServerClient
+from polydistill.teachers.server_pool import ServerPool
 
 PROBE_PROMPT = "Translate 12,345.67 and 0x1F: naïve café, Grüße, 東京タワー, Москва, العربية, 🙂!"
 PROBE_ANSWER = "  42 = 6*7\n\tdone — ok?"
@@ -60,25 +66,27 @@ def sample_seed(seed: int, prompt: str, sample: int) -> int:
 
 
 class ServedTeacher:
-    """A `Teacher` whose model runs behind `client` as `model` (see `protocol.Teacher`)."""
+    """A `Teacher` whose model runs behind the servers of `pool` as `model` (see
+    `protocol.Teacher`)."""
 
     def __init__(
         self,
         name: str,
         tokenizer: PreTrainedTokenizerBase,
-        client: ServerClient,
+        pool: ServerPool,
         model: str,
         batch_size: int = 16,
     ) -> None:
-        self.name, self.tokenizer, self.client, self.model = name, tokenizer, client, model
+        self.name, self.tokenizer, self.pool, self.model = name, tokenizer, pool, model
         self.batch_size = batch_size
         self.who = f"teacher {name!r}"
 
     def close(self) -> None:
-        self.client.close()
+        self.pool.close()
 
     def fingerprint(self) -> dict[str, str]:
-        served = served_model(self.client, self.model)
+        """The first server's model entry: every server serves the same model id (checked)."""
+        served = served_model(self.pool.clients[0], self.model)
         return {
             "source": "served",
             "model": str(served["id"]),
@@ -87,13 +95,17 @@ class ServedTeacher:
             **tokenizer_fingerprint(self.tokenizer),
         }
 
-    def probe_tokenizer(self) -> None:
-        """Refuse a server whose tokenizer encodes the probe differently from ours."""
+    def probe_tokenizers(self) -> None:
+        """Refuse any server whose tokenizer encodes the probe differently from ours."""
         tok = self.tokenizer
         probe = render_prompts(tok, [PROBE_PROMPT], self.who)[0] + PROBE_ANSWER + tok.eos_token
         ours = tok(probe, add_special_tokens=False)["input_ids"]
         body = {"model": self.model, "prompt": probe, "add_special_tokens": False}
-        theirs = [int(i) for i in self.client.post("/tokenize", body)["tokens"]]
+        for client in self.pool.clients:
+            theirs = [int(i) for i in client.post("/tokenize", body)["tokens"]]
+            self._check_probe(client.base_url, ours, theirs)
+
+    def _check_probe(self, url: str, ours: list[int], theirs: list[int]) -> None:
         if ours == theirs:
             return
         at = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
@@ -102,8 +114,8 @@ class ServedTeacher:
         mine = ours[at] if at < len(ours) else "end"
         served = theirs[at] if at < len(theirs) else "end"
         raise UserError(
-            f"{self.who}: server tokenizer differs from the configured one at id #{at} of the "
-            f"probe (server {served}, local {mine}; {len(theirs)} vs {len(ours)} ids): "
+            f"{self.who}: server {url} tokenizer differs from the configured one at id #{at} of "
+            f"the probe (server {served}, local {mine}; {len(theirs)} vs {len(ours)} ids): "
             "serve the same tokenizer or point the teacher at the served model's tokenizer"
         )
 
@@ -140,7 +152,7 @@ class ServedTeacher:
                 for prompt, ids in zip(prompts, prompt_ids, strict=True)
             ]
             texts = []
-            for answer in self.client.map(self._completion, bodies):
+            for answer in self.pool.map(self._completion, bodies):
                 texts.append(self._answer_text(answer, end))
                 if on_batch:
                     on_batch(1, len(answer.get("token_ids") or ()))
@@ -148,7 +160,7 @@ class ServedTeacher:
         return answers
 
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._one_choice(self.client.post("/v1/completions", body))
+        return self._one_choice(self.pool.post("/v1/completions", body))
 
     def _one_choice(self, answer: dict[str, Any]) -> dict[str, Any]:
         choices = answer.get("choices") or []
@@ -183,7 +195,7 @@ class ServedTeacher:
         out: list[TeacherRows] = []
         for batch, rows in zip(
             batches,
-            self.client.map(lambda b: self._score_batch(b, top_k, temperature), batches),
+            self.pool.map(lambda b: self._score_batch(b, top_k, temperature), batches),
             strict=True,
         ):
             out += rows
@@ -203,10 +215,8 @@ class ServedTeacher:
             "temperature": 0.0,
             "prompt_logprobs": -1 if full else top_k,
         }
-        choices = sorted(
-            self.client.post("/v1/completions", body).get("choices") or [],
-            key=lambda c: c["index"],
-        )
+        url, answer = self.pool.request("POST", "/v1/completions", body)
+        choices = sorted(answer.get("choices") or [], key=lambda c: c["index"])
         if len(choices) != len(batch):
             raise UserError(f"{self.who}: server sent {len(choices)} choices for {len(batch)}")
         try:
@@ -218,7 +228,7 @@ class ServedTeacher:
             ]
         except MalformedAnswer as error:
             raise UserError(
-                f"{self.who}: server {self.client.base_url} sent unusable prompt log-probs "
+                f"{self.who}: server {url} sent unusable prompt log-probs "
                 f"({error}); it must return vLLM's prompt_logprobs"
             ) from None
 
@@ -241,11 +251,40 @@ def served_model(client: ServerClient, model: str | None) -> dict[str, Any]:
     )
 
 
+def server_urls(name: str, base_url: str | Sequence[str] | None) -> list[str]:
+    """The servers' base URLs: the argument, else `POLYDISTILL_TEACHER_<NAME>_URL` (several
+    comma-separated)."""
+    if base_url is None:
+        base_url = os.environ.get(env_name(name, "URL"), "").split(",")
+    urls = [base_url] if isinstance(base_url, str) else list(base_url)
+    urls = [url.strip().rstrip("/") for url in urls if url.strip()]
+    if not urls:
+        raise UserError(f"teacher {name!r}: no server URL; give one or set {env_name(name, 'URL')}")
+    repeated = sorted({url for url in urls if urls.count(url) > 1})
+    if repeated:
+        raise UserError(f"teacher {name!r}: server URL listed twice: {', '.join(repeated)}")
+    return urls
+
+
+def same_model(pool: ServerPool, model: str | None) -> str:
+    """The model id every server serves (`model`, or each server's only one); a server serving
+    another is a one-line error naming it."""
+    first = str(served_model(pool.clients[0], model)["id"])
+    for client in pool.clients[1:]:
+        found = str(served_model(client, model)["id"])
+        if found != first:
+            raise UserError(
+                f"{pool.who}: server {client.base_url} serves model {found!r}, not {first!r} as "
+                f"{pool.clients[0].base_url} does: every server of a teacher serves the same model"
+            )
+    return first
+
+
 def served_teacher(
     name: str,
     tokenizer: PreTrainedTokenizerBase | Path,
     *,
-    base_url: str | None = None,
+    base_url: str | Sequence[str] | None = None,
     model: str | None = None,
     api_key: str | None = None,
     timeout_s: float = 300.0,
@@ -254,29 +293,34 @@ def served_teacher(
     concurrency: int = 4,
     batch_size: int = 16,
     transport: httpx.BaseTransport | None = None,
+    template: str | None = None,
 ) -> ServedTeacher:
-    """A served model as a teacher, its tokenizer (or checkpoint directory) probed first."""
+    """A served model as a teacher, on one server or several of the same model (`base_url`: a
+    URL or a list), its tokenizer (or checkpoint directory, with `template` as `load_tokenizer`
+    takes it) probed against every server first; `concurrency` is per server."""
     who = f"teacher {name!r}"
-    base_url = base_url or os.environ.get(env_name(name, "URL"))
-    if not base_url:
-        raise UserError(f"{who}: no server URL; give one or set {env_name(name, 'URL')}")
+    urls = server_urls(name, base_url)
     if isinstance(tokenizer, Path):
-        tokenizer = load_tokenizer(tokenizer, who)
-    client = ServerClient(
-        base_url,
-        api_key=api_key or os.environ.get(env_name(name, "API_KEY")),
-        who=who,
-        timeout_s=timeout_s,
-        retries=retries,
-        backoff_s=backoff_s,
-        concurrency=concurrency,
-        transport=transport,
-    )
-    try:
-        found = served_model(client, model or os.environ.get(env_name(name, "MODEL")))
-        teacher = ServedTeacher(name, tokenizer, client, str(found["id"]), batch_size)
-        teacher.probe_tokenizer()
-    except BaseException:
-        client.close()
-        raise
+        tokenizer = load_tokenizer(tokenizer, who, template)
+    api_key = api_key or os.environ.get(env_name(name, "API_KEY"))
+    with ExitStack() as opened:
+        clients = []
+        for url in urls:
+            client = ServerClient(
+                url,
+                api_key=api_key,
+                who=who,
+                timeout_s=timeout_s,
+                retries=retries,
+                backoff_s=backoff_s,
+                concurrency=concurrency,
+                transport=transport,
+            )
+            opened.callback(client.close)
+            clients.append(client)
+        pool = ServerPool(clients, retries=retries, backoff_s=backoff_s)
+        found = same_model(pool, model or os.environ.get(env_name(name, "MODEL")))
+        teacher = ServedTeacher(name, tokenizer, pool, found, batch_size)
+        teacher.probe_tokenizers()
+        opened.pop_all()  # the teacher owns the clients now
     return teacher

@@ -3,31 +3,51 @@ concurrency.
 
     client = ServerClient("http://127.0.0.1:8000", api_key=None, who="teacher 'qwen'")
     models = client.get("/v1/models")
-    answers = client.map(lambda body: client.post("/v1/completions", body), bodies)
 
 Connection errors, timeouts, 5xx and 429 are retried with exponential backoff (`backoff_s`,
 doubling, honouring a short `Retry-After`); after `retries` further attempts the call raises a
 `UserError` naming the URL. Any other answer that is not 200 is a `UserError` at once with the
-server's own message: retrying a bad request cannot help. `map` runs at most `concurrency`
-requests at a time in threads (the server batches concurrent requests itself) and returns
-results in input order.
+server's own message: retrying a bad request cannot help. `attempt` is one try, raising
+`Retryable` where another try may succeed: `server_pool.ServerPool` spreads requests over several
+servers with it, each holding at most `concurrency` connections.
 """
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
 from polydistill.errors import UserError
 
-Item = TypeVar("Item")
-Result = TypeVar("Result")
-
 RETRIED_STATUS = frozenset({429, 500, 502, 503, 504})
 LONGEST_RETRY_AFTER_S = 30.0
+
+
+class Retryable(Exception):
+    """One try failed in a way another try may not (unreachable, 5xx, 429)."""
+
+    def __init__(self, url: str, status: int | None, detail: str, retry_after: str | None) -> None:
+        super().__init__(detail)
+        self.url, self.status, self.detail, self.retry_after = url, status, detail, retry_after
+
+    def final(self, who: str, where: str, attempts: int) -> UserError:
+        """The one-line error once no try is left; `where` names the server(s) tried."""
+        if self.status is None:
+            return UserError(
+                f"{who}: {where} unreachable after {attempts} attempts ({self.detail})"
+            )
+        return UserError(
+            f"{who}: {where} still answered {self.status} after {attempts} attempts: {self.detail}"
+        )
+
+    def delay(self, backoff_s: float, strikes: int) -> float:
+        """How long to leave the server alone: the backoff, or a short `Retry-After`."""
+        delay = backoff_s * 2**strikes
+        # A Retry-After given as an HTTP date is ignored: our own backoff stands.
+        with contextlib.suppress(ValueError):
+            delay = max(delay, min(float(self.retry_after or 0), LONGEST_RETRY_AFTER_S))
+        return delay
 
 
 class ServerClient:
@@ -71,53 +91,33 @@ class ServerClient:
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self._request("POST", path, body)
 
-    def map(self, call: Callable[[Item], Result], items: Iterable[Item]) -> Iterator[Result]:
-        """`call` on every item, at most `concurrency` at once, results in input order; the
-        first failure propagates (requests still in flight finish first, none new start)."""
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="teacher-http") as pool:
-            futures = [pool.submit(call, item) for item in items]
-            try:
-                for future in futures:
-                    yield future.result()
-            finally:
-                for future in futures:
-                    future.cancel()
+    def attempt(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        """One try: the answer's JSON, `Retryable`, or a `UserError` for an answer no retry
+        can mend."""
+        url = f"{self.base_url}{path}"
+        try:
+            response = self._client.request(method, path, json=body)
+        except httpx.TransportError as error:
+            detail = f"{type(error).__name__}: {error or 'no detail'}"
+            raise Retryable(url, None, detail, None) from None
+        if response.status_code == 200:
+            return response.json()
+        if response.status_code in RETRIED_STATUS:
+            retry_after = response.headers.get("retry-after")
+            raise Retryable(url, response.status_code, _message(response), retry_after)
+        raise UserError(
+            f"{self.who}: server {url} answered {response.status_code}: {_message(response)}"
+        )
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
-        url = f"{self.base_url}{path}"
         for attempt in range(self.retries + 1):
-            last = attempt == self.retries
             try:
-                response = self._client.request(method, path, json=body)
-            except httpx.TransportError as error:
-                if last:
-                    raise UserError(
-                        f"{self.who}: server {url} unreachable after {attempt + 1} attempts "
-                        f"({type(error).__name__}: {error or 'no detail'})"
-                    ) from None
-                self._sleep(attempt, None)
-                continue
-            if response.status_code == 200:
-                return response.json()
-            if response.status_code not in RETRIED_STATUS:
-                raise UserError(
-                    f"{self.who}: server {url} answered {response.status_code}: "
-                    f"{_message(response)}"
-                )
-            if last:
-                raise UserError(
-                    f"{self.who}: server {url} still answered {response.status_code} after "
-                    f"{attempt + 1} attempts: {_message(response)}"
-                )
-            self._sleep(attempt, response.headers.get("retry-after"))
+                return self.attempt(method, path, body)
+            except Retryable as error:
+                if attempt == self.retries:
+                    raise error.final(self.who, f"server {error.url}", attempt + 1) from None
+                time.sleep(error.delay(self.backoff_s, attempt))
         raise AssertionError("unreachable")
-
-    def _sleep(self, attempt: int, retry_after: str | None) -> None:
-        delay = self.backoff_s * 2**attempt
-        # A Retry-After given as an HTTP date is ignored: our own backoff stands.
-        with contextlib.suppress(ValueError):
-            delay = max(delay, min(float(retry_after or 0), LONGEST_RETRY_AFTER_S))
-        time.sleep(delay)
 
 
 def _message(response: httpx.Response) -> str:

@@ -83,7 +83,7 @@ def domain_splits(world: WorldConfig) -> dict[str, world_domains.Splits]:
 
 
 def world_teachers(cfg: RunConfig) -> list[TeacherConfig]:
-    return [t for t in cfg.teachers if t.path is None]
+    return [t for t in cfg.teachers if t.kind == "world"]
 
 
 def world_key(cfg: RunConfig) -> str:
