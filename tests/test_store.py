@@ -14,12 +14,12 @@ import torch
 
 from polydistill.errors import UserError
 from polydistill.store import shards as shards_module
-from polydistill.store.cached import local_fingerprint, open_store, store_teachers
+from polydistill.store.cached import open_store, store_teachers
 from polydistill.store.capture import SHARDS_DIR, capture_store, merge_store
 from polydistill.store.codec import LEVELS, decode_topk, encode_topk, level_error_bound
 from polydistill.store.manifest import block_seed
 from polydistill.store.shards import shard_files
-from polydistill.teachers.local import local_teacher
+from polydistill.teachers.local import local_fingerprint, local_teacher
 from polydistill.teachers.readings import gather_readings
 
 SETTINGS = {"top_k": 16, "temperature": 1.0, "samples": 2, "max_new_tokens": 6, "seed": 3}

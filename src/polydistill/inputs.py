@@ -72,7 +72,8 @@ class RunInputs:
     """Everything a run reads besides its config."""
 
     teachers: Mapping[str, Path]
-    """Each teacher's checkpoint (a Hugging Face folder or a GGUF file), by name."""
+    """Each local teacher's checkpoint (a Hugging Face folder or a GGUF file), by name; a served
+    teacher (`teachers[].served`) has none: it is built from its config."""
     student: StudentSource
     prompts: PromptSource
     about: Mapping[str, str] = field(default_factory=dict)

@@ -31,17 +31,18 @@ import yaml
 from rich.progress import Progress
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from polydistill.config import EvalConfig, RunConfig
+from polydistill.config import EvalConfig, RunConfig, WorldData
 from polydistill.data import ContextLimit, DataSummary, PromptRecord
 from polydistill.errors import UserError
 from polydistill.evaluate import evaluate_model
 from polydistill.evaluate.prompts import encode_records
-from polydistill.inputs import RunInputs
+from polydistill.inputs import FilePrompts, RunInputs
 from polydistill.lineage.policy import Gate, run_gate
 from polydistill.progress import console, progress_bars
 from polydistill.report import write_report
 from polydistill.staging import staged_folder
 from polydistill.store.cached import check_store_policy
+from polydistill.student.init import CheckpointStudent
 from polydistill.student.prompts import prompt_sets
 from polydistill.student.recipe import distil_and_evaluate
 from polydistill.teachers import load_checkpoint, load_tokenizer
@@ -97,6 +98,8 @@ def context_limits(
     room = cfg.eval.max_new_tokens
     limits: dict[str, ContextLimit] = {}
     for teacher in (t for t in cfg.teachers if t.name not in excluded):
+        if teacher.name not in inputs.teachers:
+            continue  # a served teacher: its server refuses what it cannot take
         path, who = inputs.teachers[teacher.name], f"teacher {teacher.name!r}"
         positions = _positions(path)
         if positions is not None:
@@ -144,6 +147,8 @@ def evaluate_teachers(
     results: dict[str, dict] = {}
     with progress_bars() as bars:
         for teacher in (t for t in cfg.teachers if t.name not in excluded):
+            if teacher.name not in inputs.teachers:
+                continue  # a served teacher is read, not scored here (its server is scored)
             who = f"teacher {teacher.name!r}"
             dtype = DTYPES[teacher.dtype]
             path = inputs.teachers[teacher.name]
@@ -153,6 +158,18 @@ def evaluate_teachers(
                 bars, label, model, tokenizer, heldout, cfg.eval, who
             )
     return results
+
+
+def file_inputs(cfg: RunConfig) -> RunInputs:
+    """The inputs of a run that names all of them itself: checkpoint or served teachers, prompt
+    files (`data:`) and a student to start from (`student.init`)."""
+    if cfg.student is None or cfg.student.init is None or isinstance(cfg.data, WorldData):
+        raise ValueError("file_inputs needs data: files and student.init")
+    return RunInputs(
+        teachers={t.name: t.path for t in cfg.teachers if t.path is not None},
+        student=CheckpointStudent(cfg.student.init),
+        prompts=FilePrompts(cfg.data),
+    )
 
 
 def run(cfg: RunConfig, out: Path, inputs: RunInputs, force: bool = False) -> dict:

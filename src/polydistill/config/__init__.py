@@ -27,11 +27,11 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from polydistill.config.on_policy import OnPolicyConfig
+from polydistill.config.served import ServedConfig
 from polydistill.config.student_init import StudentInit
 from polydistill.data import DataConfig
 from polydistill.errors import UserError
 from polydistill.overrides import apply_override, key_path, read_yaml
-from polydistill.teachers.served_config import ServedConfig
 
 Family = Literal["gemma", "qwen", "gpt-oss"]
 # The domains a world teacher trains on (the specialists world's); the student's prompts are
@@ -200,7 +200,7 @@ class TeacherConfig(Strict):
     model: ModelSize = ModelSize()
     train: TrainConfig = TrainConfig()
     licence: TeacherLicence | None = None
-    # a model behind OpenAI-compatible servers (vLLM): `teachers.served_config.ServedConfig`
+    # a model behind OpenAI-compatible servers (vLLM): `config.served.ServedConfig`
     served: ServedConfig | None = None
 
     @field_validator("path")

@@ -33,8 +33,6 @@ from polydistill.store.manifest import (
 )
 from polydistill.store.shards import check_shard, read_shard
 from polydistill.store.table import TeacherBlock, block_candidates, teacher_block, teacher_columns
-from polydistill.teachers.checkpoint import load_tokenizer
-from polydistill.teachers.local import weights_hash
 from polydistill.teachers.protocol import Progress, TeacherRows, tokenizer_fingerprint
 from polydistill.teachers.readings import Candidate
 
@@ -211,12 +209,6 @@ def _stored_tokenizer(store: Store, name: str, fingerprint: dict) -> PreTrainedT
         if saved[what] != fingerprint.get(what):
             raise UserError(f"store {store.root}: teacher {name!r}'s saved {what} was altered")
     return tokenizer
-
-
-def local_fingerprint(path: Path, who: str, template: str | None = None) -> dict[str, str]:
-    """What a local checkpoint's `LocalTeacher.fingerprint()` says, without loading the model."""
-    tokenizer = load_tokenizer(path, who, template)
-    return {"source": "local", "weights": weights_hash(path), **tokenizer_fingerprint(tokenizer)}
 
 
 def store_teachers(store: Store, expected: dict[str, dict]) -> list[StoreTeacher]:

@@ -24,8 +24,12 @@ by name, so every config-derived attribute (a layer's index in the KV cache, its
 type) is the one a checkpoint of that depth would have.
 """
 
+import hashlib
+import json
 import math
 import re
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +45,12 @@ from transformers import (
 
 from polydistill.config.student_init import Prune, StudentInit
 from polydistill.errors import UserError
-from polydistill.teachers.checkpoint import checked_tokenizer, load_checkpoint
+from polydistill.teachers.checkpoint import (
+    checked_tokenizer,
+    checkpoint_source,
+    load_checkpoint,
+    load_tokenizer,
+)
 from polydistill.teachers.local import weights_hash
 from polydistill.teachers.protocol import text_hash, tokenizer_fingerprint
 
@@ -72,6 +81,74 @@ def init_student(
     if not chat:
         record["hashes"].pop("chat_template")
     return model, tokenizer, record
+
+
+@dataclass(frozen=True)
+class CheckpointStudent:
+    """`student.init` as the run's `StudentSource` (`inputs.StudentSource`): the tokenizer read
+    without the weights, the model built afresh for each trained model, the identity a hash of
+    the init and of the files it reads (weights, config), so a changed checkpoint retrains."""
+
+    init: StudentInit
+
+    @cached_property
+    def identity(self) -> str:
+        digest = hashlib.sha256(self.init.model_dump_json().encode())
+        digest.update(json.dumps(_file_hashes(self.init), sort_keys=True).encode())
+        return f"init-{digest.hexdigest()[:16]}"
+
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        init = self.init
+        if init.config is not None and init.tokenizer is not None:
+            who = f"student tokenizer {init.tokenizer}"
+            tokenizer = _tokenizer_only(init.tokenizer, who, init.template)
+        else:
+            path = init.checkpoint or init.prune.teacher_path  # the validator's promise
+            _require(path, "student checkpoint")
+            tokenizer = load_tokenizer(path, f"student checkpoint {path}", init.template)
+        return answers_end_at_turn_end(tokenizer)
+
+    def model(self, seed: int) -> PreTrainedModel:
+        model, _, _ = init_student(self.init, seed, torch.float32)
+        return model
+
+    def max_positions(self) -> int:
+        init = self.init
+        if init.config is not None:
+            config_file = init.config / "config.json" if init.config.is_dir() else init.config
+            config = AutoConfig.from_pretrained(config_file)
+        else:
+            path = init.checkpoint or init.prune.teacher_path
+            folder, extra = checkpoint_source(path, f"student checkpoint {path}")
+            config = AutoConfig.from_pretrained(folder, **extra)
+        config = getattr(config, "text_config", None) or config
+        positions = getattr(config, "max_position_embeddings", None)
+        if not isinstance(positions, int):
+            raise UserError(
+                f"student init: {type(config).__name__} states no max_position_embeddings"
+            )
+        return positions
+
+
+def _file_hashes(init: StudentInit) -> dict[str, str]:
+    if init.config is not None:
+        config_file = init.config / "config.json" if init.config.is_dir() else init.config
+        _require(config_file, "student config")
+        return {"config": text_hash(config_file.read_text(encoding="utf-8"))}
+    path = init.checkpoint or init.prune.teacher_path
+    _require(path, "student checkpoint")
+    return {"weights": weights_hash(path)}
+
+
+def answers_end_at_turn_end(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """A chat tokenizer whose eos is the token its template closes an answer with (polydistill
+    ends every answer with eos: Gemma 3 instruct's eos is `<eos>`, its turns end with
+    `<end_of_turn>`); a completion-style one as it is."""
+    if getattr(tokenizer, "chat_template", None):
+        closing = end_of_turn(tokenizer)
+        if closing and closing != tokenizer.eos_token:
+            tokenizer.eos_token = closing
+    return tokenizer
 
 
 def end_of_turn(tokenizer: PreTrainedTokenizerBase) -> str | None:

@@ -17,10 +17,9 @@ from rich.progress import Progress as Bars
 
 from polydistill.config import RunConfig
 from polydistill.progress import console, progress_bars
-from polydistill.store.cached import local_fingerprint, open_store, store_teachers
+from polydistill.store.cached import open_store, store_teachers
 from polydistill.student.prompts import Prompts
-from polydistill.teachers.checkpoint import DTYPES
-from polydistill.teachers.local import local_teacher
+from polydistill.teachers.from_config import teacher_fingerprint, teacher_from_config
 from polydistill.teachers.protocol import Progress, Teacher
 from polydistill.teachers.readings import Readings, gather_readings
 
@@ -35,14 +34,10 @@ def student_teachers(
     names = cfg.student.teachers
     if cfg.student.store is None:
         return [
-            local_teacher(
-                n, paths[n], cfg.eval.batch_size, DTYPES[configs[n].dtype], configs[n].template
-            )
+            teacher_from_config(configs[n], batch_size=cfg.eval.batch_size, checkpoint=paths.get(n))
             for n in names
         ]
-    expected = {
-        n: local_fingerprint(paths[n], f"teacher {n!r}", configs[n].template) for n in names
-    }
+    expected = {n: teacher_fingerprint(configs[n], checkpoint=paths.get(n)) for n in names}
     return store_teachers(open_store(cfg.student.store, policy), expected)
 
 

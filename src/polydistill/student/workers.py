@@ -35,11 +35,12 @@ from polydistill.inputs import StudentSource
 from polydistill.processes import stop_workers
 from polydistill.progress import console, progress_bars
 from polydistill.student.batches import plan_batches
+from polydistill.student.export import export_student
 from polydistill.student.plans import ModelPlan, student_fingerprint
 from polydistill.student.prompts import Prompts
 from polydistill.student.targets import DistillationData
 from polydistill.train import BatchFn, LossFn, train
-from polydistill.train.checkpoint import list_checkpoints, read_state, save_final
+from polydistill.train.checkpoint import list_checkpoints, read_state
 from polydistill.train.loop import CHECKPOINTS_DIR
 from polydistill.train.reproducible import fixed_threads
 from polydistill.train.selection import read_selection
@@ -136,7 +137,14 @@ def _train_and_score(cfg: RunConfig, stage: Stage, job: PlanJob, on_step) -> dic
             return sum(agreement.values()) / len(agreement)
 
     model = train_model(cfg, stage.source, job.plan, batches, loss_fn, job.work, on_step, select_by)
-    save_final(model, tokenizer, job.work / FINAL_DIR)
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    export_student(  # a standard checkpoint: transformers, vLLM and `polydistill serve` load it
+        model,
+        tokenizer,
+        job.work / FINAL_DIR,
+        chat_template=tokenizer.chat_template if chat else None,
+        end_of_turn=tokenizer.eos_token,  # every answer was trained to end with it
+    )
     result = evaluate_model(
         model, tokenizer, stage.heldout, settings.max_new_tokens, settings.batch_size, name
     )

@@ -10,8 +10,8 @@
   bounded concurrency; `prompt_logprobs`: the server's per-position maps as `TeacherRows`).
 - `server_pool`: several servers of one served teacher: requests to free slots, failed tries
   moved to another server.
-- `served_config`: the `teachers[].served` config section; `from_config`: a configured
-  teacher (`path` or `served`) as a `Teacher`.
+- `from_config`: a configured teacher (`path`, a world checkpoint, or `served`: the section
+  `config.served` declares) as a `Teacher`.
 - `readings`: every teacher answers the prompts, and every teacher scores every distinct answer.
 
 Every source hands back teacher-vocabulary rows; `polydistill.align` projects them into the
@@ -31,8 +31,7 @@ _HOMES = {
 
 
 def __getattr__(name: str) -> Any:
-    """Imported on first use: the run config imports `served_config` from this package, and
-    must not bring transformers in with it."""
+    """Imported on first use: importing one teacher module need not import transformers."""
     if name not in _HOMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

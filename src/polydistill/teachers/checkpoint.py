@@ -29,7 +29,7 @@ def is_gguf(path: Path) -> bool:
     return path.suffix.lower() == ".gguf"
 
 
-def _source(path: Path, who: str, tokenizer_only: bool = False) -> tuple[Path, dict]:
+def checkpoint_source(path: Path, who: str, tokenizer_only: bool = False) -> tuple[Path, dict]:
     """The folder `from_pretrained` reads, and its keyword arguments for this checkpoint (or,
     `tokenizer_only`, this tokenizer folder: a served teacher's weights are elsewhere)."""
     if is_gguf(path):
@@ -54,7 +54,7 @@ def load_tokenizer(path: Path, who: str, template: str | None = None) -> PreTrai
     """The checkpoint's tokenizer, checked for what alignment and chat rendering need; with
     `template`, that chat template replaces the checkpoint's own. `path` may also be a folder
     holding a tokenizer alone."""
-    folder, extra = _source(path, who, tokenizer_only=True)
+    folder, extra = checkpoint_source(path, who, tokenizer_only=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
     except (OSError, ValueError, ImportError) as error:
@@ -83,7 +83,7 @@ def checked_tokenizer(
 
 def load_model(path: Path, who: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """The weights of a local checkpoint (a folder or a GGUF file), in evaluation mode."""
-    folder, extra = _source(path, who)
+    folder, extra = checkpoint_source(path, who)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
     except (OSError, ValueError, ImportError) as error:

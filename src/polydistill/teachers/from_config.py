@@ -13,9 +13,8 @@ from pathlib import Path
 
 from polydistill.config import TeacherConfig
 from polydistill.errors import UserError
-from polydistill.store.cached import local_fingerprint
 from polydistill.teachers.checkpoint import DTYPES
-from polydistill.teachers.local import local_teacher
+from polydistill.teachers.local import local_fingerprint, local_teacher
 from polydistill.teachers.protocol import Teacher
 from polydistill.teachers.served import ServedTeacher, served_teacher
 

@@ -199,3 +199,9 @@ def local_teacher(
     return LocalTeacher(
         name, None, tokenizer, batch_size, path, load=lambda: load_model(path, who, dtype)
     )
+
+
+def local_fingerprint(path: Path, who: str, template: str | None = None) -> dict[str, str]:
+    """What a local checkpoint's `LocalTeacher.fingerprint()` says, without loading the model."""
+    tokenizer = load_tokenizer(path, who, template)
+    return {"source": "local", "weights": weights_hash(path), **tokenizer_fingerprint(tokenizer)}

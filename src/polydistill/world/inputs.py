@@ -7,8 +7,10 @@ The world sits above the pipeline: `cli` resolves it into plain inputs (paths an
 nothing below (`config`, `student`, `pipeline`) imports it. World teachers become their trained
 checkpoints; a teacher with a `path` stays its own checkpoint. The student is, by default, a
 fresh `student.family` architecture of `student.model` sizes on the world's `student.tokenizer`
-style (`WorldStudent`). With `data: {source: world}` the prompts are the world's examples (tag =
-domain, held-out = test split, `world.prompts`); otherwise the user's files (`data:`).
+style (`WorldStudent`), or `student.init`'s checkpoint. With `data: {source: world}` the prompts
+are the world's examples (tag = domain, held-out = test split, `world.prompts`); otherwise the
+user's files (`data:`). A run that needs nothing of the world (`uses_world`: checkpoint or served
+teachers, prompt files, `student.init`) never builds it: `cli` gives it `pipeline.file_inputs`.
 """
 
 from collections.abc import Iterator, Mapping
@@ -20,6 +22,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from polydistill.config import Family, ModelSize, RunConfig, WorldData
 from polydistill.data import ContextLimit, DataSummary, PromptRecord
 from polydistill.inputs import FilePrompts, PromptSource, RunInputs
+from polydistill.student.init import CheckpointStudent
 from polydistill.world.architectures import build_model
 from polydistill.world.build import World, build_world
 from polydistill.world.domains import Splits
@@ -74,6 +77,17 @@ def world_student(cfg: RunConfig, world: World) -> WorldStudent:
     return WorldStudent(s.family, s.model, world.tokenizer_dir(s.tokenizer), world.root.name)
 
 
+def uses_world(cfg: RunConfig) -> bool:
+    """Whether the run needs the world: a world teacher, world prompts, or a world-style student
+    (also for a run without a student, whose context limits read the world's student tokenizer)."""
+    return (
+        any(t.kind == "world" for t in cfg.teachers)
+        or isinstance(cfg.data, WorldData)
+        or cfg.student is None
+        or cfg.student.init is None
+    )
+
+
 def world_inputs(cfg: RunConfig) -> RunInputs:
     """Build (or reuse) the world and resolve the run's inputs from it."""
     world = build_world(cfg)
@@ -81,8 +95,14 @@ def world_inputs(cfg: RunConfig) -> RunInputs:
         WorldPrompts(world) if isinstance(cfg.data, WorldData) else FilePrompts(cfg.data)
     )
     return RunInputs(
-        teachers={t.name: t.path or world.teachers[t.name] for t in cfg.teachers},
-        student=world_student(cfg, world),
+        teachers={
+            t.name: t.path or world.teachers[t.name] for t in cfg.teachers if t.kind != "served"
+        },
+        student=(
+            CheckpointStudent(cfg.student.init)
+            if cfg.student is not None and cfg.student.init is not None
+            else world_student(cfg, world)
+        ),
         prompts=prompts,
         about={"world": str(world.root.resolve())},
     )
