@@ -7,14 +7,15 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from polydistill.serve.app import Gateway, create_app
-from polydistill.serve.checkpoint import ServedModel
-from polydistill.serve.engine import Engine
-from polydistill.serve.metering import Meter
-from polydistill.serve.metrics import GatewayMetrics
-from polydistill.serve.money import Price
+from polydistill.serve.app import create_app
+from polydistill.serve.core.gateway import Gateway
+from polydistill.serve.core.metrics import GatewayMetrics
+from polydistill.serve.core.served_model import ServedModel
+from polydistill.serve.engines.base import Engine
+from polydistill.serve.metering.meter import Meter
+from polydistill.serve.metering.money import Price
+from polydistill.serve.metering.storage import open_database
 from polydistill.serve.settings import GatewaySettings
-from polydistill.serve.storage import open_database
 
 SERVER_SECRET = b"test-server-secret-0123456789abcdef"
 TEST_PRICE = Price(1_000_000, 2_000_000)  # $1 per million prompt tokens, $2 per million output

@@ -21,7 +21,7 @@ import torch
 from typer.testing import CliRunner
 
 from polydistill.serve.commands import keys_app, serve_app
-from polydistill.serve.storage import open_database, reservations
+from polydistill.serve.metering.storage import open_database, reservations
 
 pytestmark = pytest.mark.slow
 MC_QUESTIONS = [

@@ -7,10 +7,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from serve_harness import SERVER_SECRET, make_gateway
 
-from polydistill.serve import ledger
-from polydistill.serve.accounts import create_key
 from polydistill.serve.app import create_app
-from polydistill.serve.fixed_engine import FixedEngine
+from polydistill.serve.engines.fixed import FixedEngine
+from polydistill.serve.metering import ledger
+from polydistill.serve.metering.accounts import create_key
 
 EXAMPLES_PER_OPERATION = 30
 

@@ -6,18 +6,18 @@ import logging
 import os
 from pathlib import Path
 
-from polydistill.serve.app import Gateway
-from polydistill.serve.checkpoint import load_causal_lm, load_served_model
-from polydistill.serve.engine import Engine
-from polydistill.serve.keys import load_server_secret
-from polydistill.serve.lineage import lineage_summary, load_lineage
-from polydistill.serve.local_engine import LocalEngine
-from polydistill.serve.metering import Meter
-from polydistill.serve.metrics import GatewayMetrics
-from polydistill.serve.money import Price
+from polydistill.serve.core.gateway import Gateway
+from polydistill.serve.core.metrics import GatewayMetrics
+from polydistill.serve.core.served_lineage import lineage_summary, load_lineage
+from polydistill.serve.core.served_model import load_causal_lm, load_served_model
+from polydistill.serve.engines.base import Engine
+from polydistill.serve.engines.local import LocalEngine
+from polydistill.serve.engines.upstream import UpstreamEngine
+from polydistill.serve.metering.keys import load_server_secret
+from polydistill.serve.metering.meter import Meter
+from polydistill.serve.metering.money import Price
+from polydistill.serve.metering.storage import database_url, open_database
 from polydistill.serve.settings import GatewaySettings, price_of
-from polydistill.serve.storage import database_url, open_database
-from polydistill.serve.upstream_engine import UpstreamEngine
 
 log = logging.getLogger("polydistill.serve")
 UPSTREAM_KEY_ENV = "POLYDISTILL_UPSTREAM_API_KEY"

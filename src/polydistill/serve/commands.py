@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from polydistill.errors import UserError
-from polydistill.serve.money import Price, micros_to_usd, usd_to_micros
+from polydistill.serve.metering.money import Price, micros_to_usd, usd_to_micros
 
 if TYPE_CHECKING:
     import socket
@@ -119,7 +119,7 @@ class _ServeOptions:
 
     def run(self) -> None:
         from polydistill.serve.app import create_app
-        from polydistill.serve.metrics import admin_app
+        from polydistill.serve.core.metrics import admin_app
         from polydistill.serve.server import run_servers
 
         gateway = self._gateway()
@@ -134,7 +134,7 @@ class _ServeOptions:
     def worker(self, index: int, listener: "socket.socket") -> None:
         """Worker `index` of several: its own gateway on the shared socket."""
         from polydistill.serve.app import create_app
-        from polydistill.serve.metrics import admin_app
+        from polydistill.serve.core.metrics import admin_app
         from polydistill.serve.server import run_loop, serve_both
 
         gateway = self._gateway()
@@ -148,9 +148,9 @@ class _ServeOptions:
 
     def run_workers(self, workers: int) -> int:
         from polydistill.serve.assemble import default_database
-        from polydistill.serve.keys import load_server_secret
+        from polydistill.serve.metering.keys import load_server_secret
+        from polydistill.serve.metering.storage import database_url, open_database
         from polydistill.serve.server import run_workers
-        from polydistill.serve.storage import database_url, open_database
 
         # Once, before the workers race to do it: the tables and the default secret file.
         url = database_url(self.db) if self.db else default_database(self.model_dir)
@@ -165,14 +165,14 @@ class _ServeOptions:
 
 
 def _open(db: str):  # -> sqlalchemy.Engine, imported lazily to keep --help fast
-    from polydistill.serve.storage import open_database
+    from polydistill.serve.metering.storage import open_database
 
     return open_database(db)
 
 
 def _secret(db: str, secret_file: Path | None) -> bytes:
-    from polydistill.serve.keys import load_server_secret
-    from polydistill.serve.storage import database_url
+    from polydistill.serve.metering.keys import load_server_secret
+    from polydistill.serve.metering.storage import database_url
 
     return load_server_secret(database_url(db), secret_file)
 
@@ -198,8 +198,8 @@ def keys_create(
     secret_file: SecretOption = None,
 ) -> None:
     """Create a key and print it once (only its HMAC is stored)."""
-    from polydistill.serve.accounts import create_key
-    from polydistill.serve.timeutil import now_ms, parse_time_ms
+    from polydistill.serve.metering.accounts import create_key
+    from polydistill.serve.metering.timeutil import now_ms, parse_time_ms
 
     now = now_ms()
     allowed = [m for item in models or [] for m in item.split(",") if m] or None
@@ -226,8 +226,8 @@ def keys_list(
     output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """List keys with their status, spend and limits (never the keys themselves)."""
-    from polydistill.serve.accounts import list_keys
-    from polydistill.serve.timeutil import now_ms
+    from polydistill.serve.metering.accounts import list_keys
+    from polydistill.serve.metering.timeutil import now_ms
 
     summaries = list_keys(_open(db), now_ms())
     if output == "json":
@@ -249,8 +249,8 @@ def keys_list(
 @keys_app.command("revoke")
 def keys_revoke(db: DbOption, name: NameOption) -> None:
     """Revoke every credential of a key at once."""
-    from polydistill.serve.accounts import revoke_key
-    from polydistill.serve.timeutil import now_ms
+    from polydistill.serve.metering.accounts import revoke_key
+    from polydistill.serve.metering.timeutil import now_ms
 
     revoke_key(_open(db), name, now_ms())
     typer.echo(f"revoked {name}")
@@ -264,8 +264,8 @@ def keys_rotate(
     secret_file: SecretOption = None,
 ) -> None:
     """Print a new key for NAME; the old one keeps working for the grace period."""
-    from polydistill.serve.accounts import rotate_key
-    from polydistill.serve.timeutil import duration_seconds, now_ms
+    from polydistill.serve.metering.accounts import rotate_key
+    from polydistill.serve.metering.timeutil import duration_seconds, now_ms
 
     key = rotate_key(_open(db), _secret(db, secret_file), name, duration_seconds(grace), now_ms())
     typer.echo(key)
@@ -281,9 +281,9 @@ def usage(
     output: Annotated[str, typer.Option("--format", help="csv or json.")] = "json",
 ) -> None:
     """Export the usage ledger (JSON lines of CloudEvents, or CSV)."""
-    from polydistill.serve.ledger import usage_rows
-    from polydistill.serve.timeutil import now_ms, parse_time_ms
-    from polydistill.serve.usage_export import usage_csv_rows, usage_event
+    from polydistill.serve.metering.ledger import usage_rows
+    from polydistill.serve.metering.timeutil import now_ms, parse_time_ms
+    from polydistill.serve.metering.usage_export import usage_csv_rows, usage_event
 
     if output not in ("csv", "json"):
         raise UserError(f"--format must be csv or json, not {output!r}")

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from polydistill.serve.engine import (
+from polydistill.serve.engines.base import (
     EngineError,
     EngineEvent,
     Finished,

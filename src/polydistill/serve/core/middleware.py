@@ -11,10 +11,10 @@ from typing import Any
 
 from starlette.datastructures import MutableHeaders
 
-from polydistill.serve.errors import ApiError
-from polydistill.serve.metrics import GatewayMetrics
-from polydistill.serve.overhead import OVERHEAD_HEADER, overhead_ms, start_clock
-from polydistill.serve.pipeline import new_request_id
+from polydistill.serve.core.api_errors import ApiError
+from polydistill.serve.core.metrics import GatewayMetrics
+from polydistill.serve.core.overhead import OVERHEAD_HEADER, overhead_ms, start_clock
+from polydistill.serve.core.request_flow import new_request_id
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

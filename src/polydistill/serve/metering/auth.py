@@ -14,9 +14,9 @@ import time
 import sqlalchemy as sa
 from anyio.to_thread import run_sync
 
-from polydistill.serve.accounts import KeyRecord, authenticate
-from polydistill.serve.keys import key_digest
-from polydistill.serve.timeutil import now_ms
+from polydistill.serve.metering.accounts import KeyRecord, authenticate
+from polydistill.serve.metering.keys import key_digest
+from polydistill.serve.metering.timeutil import now_ms
 
 _MAX_ENTRIES = 10_000
 

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from polydistill.serve.storage import Run, raw_write_transaction
+from polydistill.serve.metering.storage import Run, raw_write_transaction
 
 T = TypeVar("T")
 Operation = Callable[[Run], Any]

@@ -18,9 +18,8 @@ from typing import Any
 
 import torch
 
-from polydistill.serve.checkpoint import ServedModel
-from polydistill.serve.detokenize import IncrementalText
-from polydistill.serve.engine import (
+from polydistill.serve.core.served_model import ServedModel
+from polydistill.serve.engines.base import (
     EngineError,
     EngineEvent,
     Finished,
@@ -29,7 +28,8 @@ from polydistill.serve.engine import (
     TextDelta,
     TokenLogprob,
 )
-from polydistill.serve.sampling import choose_token, make_generator, top_alternatives
+from polydistill.serve.engines.incremental_text import IncrementalText
+from polydistill.serve.engines.sampling import choose_token, make_generator, top_alternatives
 
 
 @dataclass

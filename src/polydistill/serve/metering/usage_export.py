@@ -9,8 +9,8 @@ cost_usd (exact decimal string), streamed, finish}}.
 from collections.abc import Iterator
 from typing import Any
 
-from polydistill.serve.money import micros_to_usd
-from polydistill.serve.timeutil import iso_time
+from polydistill.serve.metering.money import micros_to_usd
+from polydistill.serve.metering.timeutil import iso_time
 
 CSV_COLUMNS = (
     "id", "time", "key", "model", "endpoint", "prompt_tokens", "completion_tokens",

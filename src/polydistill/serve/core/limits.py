@@ -6,9 +6,9 @@ Each failure is a 400/403/404 in the OpenAI shape, raised before anything is res
 
 from dataclasses import dataclass
 
-from polydistill.serve.accounts import KeyRecord
-from polydistill.serve.checkpoint import ServedModel
-from polydistill.serve.errors import ApiError, bad_request
+from polydistill.serve.core.api_errors import ApiError, bad_request
+from polydistill.serve.core.served_model import ServedModel
+from polydistill.serve.metering.accounts import KeyRecord
 from polydistill.serve.settings import Caps
 
 

@@ -6,20 +6,27 @@ request, and the chat response and `chat.completion.chunk` stream format (logpro
 import time
 from typing import Any
 
-from polydistill.serve.accounts import KeyRecord
-from polydistill.serve.checkpoint import ServedModel
-from polydistill.serve.engine import EngineEvent, Finished, SamplingParams, TextDelta, TokenLogprob
-from polydistill.serve.errors import bad_request
-from polydistill.serve.generation import ChoiceOutput, Job
-from polydistill.serve.limits import (
+from polydistill.serve.core.api_errors import bad_request
+from polydistill.serve.core.limits import (
     EffectiveCaps,
     check_at_most,
     check_model,
     check_token_ids,
     completion_budget,
 )
-from polydistill.serve.pipeline import GenerationRequest
-from polydistill.serve.protocol import (
+from polydistill.serve.core.request_flow import GenerationRequest
+from polydistill.serve.core.served_model import ServedModel
+from polydistill.serve.core.wire import Usage
+from polydistill.serve.engines.base import (
+    EngineEvent,
+    Finished,
+    SamplingParams,
+    TextDelta,
+    TokenLogprob,
+)
+from polydistill.serve.engines.generation import ChoiceOutput, Job
+from polydistill.serve.metering.accounts import KeyRecord
+from polydistill.serve.routes.chat.protocol import (
     AssistantMessage,
     ChatChoice,
     ChatCompletionRequest,
@@ -28,7 +35,6 @@ from polydistill.serve.protocol import (
     ChatMessage,
     ChatTokenLogprob,
     TopLogprob,
-    Usage,
 )
 
 

@@ -11,7 +11,7 @@ import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from polydistill.serve.engine import (
+from polydistill.serve.engines.base import (
     Engine,
     EngineError,
     EngineEvent,

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from polydistill.serve.storage import is_unavailable
+from polydistill.serve.metering.storage import is_unavailable
 
 log = logging.getLogger("polydistill.serve")
 

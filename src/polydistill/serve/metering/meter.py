@@ -44,14 +44,14 @@ import anyio
 import sqlalchemy as sa
 from anyio.to_thread import run_sync
 
-from polydistill.serve import ledger
-from polydistill.serve.accounts import KeyRecord
-from polydistill.serve.batching import WriteBatcher
-from polydistill.serve.errors import ApiError, database_unavailable
-from polydistill.serve.ledger import Admission, Usage
-from polydistill.serve.money import Price, request_cost
-from polydistill.serve.storage import Run, is_unavailable
-from polydistill.serve.timeutil import now_ms
+from polydistill.serve.core.api_errors import ApiError, database_unavailable
+from polydistill.serve.metering import ledger
+from polydistill.serve.metering.accounts import KeyRecord
+from polydistill.serve.metering.ledger import Admission, Usage
+from polydistill.serve.metering.money import Price, request_cost
+from polydistill.serve.metering.storage import Run, is_unavailable
+from polydistill.serve.metering.timeutil import now_ms
+from polydistill.serve.metering.write_batching import WriteBatcher
 
 log = logging.getLogger("polydistill.serve")
 T = TypeVar("T")

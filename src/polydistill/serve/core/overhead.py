@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 
-from polydistill.serve.engine import Engine, EngineEvent, SamplingParams
+from polydistill.serve.engines.base import Engine, EngineEvent, SamplingParams
 
 OVERHEAD_HEADER = "x-polydistill-overhead-ms"
 

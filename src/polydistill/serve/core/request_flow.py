@@ -33,13 +33,13 @@ from anyio.to_thread import run_sync
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
-from polydistill.serve.accounts import KeyRecord
-from polydistill.serve.engine import Engine, EngineError, EngineEvent, Finished, TextDelta
-from polydistill.serve.errors import ApiError, unexpected_error_response
-from polydistill.serve.generation import ChoiceOutput, Job, collect, merged
-from polydistill.serve.ledger import stored_response
-from polydistill.serve.metering import Meter, Ticket
-from polydistill.serve.protocol import Usage
+from polydistill.serve.core.api_errors import ApiError, unexpected_error_response
+from polydistill.serve.core.wire import Usage
+from polydistill.serve.engines.base import Engine, EngineError, EngineEvent, Finished, TextDelta
+from polydistill.serve.engines.generation import ChoiceOutput, Job, collect, merged
+from polydistill.serve.metering.accounts import KeyRecord
+from polydistill.serve.metering.ledger import stored_response
+from polydistill.serve.metering.meter import Meter, Ticket
 
 REPLAY_HEADER = "idempotent-replayed"
 _DEADLINE_GRACE_S = 2.0

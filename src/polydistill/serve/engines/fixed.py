@@ -8,7 +8,7 @@ overhead benchmark, and gives metering tests an exact, known token count per req
 import asyncio
 from collections.abc import AsyncIterator
 
-from polydistill.serve.engine import (
+from polydistill.serve.engines.base import (
     EngineEvent,
     Finished,
     PromptLogprobs,

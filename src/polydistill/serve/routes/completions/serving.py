@@ -6,9 +6,17 @@ top_logprobs and text_offset; `echo` prepends the prompt and its logprobs).
 import time
 from typing import Any
 
-from polydistill.serve.accounts import KeyRecord
-from polydistill.serve.checkpoint import ServedModel
-from polydistill.serve.engine import (
+from polydistill.serve.core.limits import (
+    EffectiveCaps,
+    check_at_most,
+    check_model,
+    check_token_ids,
+    completion_budget,
+)
+from polydistill.serve.core.request_flow import GenerationRequest
+from polydistill.serve.core.served_model import ServedModel
+from polydistill.serve.core.wire import Usage
+from polydistill.serve.engines.base import (
     EngineEvent,
     Finished,
     PromptLogprobs,
@@ -16,21 +24,13 @@ from polydistill.serve.engine import (
     TextDelta,
     TokenLogprob,
 )
-from polydistill.serve.generation import ChoiceOutput, Job
-from polydistill.serve.limits import (
-    EffectiveCaps,
-    check_at_most,
-    check_model,
-    check_token_ids,
-    completion_budget,
-)
-from polydistill.serve.pipeline import GenerationRequest
-from polydistill.serve.protocol import (
+from polydistill.serve.engines.generation import ChoiceOutput, Job
+from polydistill.serve.metering.accounts import KeyRecord
+from polydistill.serve.routes.completions.protocol import (
     CompletionChoice,
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
-    Usage,
 )
 
 

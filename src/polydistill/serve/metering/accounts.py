@@ -14,8 +14,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from polydistill.errors import UserError
-from polydistill.serve.keys import digest_matches, key_digest, new_key, public_id_of
-from polydistill.serve.storage import (
+from polydistill.serve.metering.keys import digest_matches, key_digest, new_key, public_id_of
+from polydistill.serve.metering.storage import (
     api_keys,
     audit_log,
     key_secrets,

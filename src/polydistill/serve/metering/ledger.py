@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple
 
 import sqlalchemy as sa
 
-from polydistill.serve.storage import (
+from polydistill.serve.metering.storage import (
     Run,
     Statement,
     idempotency_keys,
