@@ -57,7 +57,8 @@ def test_no_input_gets_a_server_error(served, tmp_path) -> None:
         paths.add(operation.path)
         _fuzz(operation, key, served.model_id, billed)
     assert paths == {
-        "/health", "/v1/models", "/v1/models/{model_id}", "/tokenize", "/detokenize",
+        "/health", "/v1/models", "/v1/models/{model_id}", "/v1/models/{model_id}/notices",
+        "/tokenize", "/detokenize",
         "/tokenizer_info", "/v1/completions", "/v1/chat/completions",
     }  # fmt: skip
     assert len(billed) >= 5

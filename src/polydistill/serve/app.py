@@ -41,7 +41,8 @@ async def _maintain_forever(gateway: Gateway) -> None:
     while True:
         await asyncio.sleep(settings.sweep_interval_s)
         try:
-            await gateway.meter.maintain(settings.reservation_ttl_s)
+            for deployment in gateway.models.values():
+                await deployment.meter.maintain(settings.reservation_ttl_s)
         except Exception as error:  # try again at the next interval
             if not is_unavailable(error):
                 log.exception("metering maintenance failed")
@@ -50,13 +51,16 @@ async def _maintain_forever(gateway: Gateway) -> None:
 def create_app(gateway: Gateway) -> ASGIApp:
     """The API app for `gateway`, wrapped in request-id, body-limit and metrics middleware
     and the direct path for well-formed generation requests."""
-    if not isinstance(gateway.engine, TimedEngine):  # engine time, for the overhead header
-        gateway.engine = TimedEngine(gateway.engine)
+    deployments = list(gateway.models.values())
+    for deployment in deployments:
+        if not isinstance(deployment.engine, TimedEngine):  # engine time, for the overhead header
+            deployment.engine = TimedEngine(deployment.engine)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await gateway.engine.start()
-        await gateway.meter.sweep(gateway.settings.reservation_ttl_s)
+        for deployment in deployments:
+            await deployment.engine.start()
+        await gateway.default.meter.sweep(gateway.settings.reservation_ttl_s)  # every model's
         sweeper = asyncio.create_task(_maintain_forever(gateway))
         # torch, transformers and the model are about 250,000 objects; a full collection walks
         # them all (240 ms measured) while every request in flight waits. Frozen after
@@ -70,8 +74,9 @@ def create_app(gateway: Gateway) -> ASGIApp:
             gc.unfreeze()
             gateway.ready = False
             sweeper.cancel()
-            await gateway.engine.close()
-            await gateway.meter.release_all()
+            for deployment in deployments:
+                await deployment.engine.close()
+                await deployment.meter.release_all()
 
     app = FastAPI(
         title="polydistill gateway",

@@ -1,5 +1,6 @@
-"""`Gateway`: what every route shares (the model, its engine, the meter, the settings), and
-the dependencies that hand it and the caller's key to a route.
+"""`Gateway`: what every route shares (the served models, each with its engine, meter and
+lineage; the database, the settings), and the dependencies that hand it and the caller's key
+to a route. Which model a key may use is `core.access`.
 
     @router.get("/v1/models", responses=ERROR_RESPONSES)
     async def list_models(request: Request, key: Key) -> ModelList:
@@ -15,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from polydistill.serve.core.api_errors import ApiError, ErrorResponseDoc
 from polydistill.serve.core.metrics import GatewayMetrics
+from polydistill.serve.core.served_lineage import ServedLineage
 from polydistill.serve.core.served_model import ServedModel
 from polydistill.serve.engines.base import Engine
 from polydistill.serve.metering.accounts import KeyRecord
@@ -24,22 +26,50 @@ from polydistill.serve.settings import GatewaySettings
 
 
 @dataclass
-class Gateway:
-    """Everything the routes share: the model, its engine, the meter and the settings."""
+class Deployment:
+    """One served model: its tokenizer and limits, its engine, its meter (price, usage rows)
+    and its verified lineage."""
 
     served: ServedModel
     engine: Engine
-    db: sa.Engine
     meter: Meter
+    lineage: ServedLineage | None = None
+
+
+@dataclass
+class Gateway:
+    """Everything the routes share: the served models by id (the first is the default of the
+    routes whose `model` is optional), the database and the settings."""
+
+    models: dict[str, Deployment]
+    db: sa.Engine
     settings: GatewaySettings
     server_secret: bytes
     metrics: GatewayMetrics
-    lineage: dict[str, Any] | None = None
     ready: bool = False
     keys: KeyCache = field(init=False)
 
     def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("a gateway serves at least one model")
         self.keys = KeyCache(self.db, self.server_secret, self.settings.auth_cache_s)
+
+    @property
+    def default(self) -> Deployment:
+        return next(iter(self.models.values()))
+
+    # A gateway of one model (tests, benchmarks) reads it as it always did.
+    @property
+    def served(self) -> ServedModel:
+        return self.default.served
+
+    @property
+    def engine(self) -> Engine:
+        return self.default.engine
+
+    @property
+    def meter(self) -> Meter:
+        return self.default.meter
 
 
 def gateway_of(request: Request) -> Gateway:

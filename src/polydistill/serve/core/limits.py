@@ -1,13 +1,13 @@
-"""Per-request checks shared by the generation routes: model access, caps against model
+"""Per-request checks shared by the generation routes: caps against model
 extraction (`n`, `max_tokens`, logprobs), token ids and the context window.
 
-Each failure is a 400/403/404 in the OpenAI shape, raised before anything is reserved.
+Each failure is a 400 in the OpenAI shape, raised before anything is reserved (which model a
+key may use is `core.access`).
 """
 
 from dataclasses import dataclass
 
 from polydistill.serve.core.api_errors import ApiError, bad_request
-from polydistill.serve.core.served_model import ServedModel
 from polydistill.serve.metering.accounts import KeyRecord
 from polydistill.serve.settings import Caps
 
@@ -30,21 +30,6 @@ def caps_for(key: KeyRecord, defaults: Caps) -> EffectiveCaps:
         max_logprobs=min(logprobs if logprobs is not None else defaults.max_logprobs, 5),
         max_top_logprobs=min(logprobs if logprobs is not None else defaults.max_top_logprobs, 20),
     )
-
-
-def check_model(served: ServedModel, key: KeyRecord, model: str) -> None:
-    if model != served.model_id:
-        raise ApiError(
-            404, f"the model {model!r} does not exist", code="model_not_found", param="model"
-        )
-    if key.models is not None and model not in key.models:
-        raise ApiError(
-            403,
-            f"this key may not use the model {model!r}",
-            type="permission_error",
-            code="model_not_allowed",
-            param="model",
-        )
 
 
 def check_at_most(value: int | None, cap: int, param: str) -> None:

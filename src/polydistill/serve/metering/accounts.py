@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from polydistill.errors import UserError
+from polydistill.lineage.rules import Policy
 from polydistill.serve.metering.keys import digest_matches, key_digest, new_key, public_id_of
 from polydistill.serve.metering.storage import (
     api_keys,
@@ -38,6 +39,7 @@ class KeyRecord:
     max_tokens: int | None
     max_n: int | None
     max_logprobs: int | None
+    policy: Policy | None = None  # the models it may use are those whose lineage passes
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class KeySummary:
     models: tuple[str, ...] | None
     created_ms: int
     expires_ms: int | None
+    policy: str | None = None  # "name sha256:<digest>"
 
 
 def _record(row: Any) -> KeyRecord:
@@ -68,6 +71,7 @@ def _record(row: Any) -> KeyRecord:
         max_tokens=row.max_tokens,
         max_n=row.max_n,
         max_logprobs=row.max_logprobs,
+        policy=Policy.model_validate_json(row.policy) if row.policy else None,
     )
 
 
@@ -109,8 +113,10 @@ def create_key(
     max_tokens: int | None = None,
     max_n: int | None = None,
     max_logprobs: int | None = None,
+    policy: Policy | None = None,
 ) -> str:
-    """Create the key `name`; return its plaintext (shown once)."""
+    """Create the key `name`; return its plaintext (shown once). A `policy` is stored with its
+    content and digest; the key may then use only the models whose lineage passes it."""
     if not name or len(name) > 200:
         raise UserError("a key name must have 1 to 200 characters")
     limits = {
@@ -122,6 +128,8 @@ def create_key(
         "max_tokens": max_tokens,
         "max_n": max_n,
         "max_logprobs": max_logprobs,
+        "policy": policy.model_dump_json() if policy is not None else None,
+        "policy_digest": policy.digest if policy is not None else None,
     }
     with write_transaction(db) as conn:
         if conn.execute(sa.select(api_keys.c.id).where(api_keys.c.name == name)).first():
@@ -173,7 +181,7 @@ def rotate_key(db: sa.Engine, server_secret: bytes, name: str, grace_s: int, now
 
 _AUTHENTICATE = sa.text(
     "SELECT k.id, k.name, k.budget_micros, k.rpm, k.tpm, k.models, k.max_tokens, k.max_n,"
-    " k.max_logprobs, k.revoked_ms, k.expires_ms, s.digest, s.expires_ms AS secret_expiry"
+    " k.max_logprobs, k.policy, k.revoked_ms, k.expires_ms, s.digest, s.expires_ms AS secret_expiry"
     " FROM key_secrets s JOIN api_keys k ON k.id = s.key_id WHERE s.public_id = :public_id"
 )
 
@@ -223,6 +231,9 @@ def list_keys(db: sa.Engine, now_ms: int) -> list[KeySummary]:
                 models=record.models,
                 created_ms=row.created_ms,
                 expires_ms=row.expires_ms,
+                policy=f"{record.policy.name} sha256:{row.policy_digest}"
+                if record.policy
+                else None,
             )
         )
     return summaries

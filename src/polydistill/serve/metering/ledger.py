@@ -106,9 +106,9 @@ _SPEND_UNRESERVED = Statement(
 )
 _RECORD = Statement(
     "INSERT INTO usage_ledger (request_id, key_id, key_name, model, endpoint, prompt_tokens,"
-    " completion_tokens, cost_micros, streamed, finish, created_ms) VALUES (:request_id,"
-    " :key_id, :key_name, :model, :endpoint, :prompt_tokens, :completion_tokens, :cost_micros,"
-    " :streamed, :finish, :created_ms) ON CONFLICT (request_id) DO NOTHING"
+    " completion_tokens, cost_micros, streamed, finish, created_ms, notices) VALUES"
+    " (:request_id, :key_id, :key_name, :model, :endpoint, :prompt_tokens, :completion_tokens,"
+    " :cost_micros, :streamed, :finish, :created_ms, :notices) ON CONFLICT (request_id) DO NOTHING"
 )
 _LOCK_ACCOUNT = Statement(
     "UPDATE api_keys SET spent_micros = spent_micros WHERE id = :key_id"
@@ -251,6 +251,7 @@ class Usage:
     streamed: bool
     finish: str
     created_ms: int
+    notices: str | None = None  # the licences whose notices applied to the model, comma-joined
 
 
 def settle_in(run: Run, usage: Usage, response_body: str | None = None) -> bool:
@@ -270,6 +271,7 @@ def settle_in(run: Run, usage: Usage, response_body: str | None = None) -> bool:
         "streamed": usage.streamed,
         "finish": usage.finish,
         "created_ms": usage.created_ms,
+        "notices": usage.notices,
     }  # fmt: skip  (dataclasses.asdict deep-copies: 90 µs a row)
     if run(_RECORD, row).rowcount == 0:
         _unhold(run, request_id, 0, 0)

@@ -156,10 +156,12 @@ class Meter:
         price: Price,
         window_s: int,
         on_settle: Callable[[int, int, int], None] | None = None,
+        notices: tuple[str, ...] = (),
     ) -> None:
         self.db = db
         self.on_settle = on_settle
         self.model_id = model_id
+        self.notices = ",".join(notices) or None  # recorded on each of the model's usage rows
         self.price = price
         self.window_s = window_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -248,7 +250,7 @@ class Meter:
         key = ticket.key
         usage = Usage(
             ticket.request_id, key.id, key.name, self.model_id, ticket.endpoint, prompt_tokens,
-            completion_tokens, cost, ticket.streamed, finish, now_ms(),
+            completion_tokens, cost, ticket.streamed, finish, now_ms(), self.notices,
         )  # fmt: skip
         settle = functools.partial(ledger.settle_in, usage=usage, response_body=response_body)
         try:

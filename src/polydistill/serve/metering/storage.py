@@ -1,14 +1,16 @@
 """The gateway's tables and database connections (SQLite by default, PostgreSQL for replicas).
 
-Tables: `api_keys` (one per named key: budget, spend, live reservations, limits and the
-current rate window), `key_secrets` (the HMAC digests of a key's credentials; rotation adds
-one), `reservations` (worst-case holds of requests in flight; `created_ms` is the last time
-the owning gateway said the request was alive: set at admission, refreshed by its heartbeat),
-`usage_ledger` (append-only, one row per billed request, keyed by request id),
-`idempotency_keys` (the fingerprint of the body first sent with an `Idempotency-Key`),
-`idempotent_responses` (bodies replayed for a repeated `Idempotency-Key`) and `audit_log`
-(admin actions). Money columns are integer
-micro-dollars; times are integer milliseconds since the epoch.
+Tables: `api_keys` (one per named key: budget, spend, live reservations, limits, its lineage
+policy with the policy's digest, and the current rate window), `key_secrets` (the HMAC
+digests of a key's credentials; rotation adds one), `reservations` (worst-case holds of
+requests in flight; `created_ms` is the last time the owning gateway said the request was
+alive: set at admission, refreshed by its heartbeat), `usage_ledger` (append-only, one row per
+billed request, keyed by request id, with the licences whose notices applied to the model that
+answered), `idempotency_keys` (the fingerprint of the body first sent with an
+`Idempotency-Key`), `idempotent_responses` (bodies replayed for a repeated `Idempotency-Key`)
+and `audit_log` (admin actions). Money columns are integer micro-dollars; times are integer
+milliseconds since the epoch. `open_database` adds the columns a ledger made by an earlier
+version lacks.
 
 SQLite runs in WAL mode and takes its write lock at `BEGIN IMMEDIATE`, so that a transaction
 that reads and then writes cannot be overtaken; PostgreSQL relies on conditional `UPDATE`s,
@@ -49,6 +51,8 @@ api_keys = sa.Table(
     sa.Column("max_tokens", sa.Integer),
     sa.Column("max_n", sa.Integer),
     sa.Column("max_logprobs", sa.Integer),
+    sa.Column("policy", sa.Text),  # the key's lineage policy (JSON), checked per model
+    sa.Column("policy_digest", sa.String(64)),
     sa.Column("window_start", sa.BigInteger, nullable=False, default=0),
     sa.Column("window_requests", sa.Integer, nullable=False, default=0),
     sa.Column("window_tokens", sa.BigInteger, nullable=False, default=0),
@@ -90,6 +94,7 @@ usage_ledger = sa.Table(
     sa.Column("streamed", sa.Boolean, nullable=False),
     sa.Column("finish", sa.String(40), nullable=False),
     sa.Column("created_ms", sa.BigInteger, nullable=False, index=True),
+    sa.Column("notices", sa.String(400)),  # licences whose notices applied (ids, comma-joined)
 )
 
 idempotency_keys = sa.Table(
@@ -179,6 +184,27 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """The schema migration of a ledger made by an earlier version: the nullable columns added
+    since (`api_keys.policy`, `policy_digest`, `usage_ledger.notices`) are added to it. Two
+    processes may race here (workers, replicas): a column the other added is no error."""
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            kind = column.type.compile(engine.dialect)
+            exists = " IF NOT EXISTS" if engine.dialect.name == "postgresql" else ""
+            statement = f"ALTER TABLE {table.name} ADD COLUMN{exists} {column.name} {kind}"
+            try:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(statement))
+            except sa.exc.OperationalError as error:
+                if "duplicate column" not in str(error):
+                    raise
+
+
 def open_database(url: str) -> sa.Engine:
     """Connect to `url` (see `database_url`) and create the tables if missing."""
     url = database_url(url)
@@ -194,6 +220,7 @@ def open_database(url: str) -> sa.Engine:
         else:
             engine = sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
         metadata.create_all(engine)
+        _add_missing_columns(engine)
     except (sa.exc.OperationalError, sa.exc.ArgumentError, ValueError) as error:
         reason = scrub(str(getattr(error, "orig", None) or error), url)
         reason = " ".join(reason.split())

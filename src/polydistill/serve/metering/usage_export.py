@@ -3,7 +3,9 @@
 An event: {"specversion": "1.0", "id": request id, "source": "polydistill/gateway",
 "subject": key name, "type": "polydistill.usage.v1", "time": RFC 3339, "datacontenttype":
 "application/json", "data": {model, endpoint, prompt_tokens, completion_tokens, cost_micros,
-cost_usd (exact decimal string), streamed, finish}}.
+cost_usd (exact decimal string), streamed, finish, notices}}; `notices` lists the licences
+whose notices and use restrictions applied to the model that answered (its signed lineage's
+teachers'), the CSV column joins them with `;`.
 """
 
 from collections.abc import Iterator
@@ -14,8 +16,12 @@ from polydistill.serve.metering.timeutil import iso_time
 
 CSV_COLUMNS = (
     "id", "time", "key", "model", "endpoint", "prompt_tokens", "completion_tokens",
-    "cost_micros", "cost_usd", "streamed", "finish",
+    "cost_micros", "cost_usd", "streamed", "finish", "notices",
 )  # fmt: skip
+
+
+def _notices(row: dict[str, Any]) -> list[str]:
+    return row["notices"].split(",") if row.get("notices") else []
 
 
 def usage_event(row: dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +43,7 @@ def usage_event(row: dict[str, Any]) -> dict[str, Any]:
             "cost_usd": micros_to_usd(row["cost_micros"]),
             "streamed": bool(row["streamed"]),
             "finish": row["finish"],
+            "notices": _notices(row),
         },
     }
 
@@ -49,5 +56,5 @@ def usage_csv_rows(rows: list[dict[str, Any]]) -> Iterator[list[Any]]:
             row["request_id"], iso_time(row["created_ms"]), row["key_name"], row["model"],
             row["endpoint"], row["prompt_tokens"], row["completion_tokens"],
             row["cost_micros"], micros_to_usd(row["cost_micros"]), bool(row["streamed"]),
-            row["finish"],
+            row["finish"], ";".join(_notices(row)),
         ]  # fmt: skip

@@ -10,7 +10,6 @@ from polydistill.serve.core.api_errors import bad_request
 from polydistill.serve.core.limits import (
     EffectiveCaps,
     check_at_most,
-    check_model,
     check_token_ids,
     completion_budget,
 )
@@ -55,7 +54,6 @@ def chat_request(
     idempotency_key: str | None,
 ) -> tuple[GenerationRequest, "ChatShape"]:
     """Validate `body` against the key's caps and the model; build its jobs and shape."""
-    check_model(served, key, body.model)
     check_at_most(body.n, caps.max_n, "n")
     check_at_most(body.top_logprobs, caps.max_top_logprobs, "top_logprobs")
     prompt_ids = chat_prompt_ids(served, body.messages)

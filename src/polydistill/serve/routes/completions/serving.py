@@ -9,7 +9,6 @@ from typing import Any
 from polydistill.serve.core.limits import (
     EffectiveCaps,
     check_at_most,
-    check_model,
     check_token_ids,
     completion_budget,
 )
@@ -59,7 +58,6 @@ def completion_request(
     idempotency_key: str | None,
 ) -> tuple[GenerationRequest, "CompletionShape"]:
     """Validate `body` against the key's caps and the model; build its jobs and shape."""
-    check_model(served, key, body.model)
     check_at_most(body.n, caps.max_n, "n")
     check_at_most(body.logprobs, caps.max_logprobs, "logprobs")
     prompts = _prompts(body, served)

@@ -1,4 +1,4 @@
-"""Response schemas of `/v1/models` and `/v1/models/{id}`."""
+"""Response schemas of `/v1/models` and `/v1/models/{id}` (the NOTICE route is plain text)."""
 
 from typing import Any, Literal
 
@@ -12,6 +12,9 @@ class ModelCard(BaseModel):
     owned_by: str = "polydistill"
     context_length: int
     lineage: dict[str, Any] | None = None
+    notices: list[dict[str, Any]] | None = None
+    """Per teacher whose licence asks something of the model's users: the licence id and URL,
+    its notice, naming rule, use restrictions and commercial limit (signed lineages only)."""
 
 
 class ModelList(BaseModel):
