@@ -170,17 +170,33 @@ def test_a_policy_file_with_unknown_fields_is_refused_at_keys_create(tmp_path: P
     assert not Path(db).exists()  # refused before the database was opened
 
 
+def _change_a_fact(model_dir: Path) -> None:
+    record = json.loads((model_dir / "lineage.json").read_text())
+    record["teachers"][1]["origin"] = "FR"  # a changed fact, under the old signature
+    (model_dir / "lineage.json").write_text(json.dumps(record))
+
+
+def _swap_the_weights(model_dir: Path) -> None:
+    (weights,) = model_dir.glob("*.safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one parameter
+    weights.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expected"),
+    [(_change_a_fact, "tampered"), (_swap_the_weights, "the weights are not the ones")],
+)
 def test_a_tampered_lineage_on_one_of_two_models_stops_the_gateway(
-    students: dict[str, Path], tmp_path: Path
+    students: dict[str, Path], tmp_path: Path, tamper, expected: str
 ) -> None:
     tampered = tmp_path / "student-no-qwen"
     shutil.copytree(students["student-no-qwen"], tampered)
-    record = json.loads((tampered / "lineage.json").read_text())
-    record["teachers"][1]["origin"] = "FR"  # a changed fact, under the old signature
-    (tampered / "lineage.json").write_text(json.dumps(record))
+    tamper(tampered)
     models = [f"student={students['student']}", f"student-no-qwen={tampered}"]
     command = _serve_command(str(tmp_path / "gateway.db"), free_port(), *models)
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     message = result.stderr.strip()
-    assert "\n" not in message and "tampered" in message, message
+    assert "\n" not in message and expected in message, message
+    assert not (tmp_path / "gateway.db").exists()  # refused before anything was opened
