@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from polydistill.errors import UserError
 from polydistill.lineage.licences import GEMMA_NOTICE
 from polydistill.lineage.rules import Policy, Rules
-from polydistill.serve.commands import keys_app, serve_app
+from polydistill.serve.assemble import model_sources, verified_models
+from polydistill.serve.commands import keys_app, parse_models, serve_app
 from polydistill.serve.core.access import policy_refusal
 from polydistill.serve.core.served_lineage import ServedLineage, licence_notices
 from polydistill.serve.engines.fixed import FixedEngine
@@ -121,6 +122,7 @@ def test_a_usage_row_records_the_notices_of_the_model_that_answered(db_url: str)
     [
         (["serve", "a=MODEL", "a=MODEL"], "two models are served as 'a'"),
         (["serve", "MODEL", "b=MODEL", "--model-name", "x"], "--model-name names one model"),
+        (["serve", "a=MODEL", "--model-name", "x"], "--model-name names one model"),
         (["serve", "a=MODEL", "b=MODEL", "--upstream", "http://127.0.0.1:9"], "fronts one model"),
     ],
 )
@@ -166,3 +168,13 @@ def test_v1_models_lists_what_the_keys_list_and_policy_allow(served, sqlite_url)
     assert listed == {"open": [served.model_id], "listed": [served.model_id], "elsewhere": [],
                       "gov": []}  # fmt: skip
     assert refused.status_code == 403 and "no signed lineage" in refused.json()["error"]["message"]
+
+
+def test_models_are_named_by_their_directory_name_or_model_name(tiny_model_dir: Path) -> None:
+    one = parse_models([str(tiny_model_dir)])
+    assert one == ((None, tiny_model_dir),)
+    assert model_sources(one, "x") == [("x", tiny_model_dir)]
+    assert model_sources(tiny_model_dir, None) == [(None, tiny_model_dir)]
+    two = parse_models([f"a={tiny_model_dir}", str(tiny_model_dir)])
+    ids = [served.model_id for served, _, _ in verified_models(model_sources(two, None))]
+    assert ids == ["a", tiny_model_dir.name]

@@ -45,10 +45,12 @@ def model_sources(
     models: Path | Sequence[ModelSource], model_name: str | None
 ) -> list[ModelSource]:
     """`models` as (id, directory) pairs; `model_name` names a single model."""
-    sources = [(model_name, models)] if isinstance(models, Path) else list(models)
-    if model_name is not None and len(sources) != 1:
-        raise UserError("--model-name names one model; give several as NAME=DIR")
-    return sources
+    sources = [(None, models)] if isinstance(models, Path) else list(models)
+    if model_name is None:
+        return sources
+    if len(sources) != 1 or sources[0][0] not in (None, model_name):
+        raise UserError("--model-name names one model given as DIR; give several as NAME=DIR")
+    return [(model_name, sources[0][1])]
 
 
 def verified_models(
