@@ -441,8 +441,8 @@ def measure(gateway: Gateway, seconds: float) -> dict[str, Any]:
 
 
 def _create_key(db: str, name: str, budget_micros: int) -> str:
-    from polydistill.serve.accounts import create_key
-    from polydistill.serve.storage import open_database
+    from polydistill.serve.metering.accounts import create_key
+    from polydistill.serve.metering.storage import open_database
 
     engine = open_database(db)
     key = create_key(engine, SECRET.encode(), name, int(time.time() * 1000), budget_micros)
@@ -453,8 +453,8 @@ def _create_key(db: str, name: str, budget_micros: int) -> str:
 def _ledger(db: str, name: str) -> tuple[list[dict], Any]:
     import sqlalchemy as sa
 
-    from polydistill.serve.ledger import usage_rows
-    from polydistill.serve.storage import api_keys, open_database
+    from polydistill.serve.metering.ledger import usage_rows
+    from polydistill.serve.metering.storage import api_keys, open_database
 
     engine = open_database(db)
     rows = [r for r in usage_rows(engine) if r["key_name"] == name]
@@ -538,10 +538,10 @@ async def _burst(port: int, request: bytes, count: int) -> list[int]:
 def budget_race(
     tiny_dir: Path, db_name: str, db: str, workers: int, upstream_port: int, work: Path
 ) -> dict[str, Any]:
-    from polydistill.serve.chat import chat_prompt_ids
-    from polydistill.serve.checkpoint import load_served_model
-    from polydistill.serve.money import Price, request_cost
-    from polydistill.serve.protocol import ChatMessage
+    from polydistill.serve.core.served_model import load_served_model
+    from polydistill.serve.metering.money import Price, request_cost
+    from polydistill.serve.routes.chat.protocol import ChatMessage
+    from polydistill.serve.routes.chat.serving import chat_prompt_ids
 
     served = load_served_model(tiny_dir)
     prompt_tokens = len(chat_prompt_ids(served, [ChatMessage(role="user", content="hello world")]))

@@ -16,12 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
+from live_gateway import wait_healthy
 from transformers import AutoTokenizer
 
 pytestmark = pytest.mark.slow
@@ -92,16 +91,7 @@ def gateway(run_dir: Path):
                "--port", str(port), "--price-input", "0.50", "--price-output", "1.50"]  # fmt: skip
     with log_path.open("w") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ)
-    deadline = time.monotonic() + 180
-    while True:
-        assert server.poll() is None, log_path.read_text()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health").json()["status"] == "ok":
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.2)
+    wait_healthy(server, port, log_path, timeout_s=180)
     yield {"port": port, "db": db, "key": key, "server": server, "log": log_path}
     server.send_signal(signal.SIGTERM)
     # uvicorn re-raises the signal after its graceful shutdown; `polydistill` exits 128 + signal.

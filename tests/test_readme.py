@@ -40,7 +40,9 @@ COVERED = {
     r"capture --merge": STORE,
     r"run CONFIG --out DIR student\.store=STORE": STORE,
     r"report DIR": "test_report.py::test_cli_report_writes_the_report_and_refuses_a_missing_folder",
-    r"keys create ": "test_distil_then_serve.py::gateway",  # the fixture every serve test uses
+    r"keys create (?!.*--policy)": "test_distil_then_serve.py::gateway",  # every serve test's
+    r"keys create .*--policy ": "serve/test_serve_policy.py::live",  # the policy tests' gateway
+    r"serve \S+=\S+ \S+=\S+": "serve/test_serve_policy.py::test_a_gov_key_sees_and_uses_only_the_qwen_free_student",  # noqa: E501
     r"serve \S+/student --port": SERVE,
     r"usage .*--format csv": SERVE,
     r"keys list ": KEYS,

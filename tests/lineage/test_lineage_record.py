@@ -175,7 +175,7 @@ def test_lineage_keygen_command(tmp_path):
 
 
 def test_the_gateway_refuses_weights_its_lineage_does_not_sign(student_dir, monkeypatch):
-    from polydistill.serve.lineage import lineage_summary, load_lineage
+    from polydistill.serve.core.served_lineage import lineage_summary, load_lineage
 
     written(student_dir, monkeypatch)
     summary = lineage_summary(load_lineage(student_dir))

@@ -9,7 +9,7 @@ import pytest
 from serve_fixtures import build_tiny_chat_model
 from serve_postgres import create_database, drop_database, pg_admin_url
 
-from polydistill.serve.checkpoint import ServedModel, load_causal_lm, load_served_model
+from polydistill.serve.core.served_model import ServedModel, load_causal_lm, load_served_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

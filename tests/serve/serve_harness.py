@@ -7,14 +7,16 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from polydistill.serve.app import Gateway, create_app
-from polydistill.serve.checkpoint import ServedModel
-from polydistill.serve.engine import Engine
-from polydistill.serve.metering import Meter
-from polydistill.serve.metrics import GatewayMetrics
-from polydistill.serve.money import Price
+from polydistill.serve.app import create_app
+from polydistill.serve.core.gateway import Deployment, Gateway
+from polydistill.serve.core.metrics import GatewayMetrics
+from polydistill.serve.core.served_lineage import ServedLineage
+from polydistill.serve.core.served_model import ServedModel
+from polydistill.serve.engines.base import Engine
+from polydistill.serve.metering.meter import Meter
+from polydistill.serve.metering.money import Price
+from polydistill.serve.metering.storage import open_database
 from polydistill.serve.settings import GatewaySettings
-from polydistill.serve.storage import open_database
 
 SERVER_SECRET = b"test-server-secret-0123456789abcdef"
 TEST_PRICE = Price(1_000_000, 2_000_000)  # $1 per million prompt tokens, $2 per million output
@@ -28,12 +30,15 @@ def make_gateway(
     price: Price = TEST_PRICE,
     lineage: dict | None = None,
 ) -> Gateway:
-    """A gateway as `open_gateway` builds it, with a known secret and price."""
+    """A gateway of one model as `open_gateway` builds it, with a known secret and price;
+    `lineage` is what `/v1/models` shows of it."""
     settings = settings or GatewaySettings()
     database = open_database(db_url)
     metrics = GatewayMetrics()
     meter = Meter(database, served.model_id, price, settings.rate_window_s, metrics.record_usage)
-    return Gateway(served, engine, database, meter, settings, SERVER_SECRET, metrics, lineage)
+    shown = ServedLineage(lineage) if lineage is not None else None
+    models = {served.model_id: Deployment(served, engine, meter, shown)}
+    return Gateway(models, database, settings, SERVER_SECRET, metrics)
 
 
 @contextlib.asynccontextmanager

@@ -13,10 +13,10 @@ import typer
 from typer.testing import CliRunner
 
 from polydistill.errors import UserError
-from polydistill.serve import ledger
 from polydistill.serve.commands import keys_app, register, serve_app
-from polydistill.serve.keys import SECRET_ENV
-from polydistill.serve.storage import open_database
+from polydistill.serve.metering import ledger
+from polydistill.serve.metering.keys import SECRET_ENV
+from polydistill.serve.metering.storage import open_database
 
 runner = CliRunner()
 

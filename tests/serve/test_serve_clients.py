@@ -7,10 +7,8 @@ SIGTERM shutdown that leaves no reservation behind."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,10 +16,12 @@ import openai
 import pytest
 import sqlalchemy as sa
 import torch
+from live_gateway import create_key, wait_healthy
 from typer.testing import CliRunner
+from vllm_server import free_port
 
-from polydistill.serve.commands import keys_app, serve_app
-from polydistill.serve.storage import open_database, reservations
+from polydistill.serve.commands import serve_app
+from polydistill.serve.metering.storage import open_database, reservations
 
 pytestmark = pytest.mark.slow
 MC_QUESTIONS = [
@@ -38,18 +38,6 @@ MC_QUESTIONS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _key(db: str, *args: str) -> str:
-    result = CliRunner().invoke(keys_app, ["create", "--db", db, *args])
-    assert result.exit_code == 0, result.output
-    return result.output.strip()
-
-
 @pytest.fixture(scope="module")
 def live(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("live")
@@ -60,27 +48,18 @@ def live(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         "rate_window_s: 1\ntorch_threads: 1\n"
     )
     keys = {
-        "main": _key(db, "--name", "main"),
-        "limited": _key(db, "--name", "limited", "--rpm", "1"),
-        "broke": _key(db, "--name", "broke", "--budget", "0.000001"),
-        "elsewhere": _key(db, "--name", "elsewhere", "--models", "another-model"),
+        "main": create_key(db, "--name", "main"),
+        "limited": create_key(db, "--name", "limited", "--rpm", "1"),
+        "broke": create_key(db, "--name", "broke", "--budget", "0.000001"),
+        "elsewhere": create_key(db, "--name", "elsewhere", "--models", "another-model"),
     }
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     command = [sys.executable, "-m", "polydistill.serve", "serve", str(tiny_model_dir),
                "--port", str(port), "--admin-port", str(admin_port), "--db", db,
                "--config", str(config)]  # fmt: skip
     log = (work / "server.log").open("w")
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ)
-    deadline = time.monotonic() + 120
-    while True:
-        assert server.poll() is None, (work / "server.log").read_text()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health").json()["status"] == "ok":
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.2)
+    wait_healthy(server, port, work / "server.log")
     yield {"port": port, "admin_port": admin_port, "db": db, "keys": keys,
            "model": tiny_model_dir.name, "server": server, "log": work / "server.log"}  # fmt: skip
     if server.poll() is None:

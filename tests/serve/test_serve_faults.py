@@ -20,12 +20,12 @@ import sqlalchemy as sa
 from serve_harness import SERVER_SECRET, client_for, make_gateway
 from serve_outage import TEST_PASSWORD, outage
 
-from polydistill.serve import ledger
-from polydistill.serve.accounts import create_key, list_keys
-from polydistill.serve.fixed_engine import FixedEngine
-from polydistill.serve.keys import SECRET_ENV
+from polydistill.serve.engines.fixed import FixedEngine
+from polydistill.serve.metering import ledger
+from polydistill.serve.metering.accounts import create_key, list_keys
+from polydistill.serve.metering.keys import SECRET_ENV
+from polydistill.serve.metering.storage import open_database, reservations
 from polydistill.serve.settings import GatewaySettings
-from polydistill.serve.storage import open_database, reservations
 
 NOW = 1_800_000_000_000
 

@@ -7,10 +7,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from serve_harness import SERVER_SECRET, make_gateway
 
-from polydistill.serve import ledger
-from polydistill.serve.accounts import create_key
 from polydistill.serve.app import create_app
-from polydistill.serve.fixed_engine import FixedEngine
+from polydistill.serve.engines.fixed import FixedEngine
+from polydistill.serve.metering import ledger
+from polydistill.serve.metering.accounts import create_key
 
 EXAMPLES_PER_OPERATION = 30
 
@@ -57,7 +57,8 @@ def test_no_input_gets_a_server_error(served, tmp_path) -> None:
         paths.add(operation.path)
         _fuzz(operation, key, served.model_id, billed)
     assert paths == {
-        "/health", "/v1/models", "/v1/models/{model_id}", "/tokenize", "/detokenize",
+        "/health", "/v1/models", "/v1/models/{model_id}", "/v1/models/{model_id}/notices",
+        "/tokenize", "/detokenize",
         "/tokenizer_info", "/v1/completions", "/v1/chat/completions",
     }  # fmt: skip
     assert len(billed) >= 5

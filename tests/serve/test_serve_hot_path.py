@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from serve_harness import SERVER_SECRET, TEST_PRICE, client_for, make_gateway
 
-from polydistill.serve import ledger
-from polydistill.serve.accounts import create_key
-from polydistill.serve.batching import WriteBatcher
+from polydistill.serve.engines.fixed import FixedEngine
 from polydistill.serve.fast_path import try_fast_path
-from polydistill.serve.fixed_engine import FixedEngine
-from polydistill.serve.money import request_cost
-from polydistill.serve.storage import api_keys, open_database, reservations
+from polydistill.serve.metering import ledger
+from polydistill.serve.metering.accounts import create_key
+from polydistill.serve.metering.money import request_cost
+from polydistill.serve.metering.storage import api_keys, open_database, reservations
+from polydistill.serve.metering.write_batching import WriteBatcher
 
 NOW = 1_800_000_000_000
 

@@ -10,15 +10,15 @@ import pytest
 import uvicorn
 from serve_harness import SERVER_SECRET, client_for, make_gateway
 
-from polydistill.serve import ledger
-from polydistill.serve.accounts import create_key, list_keys, revoke_key
 from polydistill.serve.app import create_app
-from polydistill.serve.engine import EngineError, EngineEvent, SamplingParams, TextDelta
-from polydistill.serve.fixed_engine import FixedEngine
-from polydistill.serve.local_engine import LocalEngine
-from polydistill.serve.metrics import admin_app
+from polydistill.serve.core.metrics import admin_app
+from polydistill.serve.engines.base import EngineError, EngineEvent, SamplingParams, TextDelta
+from polydistill.serve.engines.fixed import FixedEngine
+from polydistill.serve.engines.local import LocalEngine
+from polydistill.serve.engines.upstream import UpstreamEngine
+from polydistill.serve.metering import ledger
+from polydistill.serve.metering.accounts import create_key, list_keys, revoke_key
 from polydistill.serve.settings import Caps, GatewaySettings
-from polydistill.serve.upstream_engine import UpstreamEngine
 
 NOW = 1_800_000_000_000
 

@@ -9,8 +9,9 @@ import sqlalchemy as sa
 from serve_harness import SERVER_SECRET, TEST_PRICE, client_for, make_gateway
 
 from polydistill.errors import UserError
-from polydistill.serve import ledger
-from polydistill.serve.accounts import (
+from polydistill.serve.engines.fixed import FixedEngine
+from polydistill.serve.metering import ledger
+from polydistill.serve.metering.accounts import (
     audit_entries,
     authenticate,
     create_key,
@@ -18,9 +19,13 @@ from polydistill.serve.accounts import (
     revoke_key,
     rotate_key,
 )
-from polydistill.serve.fixed_engine import FixedEngine
-from polydistill.serve.money import request_cost
-from polydistill.serve.storage import api_keys, open_database, raw_write_transaction, reservations
+from polydistill.serve.metering.money import request_cost
+from polydistill.serve.metering.storage import (
+    api_keys,
+    open_database,
+    raw_write_transaction,
+    reservations,
+)
 
 NOW = 1_800_000_000_000
 

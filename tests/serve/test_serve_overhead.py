@@ -5,10 +5,10 @@ import time
 
 from serve_harness import SERVER_SECRET, client_for, make_gateway
 
-from polydistill.serve.accounts import create_key
-from polydistill.serve.app import Gateway
-from polydistill.serve.fixed_engine import FixedEngine
-from polydistill.serve.overhead import OVERHEAD_HEADER, EngineClock
+from polydistill.serve.core.gateway import Gateway
+from polydistill.serve.core.overhead import OVERHEAD_HEADER, EngineClock
+from polydistill.serve.engines.fixed import FixedEngine
+from polydistill.serve.metering.accounts import create_key
 
 NOW = 1_800_000_000_000
 TOKENS = 4

@@ -12,13 +12,13 @@ import httpx
 import sqlalchemy as sa
 from serve_harness import SERVER_SECRET, TEST_PRICE, client_for, make_gateway
 
-from polydistill.serve import ledger
-from polydistill.serve.accounts import create_key, list_keys
+from polydistill.serve.engines.fixed import FixedEngine
 from polydistill.serve.fast_path import try_fast_path
-from polydistill.serve.fixed_engine import FixedEngine
-from polydistill.serve.money import request_cost
+from polydistill.serve.metering import ledger
+from polydistill.serve.metering.accounts import create_key, list_keys
+from polydistill.serve.metering.money import request_cost
+from polydistill.serve.metering.storage import reservations
 from polydistill.serve.settings import GatewaySettings
-from polydistill.serve.storage import reservations
 
 NOW = 1_800_000_000_000
 

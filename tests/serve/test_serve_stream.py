@@ -15,10 +15,10 @@ import pytest
 import uvicorn
 from serve_harness import SERVER_SECRET, make_gateway
 
-from polydistill.serve import ledger
-from polydistill.serve.accounts import create_key, list_keys
 from polydistill.serve.app import create_app
-from polydistill.serve.fixed_engine import FixedEngine
+from polydistill.serve.engines.fixed import FixedEngine
+from polydistill.serve.metering import ledger
+from polydistill.serve.metering.accounts import create_key, list_keys
 from polydistill.serve.settings import Caps, GatewaySettings
 
 pytestmark = pytest.mark.slow

@@ -13,21 +13,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from polydistill.errors import UserError
-from polydistill.serve.detokenize import IncrementalText
-from polydistill.serve.engine import Finished, PromptLogprobs, SamplingParams, TextDelta
-from polydistill.serve.keys import (
+from polydistill.serve.core.served_lineage import lineage_summary, load_lineage
+from polydistill.serve.engines.base import Finished, PromptLogprobs, SamplingParams, TextDelta
+from polydistill.serve.engines.incremental_text import IncrementalText
+from polydistill.serve.engines.local import LocalEngine
+from polydistill.serve.engines.sampling import choose_token, make_generator, sampling_distribution
+from polydistill.serve.metering.keys import (
     digest_matches,
     key_digest,
     load_server_secret,
     new_key,
     public_id_of,
 )
-from polydistill.serve.lineage import lineage_summary, load_lineage
-from polydistill.serve.local_engine import LocalEngine
-from polydistill.serve.money import Price, micros_to_usd, request_cost, usd_to_micros
-from polydistill.serve.sampling import choose_token, make_generator, sampling_distribution
+from polydistill.serve.metering.money import Price, micros_to_usd, request_cost, usd_to_micros
+from polydistill.serve.metering.timeutil import duration_seconds, iso_time, parse_time_ms
 from polydistill.serve.settings import load_settings, price_of
-from polydistill.serve.timeutil import duration_seconds, iso_time, parse_time_ms
 
 
 def test_dollars_parse_exactly_to_micros() -> None:

@@ -15,15 +15,15 @@ import httpx
 import sqlalchemy as sa
 from serve_harness import SERVER_SECRET, TEST_PRICE, make_gateway
 
-from polydistill.serve.accounts import create_key
 from polydistill.serve.app import create_app
-from polydistill.serve.checkpoint import ServedModel
-from polydistill.serve.fixed_engine import FixedEngine
-from polydistill.serve.ledger import usage_rows
-from polydistill.serve.metrics import admin_app
-from polydistill.serve.money import request_cost
+from polydistill.serve.core.metrics import admin_app
+from polydistill.serve.core.served_model import ServedModel
+from polydistill.serve.engines.fixed import FixedEngine
+from polydistill.serve.metering.accounts import create_key
+from polydistill.serve.metering.ledger import usage_rows
+from polydistill.serve.metering.money import request_cost
+from polydistill.serve.metering.storage import api_keys, open_database
 from polydistill.serve.server import bind_listener, run_workers, serve_both
-from polydistill.serve.storage import api_keys, open_database
 
 NOW = 1_800_000_000_000
 WORKERS = 2

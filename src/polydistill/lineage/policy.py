@@ -17,96 +17,36 @@ A policy file (YAML; unknown fields are errors)::
     gate = policy_gate(cfg, load_policy(path))   # facts of every teacher, verdicts
     cfg = gate.config                            # the student's teachers, less the excluded
 
-Match values compare case-insensitively; `origin` is an ISO 3166-1 alpha-2 code, `licence` a
-licence id (`licences.LICENCES`), `family` a family name, `publisher` the publisher's name.
+The rules and their evaluation on plain facts are `lineage.rules` (the gateway checks keys'
+policies with them). Match values compare case-insensitively; `origin` is an ISO 3166-1
+alpha-2 code, `licence` a licence id (`licences.LICENCES`), `family` a family name,
+`publisher` the publisher's name.
 """
 
-import hashlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
-
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from polydistill.config import RunConfig
 from polydistill.errors import UserError
 from polydistill.lineage.facts import TeacherFacts, teacher_facts
+from polydistill.lineage.rules import FIELDS, Obligation, Policy, Rules, broken_rule, load_policy
 
-Obligation = Literal["notice", "naming", "use_restrictions"]
-FIELDS = ("origin", "publisher", "licence", "family")
-
-
-class Rules(BaseModel):
-    """Values per teacher fact; a field left out matches nothing (deny) or anything (allow)."""
-
-    model_config = ConfigDict(extra="forbid")
-    origin: list[str] | None = None
-    publisher: list[str] | None = None
-    licence: list[str] | None = None
-    family: list[str] | None = None
-
-
-class Policy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = "policy"
-    deny: Rules = Rules()
-    allow: Rules | None = None
-    obligations: list[Obligation] | None = None
-    commercial: bool = False
-    on_violation: Literal["refuse", "exclude"] = "refuse"
-
-    @property
-    def digest(self) -> str:
-        """The policy's identity: a store captured under it records this."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def load_policy(path: Path) -> Policy:
-    """Read and check a policy file; every mistake is a one-line `UserError`."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise UserError(f"policy file {path}: not found") from error
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        first = str(error).splitlines()[0]
-        raise UserError(f"policy file {path}: not valid YAML ({first})") from error
-    try:
-        return Policy.model_validate(raw if raw is not None else {})
-    except ValidationError as error:
-        problem = error.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"]) or "(top)"
-        raise UserError(f"policy file {path}: {where}: {problem['msg']}") from error
-
-
-def _value(facts: TeacherFacts, field: str) -> str:
-    return {
-        "origin": facts.origin,
-        "publisher": facts.publisher,
-        "licence": facts.licence.id,
-        "family": facts.family,
-    }[field]
+__all__ = [
+    "FIELDS", "Gate", "Obligation", "Policy", "Rules", "load_policy", "policy_gate", "run_gate",
+    "violation",
+]  # fmt: skip
 
 
 def violation(facts: TeacherFacts, policy: Policy) -> str | None:
-    """The rule `facts` break under `policy` (e.g. "deny.origin CN"), or None."""
-    for field in FIELDS:
-        value = _value(facts, field)
-        denied = getattr(policy.deny, field)
-        if denied and value.lower() in {v.lower() for v in denied}:
-            return f"deny.{field} lists {value} ({field} of the teacher)"
-        allowed = getattr(policy.allow, field) if policy.allow else None
-        if allowed is not None and value.lower() not in {v.lower() for v in allowed}:
-            return f"allow.{field} does not list {value} ({field} of the teacher)"
-    if policy.obligations is not None:
-        refused = [o for o in facts.licence.obligations if o not in policy.obligations]
-        if refused:
-            return f"obligations: {facts.licence.id} asks {', '.join(refused)}, not accepted"
-    if policy.commercial and not facts.licence.commercial:
-        return f"commercial: {facts.licence.id} forbids commercial use"
-    return None
+    """The rule `facts` break under `policy` (e.g. "deny.origin lists CN ..."), or None."""
+    return broken_rule(
+        policy,
+        origin=facts.origin,
+        publisher=facts.publisher,
+        licence=facts.licence.id,
+        family=facts.family,
+        obligations=facts.licence.obligations,
+        commercial=facts.licence.commercial,
+    )
 
 
 @dataclass(frozen=True)

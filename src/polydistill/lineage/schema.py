@@ -1,5 +1,5 @@
 """Reading a distilled model's lineage: which teachers, of which families, went into it, and
-how much; what `polydistill serve` shows on `/v1/models` (`serve.lineage`).
+how much; what `polydistill serve` shows on `/v1/models` (`serve.core.served_lineage`).
 
 `polydistill run` writes it beside the student's weights, `student/lineage.json`, so that it
 travels with the checkpoint: format 2 (`lineage.record`, signed by `lineage.signing`) is

@@ -1,7 +1,8 @@
 """The gateway's command line: `serve`, `usage` (in `serve_app`) and `keys ...` (`keys_app`).
 
 `register(app)` adds them to the `polydistill` typer app. Until then, or standalone:
-`python -m polydistill.serve serve MODEL_DIR`, `python -m polydistill.serve keys create ...`.
+`python -m polydistill.serve serve MODEL_DIR [NAME=MODEL_DIR ...]`,
+`python -m polydistill.serve keys create ...`.
 Every command that touches keys or usage takes `--db` (a SQLAlchemy URL or a SQLite path).
 """
 
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from polydistill.errors import UserError
-from polydistill.serve.money import Price, micros_to_usd, usd_to_micros
+from polydistill.serve.metering.money import Price, micros_to_usd, usd_to_micros
 
 if TYPE_CHECKING:
     import socket
@@ -37,9 +38,27 @@ SecretOption = Annotated[
 ]
 
 
+def parse_models(items: list[str]) -> tuple[tuple[str | None, Path], ...]:
+    """`DIR` or `NAME=DIR` per served model (an existing DIR containing `=` is a DIR)."""
+    sources = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if sep and name and not Path(item).exists():
+            sources.append((name, Path(path)))
+        else:
+            sources.append((None, Path(item)))
+    return tuple(sources)
+
+
 @serve_app.command("serve")
 def serve(
-    model_dir: Annotated[Path, typer.Argument(help="Hugging Face model directory.")],
+    models: Annotated[
+        list[str],
+        typer.Argument(
+            help="Model directories, each DIR (served under its own id) or NAME=DIR.",
+            metavar="MODEL_DIR...",
+        ),
+    ],
     host: Annotated[str, typer.Option(help="API address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="API port.")] = 8000,
     db: Annotated[
@@ -50,7 +69,9 @@ def serve(
     admin_port: Annotated[
         int | None, typer.Option(help="Port for /metrics (default: port + 1).")
     ] = None,
-    model_name: Annotated[str | None, typer.Option(help="Served model id.")] = None,
+    model_name: Annotated[
+        str | None, typer.Option(help="Served model id (one MODEL_DIR; else NAME=DIR).")
+    ] = None,
     upstream: Annotated[
         str | None, typer.Option(help="Front this vLLM-compatible server instead.")
     ] = None,
@@ -69,7 +90,8 @@ def serve(
         ),
     ] = 1,
 ) -> None:
-    """Serve MODEL_DIR on host:port, metrics on the admin port."""
+    """Serve the models on host:port side by side, metrics on the admin port. Each model's
+    signed lineage is verified first: one that does not match its weights stops the gateway."""
     from polydistill.serve.settings import load_settings
 
     settings = load_settings(config)
@@ -83,7 +105,8 @@ def serve(
     if admin_host == host and admin_port <= port < admin_port + workers:
         raise UserError("--admin-port must differ from --port (worker k uses admin port + k)")
     options = _ServeOptions(
-        model_dir, settings, db, model_name, upstream, upstream_model, secret_file, price,
+        parse_models(models), settings, db, model_name, upstream, upstream_model, secret_file,
+        price,
         host, port, admin_host, admin_port,
     )  # fmt: skip
     if workers == 1:
@@ -96,7 +119,7 @@ def serve(
 class _ServeOptions:
     """What `serve` builds a gateway from, in one process or in each worker."""
 
-    model_dir: Path
+    models: tuple[tuple[str | None, Path], ...]
     settings: "GatewaySettings"
     db: str | None
     model_name: str | None
@@ -113,18 +136,18 @@ class _ServeOptions:
         from polydistill.serve.assemble import open_gateway
 
         return open_gateway(
-            self.model_dir, self.settings, self.db, self.model_name, self.upstream,
+            self.models, self.settings, self.db, self.model_name, self.upstream,
             self.upstream_model, self.secret_file, self.price,
         )  # fmt: skip
 
     def run(self) -> None:
         from polydistill.serve.app import create_app
-        from polydistill.serve.metrics import admin_app
+        from polydistill.serve.core.metrics import admin_app
         from polydistill.serve.server import run_servers
 
         gateway = self._gateway()
         typer.echo(
-            f"serving {gateway.served.model_id} on http://{self.host}:{self.port}/v1 "
+            f"serving {', '.join(gateway.models)} on http://{self.host}:{self.port}/v1 "
             f"(metrics on http://{self.admin_host}:{self.admin_port}/metrics)"
         )
         admin = admin_app(gateway.metrics, lambda: gateway.ready)
@@ -134,7 +157,7 @@ class _ServeOptions:
     def worker(self, index: int, listener: "socket.socket") -> None:
         """Worker `index` of several: its own gateway on the shared socket."""
         from polydistill.serve.app import create_app
-        from polydistill.serve.metrics import admin_app
+        from polydistill.serve.core.metrics import admin_app
         from polydistill.serve.server import run_loop, serve_both
 
         gateway = self._gateway()
@@ -147,32 +170,36 @@ class _ServeOptions:
         run_loop(serving)
 
     def run_workers(self, workers: int) -> int:
-        from polydistill.serve.assemble import default_database
-        from polydistill.serve.keys import load_server_secret
+        from polydistill.serve.assemble import default_database, model_sources, verified_models
+        from polydistill.serve.metering.keys import load_server_secret
+        from polydistill.serve.metering.storage import database_url, open_database
         from polydistill.serve.server import run_workers
-        from polydistill.serve.storage import database_url, open_database
 
-        # Once, before the workers race to do it: the tables and the default secret file.
-        url = database_url(self.db) if self.db else default_database(self.model_dir)
+        # Once, before the workers race to do it: the lineages (a model that fails stops the
+        # gateway with one line here, not N workers), the tables and the default secret file.
+        sources = model_sources(self.models, self.model_name)
+        verified_models(sources)
+        url = database_url(self.db) if self.db else default_database(sources[0][1])
         load_server_secret(url, self.secret_file)
         open_database(url).dispose()
         last = self.admin_port + workers - 1
         typer.echo(
-            f"serving {self.model_dir} on http://{self.host}:{self.port}/v1 with {workers} "
+            f"serving {', '.join(str(path) for _, path in sources)} on "
+            f"http://{self.host}:{self.port}/v1 with {workers} "
             f"workers (metrics on http://{self.admin_host}:{self.admin_port}..{last}/metrics)"
         )
         return run_workers(self.worker, self.host, self.port, workers)
 
 
 def _open(db: str):  # -> sqlalchemy.Engine, imported lazily to keep --help fast
-    from polydistill.serve.storage import open_database
+    from polydistill.serve.metering.storage import open_database
 
     return open_database(db)
 
 
 def _secret(db: str, secret_file: Path | None) -> bytes:
-    from polydistill.serve.keys import load_server_secret
-    from polydistill.serve.storage import database_url
+    from polydistill.serve.metering.keys import load_server_secret
+    from polydistill.serve.metering.storage import database_url
 
     return load_server_secret(database_url(db), secret_file)
 
@@ -195,12 +222,20 @@ def keys_create(
     max_logprobs: Annotated[
         int | None, typer.Option(min=0, max=20, help="Cap on logprobs/top_logprobs.")
     ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy", help="Lineage policy (YAML): the key may use only models that pass it."
+        ),
+    ] = None,
     secret_file: SecretOption = None,
 ) -> None:
     """Create a key and print it once (only its HMAC is stored)."""
-    from polydistill.serve.accounts import create_key
-    from polydistill.serve.timeutil import now_ms, parse_time_ms
+    from polydistill.lineage.rules import load_policy
+    from polydistill.serve.metering.accounts import create_key
+    from polydistill.serve.metering.timeutil import now_ms, parse_time_ms
 
+    rules = load_policy(policy) if policy is not None else None  # checked before anything
     now = now_ms()
     allowed = [m for item in models or [] for m in item.split(",") if m] or None
     key = create_key(
@@ -216,6 +251,7 @@ def keys_create(
         max_tokens=max_tokens,
         max_n=max_n,
         max_logprobs=max_logprobs,
+        policy=rules,
     )
     typer.echo(key)
 
@@ -226,8 +262,8 @@ def keys_list(
     output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """List keys with their status, spend and limits (never the keys themselves)."""
-    from polydistill.serve.accounts import list_keys
-    from polydistill.serve.timeutil import now_ms
+    from polydistill.serve.metering.accounts import list_keys
+    from polydistill.serve.metering.timeutil import now_ms
 
     summaries = list_keys(_open(db), now_ms())
     if output == "json":
@@ -249,8 +285,8 @@ def keys_list(
 @keys_app.command("revoke")
 def keys_revoke(db: DbOption, name: NameOption) -> None:
     """Revoke every credential of a key at once."""
-    from polydistill.serve.accounts import revoke_key
-    from polydistill.serve.timeutil import now_ms
+    from polydistill.serve.metering.accounts import revoke_key
+    from polydistill.serve.metering.timeutil import now_ms
 
     revoke_key(_open(db), name, now_ms())
     typer.echo(f"revoked {name}")
@@ -264,8 +300,8 @@ def keys_rotate(
     secret_file: SecretOption = None,
 ) -> None:
     """Print a new key for NAME; the old one keeps working for the grace period."""
-    from polydistill.serve.accounts import rotate_key
-    from polydistill.serve.timeutil import duration_seconds, now_ms
+    from polydistill.serve.metering.accounts import rotate_key
+    from polydistill.serve.metering.timeutil import duration_seconds, now_ms
 
     key = rotate_key(_open(db), _secret(db, secret_file), name, duration_seconds(grace), now_ms())
     typer.echo(key)
@@ -281,9 +317,9 @@ def usage(
     output: Annotated[str, typer.Option("--format", help="csv or json.")] = "json",
 ) -> None:
     """Export the usage ledger (JSON lines of CloudEvents, or CSV)."""
-    from polydistill.serve.ledger import usage_rows
-    from polydistill.serve.timeutil import now_ms, parse_time_ms
-    from polydistill.serve.usage_export import usage_csv_rows, usage_event
+    from polydistill.serve.metering.ledger import usage_rows
+    from polydistill.serve.metering.timeutil import now_ms, parse_time_ms
+    from polydistill.serve.metering.usage_export import usage_csv_rows, usage_event
 
     if output not in ("csv", "json"):
         raise UserError(f"--format must be csv or json, not {output!r}")

@@ -4,7 +4,8 @@ FastAPI's middleware stack, route matching and dependency solving cost more CPU 
 than everything the gateway itself does for a completion (measured in
 `benchmarks/gateway.py`). A request to `/v1/completions` or `/v1/chat/completions` that has a
 JSON content type, a valid bearer key, at most one acceptable `Idempotency-Key` and a body
-that validates is answered here, by the same `generation_response` the FastAPI routes call.
+that validates is answered here, by the same `core.generate.generation_response` the FastAPI
+routes call.
 Anything else goes to the FastAPI app, which answers it exactly as it always has (its
 OpenAPI document, error shapes and validation stay the reference), so this path only ever
 changes how fast a request is served, never what it is answered.
@@ -12,54 +13,23 @@ changes how fast a request is served, never what it is answered.
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from polydistill.serve.accounts import KeyRecord
-from polydistill.serve.chat import chat_request
-from polydistill.serve.completions import completion_request
-from polydistill.serve.errors import ApiError, unexpected_error_response
-from polydistill.serve.limits import caps_for
-from polydistill.serve.pipeline import idempotent_request_id, request_fingerprint, run_generation
-from polydistill.serve.protocol import ChatCompletionRequest, CompletionRequest
+from polydistill.serve.core.api_errors import ApiError, unexpected_error_response
+from polydistill.serve.core.gateway import Gateway
+from polydistill.serve.core.generate import Build, generation_response
+from polydistill.serve.routes.chat.protocol import ChatCompletionRequest
+from polydistill.serve.routes.chat.serving import chat_request
+from polydistill.serve.routes.completions.protocol import CompletionRequest
+from polydistill.serve.routes.completions.serving import completion_request
 
-if TYPE_CHECKING:
-    from polydistill.serve.app import Gateway
-
-Build = Callable[..., Any]
 _ROUTES: dict[str, tuple[type[BaseModel], Build]] = {
     "/v1/completions": (CompletionRequest, completion_request),
     "/v1/chat/completions": (ChatCompletionRequest, chat_request),
 }
 _MAX_IDEMPOTENCY_KEY = 200  # as the FastAPI routes declare it
-
-
-async def generation_response(
-    gateway: "Gateway",
-    build: Build,
-    body: BaseModel,
-    key: KeyRecord,
-    state: dict[str, Any],
-    idempotency_key: str | None,
-) -> Response:
-    """Validate `body` for `key`, then admit, run and bill it (both paths call this)."""
-    caps = caps_for(key, gateway.settings.caps)
-    generation, shape = build(body, key, gateway.served, caps, idempotency_key)
-    fingerprint = None
-    if idempotency_key is not None:
-        state["request_id"] = idempotent_request_id(key.id, idempotency_key)
-        fingerprint = request_fingerprint(generation.endpoint, body)
-    return await run_generation(
-        gateway.engine,
-        gateway.meter,
-        generation,
-        shape,
-        state["request_id"],
-        gateway.settings.request_timeout_s,
-        fingerprint,
-    )
 
 
 def _headers(scope: dict[str, Any]) -> dict[bytes, list[bytes]]:
@@ -93,7 +63,7 @@ def _idempotency_key(values: list[bytes] | None) -> tuple[bool, str | None]:
 
 
 async def try_fast_path(
-    gateway: "Gateway", scope: dict[str, Any], body: bytes
+    gateway: Gateway, scope: dict[str, Any], body: bytes
 ) -> Callable[..., Awaitable[None]] | None:
     """The response (an ASGI app) if this path takes the request, else None."""
     route = _ROUTES.get(scope["path"]) if scope["method"] == "POST" else None

@@ -26,7 +26,7 @@ from typing import Any
 
 import uvicorn
 
-from polydistill.serve.middleware import ASGIApp
+from polydistill.serve.core.middleware import ASGIApp
 
 
 async def serve_both(

@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from polydistill.errors import UserError
-from polydistill.serve.money import Price, usd_to_micros
+from polydistill.serve.metering.money import Price, usd_to_micros
 
 
 class PriceSetting(BaseModel):
