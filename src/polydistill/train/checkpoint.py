@@ -76,7 +76,7 @@ def save_training_state(
     the best weights scored so far (`train.selection`)."""
     target = root / checkpoint_name(state["step"])
     with staged_folder(target, replace=False) as staging:
-        _save_model_quietly(model, staging)
+        save_model_quietly(model, staging)
         if average is not None:
             save_average(staging, average)
         if selection is not None:
@@ -87,11 +87,16 @@ def save_training_state(
         (staging / STATE_FILE).write_text(
             json.dumps(record, indent=2, default=str), encoding="utf-8"
         )
+    prune_checkpoints(root, keep)
+    return target
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints (renamed away first, so none is half-gone)."""
     for old in list_checkpoints(root)[:-keep]:
         retired = root / f".trash-{old.name}"
         os.rename(old, retired)
         shutil.rmtree(retired)
-    return target
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -185,17 +190,20 @@ def save_final(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_d
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(f"final model {out_dir}: the tokenizer has no chat template to save")
     with staged_folder(out_dir, replace=True) as staging:
-        _save_model_quietly(model, staging)
+        save_model_quietly(model, staging)
         tokenizer.save_pretrained(staging)
     return out_dir
 
 
-def _save_model_quietly(model: PreTrainedModel, folder: Path) -> None:
-    """`save_pretrained` in safetensors, without a progress bar per checkpoint."""
+def save_model_quietly(
+    model: PreTrainedModel, folder: Path, state_dict: dict[str, torch.Tensor] | None = None
+) -> None:
+    """`save_pretrained` in safetensors (of `state_dict` when given), without a progress bar
+    per checkpoint."""
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model.save_pretrained(folder)
+        model.save_pretrained(folder, state_dict=state_dict)
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
