@@ -16,6 +16,7 @@ import torch
 from distributed_worker import LOOP, ROWS, batch_at, tiny_model
 from safetensors.torch import load_file
 
+from polydistill.errors import UserError
 from polydistill.train import sft_loss, train
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -112,6 +113,12 @@ def test_rank_killed_while_checkpointing_then_resumed_on_one_process(tmp_path, r
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((tmp_path / "out-1" / "records.json").read_text())[0]["step"] == 3
     assert_same_run(tmp_path / "out-1", reference)
+    with pytest.raises(UserError, match=r"written by a torchrun run .* resume it under torchrun"):
+        train(tiny_model(), batch_at, sft_loss, **LOOP, resume=True, **_one_process(run))
+
+
+def _one_process(run: dict) -> dict:
+    return {"run_dir": Path(run["run_dir"]), "checkpoint_every": run["checkpoint_every"]}
 
 
 def test_one_process_killed_then_resumed_on_two_with_fsdp(tmp_path, reference):
@@ -149,3 +156,20 @@ def test_ranks_with_different_configs_stop_with_one_line(tmp_path):
     (line,) = _error_lines(done.stderr)
     assert line.startswith("error: the ranks were started with different configs: rank 0 has ")
     assert line.endswith("; start every rank with the same config")
+
+
+def test_a_one_process_checkpoint_is_not_resumed_under_torchrun(tmp_path):
+    run_dir = tmp_path / "run"
+    train(
+        tiny_model(),
+        batch_at,
+        sft_loss,
+        **{**LOOP, "steps": 2},
+        **_one_process({"run_dir": str(run_dir), "checkpoint_every": 2}),
+    )
+    done = torchrun(
+        tmp_path, 2, strategy="ddp", run_dir=str(run_dir), checkpoint_every=2, resume=True
+    )
+    assert done.returncode != 0
+    (line,) = _error_lines(done.stderr)
+    assert "was written by one process (not sharded); resume it without torchrun" in line

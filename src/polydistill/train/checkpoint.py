@@ -40,6 +40,7 @@ RNG_FILE = "rng.pt"
 PREFIX = "step-"
 FORMAT = 1
 MAX_LISTED_DIFFERENCES = 5
+DCP_METADATA = ".metadata"  # what torch.distributed.checkpoint writes beside its shards
 
 
 def checkpoint_name(step: int) -> str:
@@ -131,6 +132,11 @@ def restore_training_state(
 ) -> dict[str, Any]:
     """Load a checkpoint into `model`, `optimizer` and the RNGs; returns its trainer state."""
     state = read_state(path)
+    if (path / DCP_METADATA).is_file():
+        raise UserError(
+            f"checkpoint {path} was written by a torchrun run (sharded, DCP); resume it under "
+            "torchrun, or train into another folder"
+        )
     check_settings(path, state["settings"], settings)
     load_weights(path, model)
     optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, weights_only=True))

@@ -33,8 +33,10 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from polydistill.errors import UserError
 from polydistill.staging import staged_folder
 from polydistill.train.checkpoint import (
+    DCP_METADATA,
     FORMAT,
     RNG_FILE,
     STATE_FILE,
@@ -87,6 +89,11 @@ def restore_sharded(
     """Load a checkpoint (written at any process count) into this rank's share of `model` and
     `optimizer`, and rank 0's RNG states into every rank; returns its trainer state."""
     state = read_state(path)
+    if not (path / DCP_METADATA).is_file():
+        raise UserError(
+            f"checkpoint {path} was written by one process (not sharded); resume it without "
+            "torchrun, or train into another folder"
+        )
     check_settings(path, state["settings"], settings)
     model_state, optimizer_state = get_state_dict(model, optimizer)
     loaded = {"model": model_state, "optimizer": optimizer_state}
