@@ -4,16 +4,18 @@
 
 SPEC (JSON): strategy ("ddp" | "fsdp"), out (folder: rank 0 writes `records.json` and the final
 model `final/` there), run_dir, checkpoint_every, resume, rows (of a global micro-batch),
-timeout_s, fingerprint_by_rank ({rank: extra fingerprint}, to start ranks with different
-configs), die ({"rank", "step", "during": "step" | "checkpoint"}: that rank SIGKILLs itself at
-that step's end, or while writing that step's checkpoint). A UserError prints `error: …` once
-(rank 0) and exits 2; a failed collective prints `error: …` on the surviving rank and exits 1.
+timeout_s; run_dir_by_rank and fingerprint_by_rank ({rank: value}: ranks started with different
+run folders or configs); die ({"rank", "step", "during": "step" | "checkpoint" | "hang"}: that
+rank SIGKILLs itself at that step's end, or while writing that step's checkpoint, or sleeps an
+hour there). A UserError prints `error: …` once (rank 0) and exits 2; a failed collective
+prints `error: …` on the surviving rank and exits 1.
 """
 
 import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -83,7 +85,15 @@ def _die_hook(die: dict[str, Any], rank: int) -> Any:
             save=save_then_die, load=sharded_checkpoint.dcp.load
         )
         return None
+    if die["during"] == "hang":  # alive but silent: the others must give up after timeout_s
+        return lambda step, record: step == die["step"] and time.sleep(3600)
     return lambda step, record: step == die["step"] and os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _run_dir(spec: dict[str, Any], rank: int) -> Path | None:
+    """The spec's run folder, or this rank's own (as if on an unshared disk)."""
+    folder = spec.get("run_dir_by_rank", {}).get(str(rank), spec.get("run_dir"))
+    return Path(folder) if folder else None
 
 
 def main() -> int:
@@ -100,7 +110,7 @@ def main() -> int:
                 sft_loss,
                 ranks=ranks,
                 strategy=spec["strategy"],
-                run_dir=Path(spec["run_dir"]) if spec.get("run_dir") else None,
+                run_dir=_run_dir(spec, rank),
                 checkpoint_every=spec.get("checkpoint_every", 0),
                 resume=spec.get("resume", False),
                 fingerprint=spec.get("fingerprint_by_rank", {}).get(str(rank), {}),

@@ -173,3 +173,30 @@ def test_a_one_process_checkpoint_is_not_resumed_under_torchrun(tmp_path):
     assert done.returncode != 0
     (line,) = _error_lines(done.stderr)
     assert "was written by one process (not sharded); resume it without torchrun" in line
+
+
+def test_a_rank_that_hangs_is_given_up_on_after_the_timeout(tmp_path):
+    """Rank 1 stays alive but silent at step 2: rank 0's collective times out after timeout_s
+    (long enough for the ranks' start-up to differ on a busy machine) with one clear line."""
+    die = {"rank": 1, "step": 2, "during": "hang"}
+    done = torchrun(tmp_path, 2, strategy="ddp", die=die, timeout_s=10)
+    assert done.returncode != 0
+    (line,) = _error_lines(done.stderr)
+    assert line.startswith(
+        "error: rank 0 of 2 stopped at step 2: another rank died or did not answer in time ("
+    )
+
+
+def test_ranks_that_see_different_checkpoints_stop_before_resuming(tmp_path):
+    """As when the run folder is on one node's own disk: rank 1 sees none of rank 0's."""
+    (tmp_path / "run" / "checkpoints" / "step-00000002").mkdir(parents=True)
+    runs = {"0": str(tmp_path / "run"), "1": str(tmp_path / "elsewhere")}
+    done = torchrun(
+        tmp_path, 2, strategy="ddp", run_dir_by_rank=runs, checkpoint_every=2, resume=True
+    )
+    assert done.returncode != 0
+    assert _error_lines(done.stderr) == [
+        f"error: the ranks see different checkpoints in {tmp_path / 'run' / 'checkpoints'}: "
+        "newest on rank 0 step-00000002, on rank 1 none; put the run folder on a file system "
+        "every node shares"
+    ]

@@ -27,6 +27,7 @@ import signal
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -105,7 +106,7 @@ def _backend_and_device(config: DistributedConfig, local_rank: int) -> tuple[str
 
 @contextmanager
 def process_group(config: DistributedConfig) -> Iterator[Ranks]:
-    """Join the process group torchrun set up; leave it (and restore SIGTERM) on the way out.
+    """Join the process group torchrun set up; leave it on a clean exit (restore SIGTERM always).
 
     SIGTERM (what torchrun sends the survivors when a rank fails) becomes SystemExit, so a
     half-written checkpoint's staging folder is removed on the way out rather than left.
@@ -114,17 +115,19 @@ def process_group(config: DistributedConfig) -> Iterator[Ranks]:
     backend, device = _backend_and_device(config, local_rank)
     os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    dist.init_process_group(
-        backend,
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=config.timeout_s),
-        device_id=device if backend == "nccl" else None,
-    )
     try:
+        dist.init_process_group(
+            backend,
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=config.timeout_s),
+            device_id=device if backend == "nccl" else None,
+        )
         yield Ranks(rank, world, device)
-    finally:
+        # Only after a clean run: after a failed collective, tearing the group down can wait on
+        # the dead peer; the process's exit releases it anyway.
         dist.destroy_process_group()
+    finally:
         signal.signal(signal.SIGTERM, previous)
 
 
@@ -140,9 +143,7 @@ def settings_hash(settings: Mapping[str, Any]) -> str:
 
 def agree_on_settings(ranks: Ranks, settings: Mapping[str, Any]) -> None:
     """UserError on every rank unless all ranks run the same settings (hashes all-gathered)."""
-    mine = settings_hash(settings)
-    hashes: list[str] = [""] * ranks.world
-    dist.all_gather_object(hashes, mine)
+    hashes = _gathered(ranks, settings_hash(settings))
     differing = [r for r, h in enumerate(hashes) if h != hashes[0]]
     if differing:
         raise UserError(
@@ -150,6 +151,26 @@ def agree_on_settings(ranks: Ranks, settings: Mapping[str, Any]) -> None:
             + ", ".join(f"rank {r} has {hashes[r]}" for r in differing)
             + "; start every rank with the same config"
         )
+
+
+def agree_on_checkpoints(ranks: Ranks, root: Path | None, found: list[str]) -> None:
+    """UserError on every rank unless all ranks see the same checkpoints under `root` (a run
+    folder on a disk of one node only would have ranks resume from different states)."""
+    seen = _gathered(ranks, found)
+    differing = [r for r, names in enumerate(seen) if names != seen[0]]
+    if differing:
+        newest = [names[-1] if names else "none" for names in seen]
+        raise UserError(
+            f"the ranks see different checkpoints in {root}: newest on rank 0 {newest[0]}, "
+            + ", ".join(f"on rank {r} {newest[r]}" for r in differing)
+            + "; put the run folder on a file system every node shares"
+        )
+
+
+def _gathered(ranks: Ranks, value: Any) -> list[Any]:
+    values: list[Any] = [None] * ranks.world
+    dist.all_gather_object(values, value)
+    return values
 
 
 def check_global_batch(batch: Batch, world: int) -> int:

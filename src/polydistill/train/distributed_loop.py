@@ -36,10 +36,11 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from polydistill.staging import staged_folder
-from polydistill.train.checkpoint import save_model_quietly
+from polydistill.train.checkpoint import list_checkpoints, save_model_quietly
 from polydistill.train.distributed import (
     CollectiveFailed,
     Ranks,
+    agree_on_checkpoints,
     agree_on_settings,
     all_sum,
     broadcast_flag,
@@ -118,6 +119,8 @@ def train_distributed(
     optimizer = make_optimizer(unwrapped(model), lr, weight_decay, betas)
     checkpoints = run_dir / CHECKPOINTS_DIR if run_dir and checkpoint_every else None
     with collective_failures(ranks, "starting"):
+        found = list_checkpoints(checkpoints) if checkpoints else []
+        agree_on_checkpoints(ranks, checkpoints, [p.name for p in found])
         state, _ = start_state(
             model, optimizer, checkpoints, resume, settings, seed, restore_sharded
         )
