@@ -114,11 +114,11 @@ def train_distributed(
         (run_dir, checkpoint_every, keep_checkpoints, resume),
         fingerprint,
     )
-    agree_on_settings(ranks, {"settings": settings, "strategy": strategy})
-    model = wrap_model(model.to(ranks.device), strategy)
-    optimizer = make_optimizer(unwrapped(model), lr, weight_decay, betas)
     checkpoints = run_dir / CHECKPOINTS_DIR if run_dir and checkpoint_every else None
     with collective_failures(ranks, "starting"):
+        agree_on_settings(ranks, {"settings": settings, "strategy": strategy})
+        model = wrap_model(model.to(ranks.device), strategy)
+        optimizer = make_optimizer(unwrapped(model), lr, weight_decay, betas)
         found = list_checkpoints(checkpoints) if checkpoints else []
         agree_on_checkpoints(ranks, checkpoints, [p.name for p in found])
         state, _ = start_state(
@@ -151,8 +151,12 @@ def train_distributed(
                 stop = broadcast_flag(bool(on_step and on_step(step + 1, record)), ranks)
                 done = stop or step + 1 == steps
                 if checkpoints and (done or (step + 1) % checkpoint_every == 0):
-                    saved = {"step": step + 1, "next_micro_batch": position, "finished": done}
-                    saved["settings"] = settings
+                    saved = {
+                        "step": step + 1,
+                        "next_micro_batch": position,
+                        "finished": done,
+                        "settings": settings,
+                    }
                     save_sharded(checkpoints, model, optimizer, saved, keep_checkpoints, ranks)
             if stop:
                 break
@@ -179,13 +183,13 @@ def distributed_step(
         model, loss_fn, micro_batches, PRECISIONS[precision], _gradient_sync(model)
     )
     names = sorted(local.parts)
-    summed = all_sum(
+    # every rank's loss must name the same parts (a loss function's parts are fixed names)
+    loss, tokens, inputs, *parts = all_sum(
         [local.loss, local.loss_tokens, local.input_tokens, *(local.parts[n] for n in names)],
         ranks.device,
     )
-    loss_tokens = int(summed[1]) if summed[1].is_integer() else summed[1]
-    totals = StepTotals(summed[0], dict(zip(names, summed[3:], strict=True)), loss_tokens, 0)
-    totals = totals._replace(input_tokens=int(summed[2]))
+    tokens = int(tokens) if tokens.is_integer() else tokens  # a count, or a weight sum
+    totals = StepTotals(loss, dict(zip(names, parts, strict=True)), tokens, int(inputs))
     require_loss_tokens(totals.loss_tokens)
     # DDP and FSDP2 left the mean over ranks of the gradient sums; the step wants their total
     # over the global token count.
