@@ -197,8 +197,10 @@ def rank_share(batch: Batch, ranks: Ranks) -> Batch:
 def wrap_model(model: torch.nn.Module, strategy: str) -> torch.nn.Module:
     """`model` (already on this rank's device) under DDP, or sharded in place by FSDP2.
 
-    FSDP2 shards each decoder layer (the modules a transformers model lists in
-    `_no_split_modules`) as its own unit, then the rest (embeddings, final norm, head).
+    Both start every rank from rank 0's weights (DDP copies them when it wraps; FSDP2 keeps
+    each rank's shard of its own, so they are broadcast first). FSDP2 shards each decoder layer
+    (the modules a transformers model lists in `_no_split_modules`) as its own unit, then the
+    rest (embeddings, final norm, head).
     """
     if strategy == "ddp":
         device_ids = [model.device.index] if model.device.type == "cuda" else None
