@@ -40,6 +40,7 @@ RNG_FILE = "rng.pt"
 PREFIX = "step-"
 FORMAT = 1
 MAX_LISTED_DIFFERENCES = 5
+DCP_METADATA = ".metadata"  # what torch.distributed.checkpoint writes beside its shards
 
 
 def checkpoint_name(step: int) -> str:
@@ -87,11 +88,16 @@ def save_training_state(
         (staging / STATE_FILE).write_text(
             json.dumps(record, indent=2, default=str), encoding="utf-8"
         )
+    prune_checkpoints(root, keep)
+    return target
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints (renamed away first, so none is half-gone)."""
     for old in list_checkpoints(root)[:-keep]:
         retired = root / f".trash-{old.name}"
         os.rename(old, retired)
         shutil.rmtree(retired)
-    return target
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -126,6 +132,11 @@ def restore_training_state(
 ) -> dict[str, Any]:
     """Load a checkpoint into `model`, `optimizer` and the RNGs; returns its trainer state."""
     state = read_state(path)
+    if (path / DCP_METADATA).is_file():
+        raise UserError(
+            f"checkpoint {path} was written by a torchrun run (sharded, DCP); resume it under "
+            "torchrun, or train into another folder"
+        )
     check_settings(path, state["settings"], settings)
     load_weights(path, model)
     optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, weights_only=True))
@@ -190,12 +201,15 @@ def save_final(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_d
     return out_dir
 
 
-def save_model_quietly(model: PreTrainedModel, folder: Path) -> None:
-    """`save_pretrained` in safetensors, without a progress bar per checkpoint."""
+def save_model_quietly(
+    model: PreTrainedModel, folder: Path, state_dict: dict[str, torch.Tensor] | None = None
+) -> None:
+    """`save_pretrained` in safetensors (of `state_dict` when given), without a progress bar
+    per checkpoint."""
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model.save_pretrained(folder)
+        model.save_pretrained(folder, state_dict=state_dict)
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()

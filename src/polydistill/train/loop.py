@@ -36,8 +36,8 @@ distillation of students both come through `loss_fn`.
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -66,11 +66,11 @@ from polydistill.train.selection import (
     load_selection,
     write_selection,
 )
+from polydistill.train.settings import PRECISIONS, checked_settings
 
 Batch = dict[str, torch.Tensor]
 BatchFn = Callable[[int], Batch]
 StepHook = Callable[[int, dict[str, float]], bool | None]
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 CHECKPOINTS_DIR = "checkpoints"
 RECORD_KEYS = ("step", "loss", "lr", "grad_norm", "loss_tokens", "tokens_per_s", "validation")
 
@@ -87,11 +87,12 @@ LossFn = Callable[[PreTrainedModel, Batch], LossOutput]
 
 
 class StepTotals(NamedTuple):
-    """One optimiser step's loss and parts per token, and its token counts."""
+    """One optimiser step's loss and parts (per token, or sums before `per_token`), and its
+    token counts."""
 
     loss: float
     parts: dict[str, float]
-    loss_tokens: int
+    loss_tokens: float  # a count, or a weight sum when the loss weighs its tokens
     input_tokens: int
 
 
@@ -139,32 +140,69 @@ def accumulate_gradients(
 
     Tensors of each batch are moved to the model's device; other values pass unchanged.
     """
+    sums = backward_sums(model, loss_fn, micro_batches, autocast_dtype)
+    require_loss_tokens(sums.loss_tokens)
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.div_(sums.loss_tokens)
+    return per_token(sums)
+
+
+def backward_sums(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    micro_batches: Iterable[Batch],
+    autocast_dtype: torch.dtype | None = None,
+    gradient_sync: Callable[[bool], AbstractContextManager[Any]] | None = None,
+) -> StepTotals:
+    """Backpropagate every micro-batch's loss *sum* into `.grad`; returns the sums (loss and
+    parts not yet divided by the tokens). `gradient_sync(is_last)`: a context around each
+    backward pass (a distributed wrapper synchronises gradients on the last one only)."""
     device = next(model.parameters()).device
     loss_sum, loss_tokens, input_tokens = 0.0, 0, 0
     parts: dict[str, float] = {}
-    for batch in micro_batches:
+    for batch, is_last in _with_last(micro_batches):
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         autocast = (
             torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
         )
-        with autocast:
-            out = loss_fn(model, batch)
-        if out.loss_sum.requires_grad:
-            out.loss_sum.backward()
+        with gradient_sync(is_last) if gradient_sync else nullcontext():
+            with autocast:
+                out = loss_fn(model, batch)
+            if out.loss_sum.requires_grad:
+                out.loss_sum.backward()
         loss_sum += out.loss_sum.item()
         loss_tokens += out.tokens
         input_tokens += _input_tokens(batch, out.tokens)
         for name, value in out.parts.items():
             parts[name] = parts.get(name, 0.0) + value
+    return StepTotals(loss_sum, parts, loss_tokens, input_tokens)
+
+
+def require_loss_tokens(loss_tokens: float) -> None:
     if loss_tokens == 0:
         raise UserError(
             "a training step has no loss tokens: every label/target of its batch is masked"
         )
-    for p in model.parameters():
-        if p.grad is not None:
-            p.grad.div_(loss_tokens)
-    per_token = {name: value / loss_tokens for name, value in parts.items()}
-    return StepTotals(loss_sum / loss_tokens, per_token, loss_tokens, input_tokens)
+
+
+def per_token(sums: StepTotals) -> StepTotals:
+    """The loss and parts of `sums` divided by its loss tokens."""
+    parts = {name: value / sums.loss_tokens for name, value in sums.parts.items()}
+    return sums._replace(loss=sums.loss / sums.loss_tokens, parts=parts)
+
+
+def _with_last(items: Iterable[Batch]) -> Iterator[tuple[Batch, bool]]:
+    """Each item with whether it is the last, reading one ahead (micro-batches stay lazy)."""
+    iterator = iter(items)
+    try:
+        current = next(iterator)
+    except StopIteration:
+        return
+    for following in iterator:
+        yield current, False
+        current = following
+    yield current, True
 
 
 def _input_tokens(batch: Batch, fallback: int) -> int:
@@ -189,44 +227,18 @@ def make_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
-def _check_arguments(
-    steps: int,
-    accumulation_steps: int,
-    precision: str,
-    keep_checkpoints: int,
-    checkpoint_every: int,
-    resume: bool,
-    run_dir: Path | None,
-    ema_decay: float | None,
-    select_every: int,
-    select_by: ScoreFn | None,
-) -> None:
-    if (select_by is None) != (select_every == 0) or select_every < 0:
-        raise UserError(f"select_every ({select_every}) must be ≥ 1 with select_by, else 0")
-    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-        raise UserError(f"ema_decay must be in [0, 1), got {ema_decay}")
-    if steps < 1 or accumulation_steps < 1:
-        raise UserError(
-            f"steps ({steps}) and accumulation_steps ({accumulation_steps}) must be ≥ 1"
-        )
-    if precision not in PRECISIONS:
-        raise UserError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    if keep_checkpoints < 1 or checkpoint_every < 0:
-        raise UserError("keep_checkpoints must be ≥ 1 and checkpoint_every ≥ 0")
-    if resume and not (run_dir and checkpoint_every):
-        raise UserError("resume needs a run folder (run_dir) with checkpoints (checkpoint_every)")
-
-
-def _start(
+def start_state(
     model: PreTrainedModel,
     optimizer: torch.optim.Optimizer,
     checkpoints: Path | None,
     resume: bool,
     settings: dict[str, Any],
     seed: int,
+    restore: Callable[..., dict[str, Any]] = restore_training_state,
 ) -> tuple[dict[str, Any], Path | None]:
     """The state to start from and the checkpoint it came from: the newest checkpoint when
-    resuming, else a freshly seeded state (and None)."""
+    resuming (loaded by `restore(path, model, optimizer, settings)`), else a freshly seeded
+    state (and None)."""
     found = list_checkpoints(checkpoints) if checkpoints else []
     if checkpoints:
         clear_leftovers(checkpoints)
@@ -236,7 +248,7 @@ def _start(
             "resume the run, or train into another folder"
         )
     if found:
-        return restore_training_state(found[-1], model, optimizer, settings), found[-1]
+        return restore(found[-1], model, optimizer, settings), found[-1]
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -275,38 +287,26 @@ def train(
     `run_dir/train_log.jsonl`). `fingerprint`: JSON-able description of everything outside the
     loop that shapes the run (model, data, loss), compared on resume.
     """
-    _check_arguments(
+    settings = checked_settings(
         steps,
+        lr,
+        warmup_steps,
+        min_lr_ratio,
+        weight_decay,
+        grad_clip,
+        betas,
         accumulation_steps,
         precision,
-        keep_checkpoints,
-        checkpoint_every,
-        resume,
-        run_dir,
+        seed,
+        (run_dir, checkpoint_every, keep_checkpoints, resume),
+        fingerprint,
         ema_decay,
         select_every,
         select_by,
     )
-    loop = {
-        "steps": steps,
-        "lr": lr,
-        "warmup_steps": warmup_steps,
-        "min_lr_ratio": min_lr_ratio,
-        "weight_decay": weight_decay,
-        "grad_clip": grad_clip,
-        "betas": list(betas),
-        "accumulation_steps": accumulation_steps,
-        "precision": precision,
-        "seed": seed,
-    }
-    if ema_decay is not None:  # absent otherwise, so checkpoints from before it still resume
-        loop["ema_decay"] = ema_decay
-    if select_every:
-        loop["select_every"] = select_every
-    settings = {"loop": loop, "run": dict(fingerprint or {})}
     optimizer = make_optimizer(model, lr, weight_decay, betas)
     checkpoints = run_dir / CHECKPOINTS_DIR if run_dir and checkpoint_every else None
-    state, source = _start(model, optimizer, checkpoints, resume, settings, seed)
+    state, source = start_state(model, optimizer, checkpoints, resume, settings, seed)
     if state["finished"]:
         model.eval()
         return []
@@ -387,17 +387,24 @@ def optimizer_step(
     for group in optimizer.param_groups:
         group["lr"] = lr
     totals = accumulate_gradients(model, loss_fn, micro_batches, autocast_dtype)
-    clashing = set(totals.parts) & set(RECORD_KEYS)
-    if clashing:
-        raise ValueError(f"loss parts may not be named {sorted(clashing)}")
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    return step_record(totals, lr, float(grad_norm), started)
+
+
+def step_record(
+    totals: StepTotals, lr: float, grad_norm: float, started: float
+) -> dict[str, float]:
+    """The log record of one update (without the step), timed from `started`."""
+    clashing = set(totals.parts) & set(RECORD_KEYS)
+    if clashing:
+        raise ValueError(f"loss parts may not be named {sorted(clashing)}")
     return {
         "loss": totals.loss,
         **totals.parts,
         "lr": lr,
-        "grad_norm": float(grad_norm),
+        "grad_norm": grad_norm,
         "loss_tokens": totals.loss_tokens,
         "tokens_per_s": totals.input_tokens / (time.perf_counter() - started),
     }
