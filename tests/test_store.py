@@ -320,7 +320,7 @@ def test_capture_command_with_shards_then_merge_then_a_run_from_the_store(
     def no_live_teacher(*args, **kwargs):
         raise AssertionError("a teacher was loaded to read the student's prompts")
 
-    monkeypatch.setattr(student_module, "local_teacher", no_live_teacher)
+    monkeypatch.setattr(student_module, "teacher_from_config", no_live_teacher)
     run = tmp_path / "run"
     small = ["student.model={hidden_size: 64, layers: 1, heads: 1, kv_heads: 1, head_dim: 64, "
              "intermediate_size: 64}", "student.train={steps: 2, batch_size: 4, warmup_steps: 1}",
