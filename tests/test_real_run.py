@@ -86,7 +86,8 @@ def test_the_run_reads_the_users_prompts_and_never_builds_a_world(real_run):
     assert set(metrics["models"]) == {"teacher:qwen", "teacher:gptoss", "student"}
     assert set(metrics["models"]["student"]["accuracy"]) <= {"math", "geo"}
     assert metrics["data"]["data/rows"] == len(PROMPTS)
-    assert "world" not in json.loads((real_run / "inputs.json").read_text())
+    about = json.loads((real_run / "inputs.json").read_text())
+    assert "world" not in about and about["student"].startswith("init-")
     lineage = json.loads((real_run / "student" / "lineage.json").read_text())
     assert {t["name"] for t in lineage["teachers"]} == {"qwen", "gptoss"}
 

@@ -31,7 +31,7 @@ import yaml
 from rich.progress import Progress
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from polydistill.config import EvalConfig, RunConfig, WorldData
+from polydistill.config import EvalConfig, RunConfig, StudentInit, WorldData
 from polydistill.data import ContextLimit, DataSummary, PromptRecord
 from polydistill.errors import UserError
 from polydistill.evaluate import evaluate_model
@@ -169,7 +169,16 @@ def file_inputs(cfg: RunConfig) -> RunInputs:
         teachers={t.name: t.path for t in cfg.teachers if t.path is not None},
         student=CheckpointStudent(cfg.student.init),
         prompts=FilePrompts(cfg.data),
+        about=init_about(cfg.student.init),
     )
+
+
+def init_about(init: StudentInit) -> dict[str, str]:
+    """What `inputs.json` records of a student started from `init`."""
+    return {
+        "student_init": init.model_dump_json(exclude_none=True),
+        "student": CheckpointStudent(init).identity,
+    }
 
 
 def run(cfg: RunConfig, out: Path, inputs: RunInputs, force: bool = False) -> dict:

@@ -22,6 +22,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from polydistill.config import Family, ModelSize, RunConfig, WorldData
 from polydistill.data import ContextLimit, DataSummary, PromptRecord
 from polydistill.inputs import FilePrompts, PromptSource, RunInputs
+from polydistill.pipeline import init_about
 from polydistill.student.init import CheckpointStudent
 from polydistill.world.architectures import build_model
 from polydistill.world.build import World, build_world
@@ -104,5 +105,6 @@ def world_inputs(cfg: RunConfig) -> RunInputs:
             else world_student(cfg, world)
         ),
         prompts=prompts,
-        about={"world": str(world.root.resolve())},
+        about={"world": str(world.root.resolve())}
+        | (init_about(cfg.student.init) if cfg.student and cfg.student.init else {}),
     )
