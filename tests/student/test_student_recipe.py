@@ -657,7 +657,8 @@ def test_the_benchmarks_models_train_the_same_in_two_worker_processes(cfg, tmp_p
 
     baselines = BenchmarkConfig(baselines=["single", "seqkd", "oracle"])
     one = cfg.model_copy(update={"benchmark": baselines, "threads": 1})
-    two = cfg.model_copy(update={"benchmark": baselines, "threads": 2})
+    kept = baselines.model_copy(update={"keep_models": True})  # same training, weights kept
+    two = cfg.model_copy(update={"benchmark": kept, "threads": 2})
     assert workers.worker_count(one, 5) == (1, 1)
     assert workers.worker_count(two, 5) == (2, 1)
     wider = cfg.student.model_copy(
@@ -693,6 +694,16 @@ def test_the_benchmarks_models_train_the_same_in_two_worker_processes(cfg, tmp_p
         (tmp_path / out / "student" / "model.safetensors").read_bytes() for out in ("here", "apart")
     ]
     assert weights[0] == weights[1]
+    assert not (tmp_path / "here" / "models").exists()
+    models = tmp_path / "apart" / "models"
+    assert sorted(p.name for p in models.iterdir()) == [
+        "oracle", "seqkd", "single-counter", "single-tutor"
+    ]  # fmt: skip
+    oracle = AutoModelForCausalLM.from_pretrained(models / "oracle")
+    assert (
+        sum(p.numel() for p in oracle.parameters()) == apart["models"]["baseline:oracle"]["params"]
+    )
+    assert (models / "oracle" / "model.safetensors").read_bytes() != weights[1]
 
 
 def test_validation_chooses_each_models_weights_by_its_own_teachers_answers(cfg, world, tmp_path):

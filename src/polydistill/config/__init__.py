@@ -413,6 +413,9 @@ class BenchmarkConfig(Strict):
     strategy by name."""
 
     baselines: list[Baseline] = []
+    keep_models: bool = False
+    """Also write each baseline's trained weights, a standard checkpoint like `student/`, to
+    `models/<baseline>/` (e.g. `models/seqkd/`) for measuring them outside the run."""
 
 
 def _error_at(location: tuple[str, ...], message: str) -> ValidationError:

@@ -64,20 +64,27 @@ def prompt_text(record: PromptRecord) -> str:
     return users[-1] if users else ""
 
 
+def _one_user_turn(record: PromptRecord) -> bool:
+    return record.messages is not None and [t.role for t in record.messages] == ["user"]
+
+
 def encode_records(
     tokenizer: PreTrainedTokenizerBase, records: Sequence[PromptRecord], who: str
 ) -> list[list[int]]:
-    """Each record's prompt as ids: chat template with generation prompt, or BOS + raw text."""
-    chats = [r for r in records if not r.completion_style]
-    if chats and not getattr(tokenizer, "chat_template", None):
+    """Each record's prompt as ids: chat template with generation prompt, or BOS + raw text (a
+    completion model reads a one-user-turn prompt as its text, as `chat.render_prompts` does)."""
+    plain = not getattr(tokenizer, "chat_template", None)
+    chats = [r for r in records if not r.completion_style and not _one_user_turn(r)]
+    if chats and plain:
         raise UserError(
             f"{who}: tokenizer has no chat template, and {len(chats)} prompts are chats; add "
             "one to tokenizer_config.json or give completion-style (text) prompts"
         )
     out = []
     for record in records:
-        if record.completion_style:
-            out.append(bos_prefix(tokenizer) + encode_text(tokenizer, record.text))
+        if record.completion_style or plain:
+            text = prompt_text(record)
+            out.append(bos_prefix(tokenizer) + encode_text(tokenizer, text))
         else:
             rendered = tokenizer.apply_chat_template(
                 record.chat(), add_generation_prompt=True, tokenize=False

@@ -103,6 +103,10 @@ def distil_and_evaluate(
     for job in jobs:
         keep_train_log(job.work, staging, job.plan.name)
     shutil.copytree(jobs[0].work / FINAL_DIR, staging / "student")
+    if cfg.benchmark and cfg.benchmark.keep_models:  # else they go with their work folders
+        for job in jobs[1:]:
+            name = job.plan.name.removeprefix("baseline:").replace(":", "-")
+            shutil.copytree(job.work / FINAL_DIR, staging / "models" / name)
     (staging / "contributions.json").write_text(json.dumps(accounts, indent=1))
     write_student_lineage(  # signed, bound to the weights now in staging/student
         gate,
