@@ -96,21 +96,20 @@ def heldout_prompts(config: Path) -> list[str]:
     return [prompt_text(r) for r in read_prompts(cfg.data) if r.split == "test"]
 
 
-def measure_kind(config: Path, out: Path, new_tokens: int) -> dict:
-    """Each kept model of one run against the teacher, with its bits per byte from the run."""
+def measure_kind(out: Path, teacher: tuple, prompts: list[str], continuations, n: int) -> dict:
+    """Each kept model of one run against the teacher (its model and tokenizer, and its
+    continuations of `prompts`), with bits per byte from the run's metrics.json."""
     import torch
 
     from benchmarks.teacher_match import match
     from polydistill.teachers.checkpoint import load_checkpoint
 
-    prompts = heldout_prompts(config)
-    teacher, teacher_tok = load_checkpoint(GGUF, "teacher 'gemma'")
     metrics = json.loads((out / "metrics.json").read_text())["models"]
     rows = {}
     for name, folder in MODELS.items():
         model, tokenizer = load_checkpoint(out / folder, name)
         torch.manual_seed(0)
-        found = match(teacher, teacher_tok, model, tokenizer, prompts, new_tokens)
+        found = match(*teacher, model, tokenizer, prompts, n, continuations)
         label = name if name == "student" else f"baseline:{name}"
         found["bits_per_byte"] = metrics[label].get("bits_per_byte")
         found["accuracy"] = metrics[label]["accuracy"]
@@ -169,7 +168,10 @@ def markdown(result: dict) -> str:
         "one-sample view of the same gap); *agreement* is the share of prompts whose own greedy "
         f"continuation starts with the teacher's first {result['agree_bytes']} bytes "
         "(*prefix*: mean bytes shared from the start); *bits/byte* is of the text's own "
-        "continuations (metrics.json, mean over tags).",
+        "continuations (metrics.json, mean over tags). The teacher's continuations and "
+        f"logits took {result['teacher_seconds'] / 60:.1f} min to compute, once for both "
+        "students; *run* is the whole `polydistill run` (loading, the teacher's evaluation and "
+        "readings, three trainings, their evaluation).",
     ]
     for kind, runs in result["kinds"].items():
         models = runs["models"]
@@ -211,19 +213,26 @@ def main(argv: list[str] | None = None) -> None:
     prepare()
     if args.prepare_only:
         return
-    from benchmarks.teacher_match import AGREE_BYTES
+    from benchmarks.teacher_match import AGREE_BYTES, teacher_continuations
     from polydistill.config import load_config
+    from polydistill.teachers.checkpoint import load_checkpoint
 
+    seconds = {kind: run_kind(path, args.out / kind, args.reuse) for kind, path in KINDS.items()}
+    started = time.perf_counter()
+    teacher = load_checkpoint(GGUF, "teacher 'gemma'")
+    prompts = heldout_prompts(KINDS["pruned"])
+    if prompts != heldout_prompts(KINDS["qwen"]):
+        raise SystemExit("error: the two configs hold out different prompts")
+    continuations = teacher_continuations(*teacher, prompts, args.new_tokens)
+    teacher_seconds = round(time.perf_counter() - started, 1)
     kinds = {}
     for kind, config in KINDS.items():
-        out = args.out / kind
-        seconds = run_kind(config, out, args.reuse)
         started = time.perf_counter()
-        models = measure_kind(config, out, args.new_tokens)
+        models = measure_kind(args.out / kind, teacher, prompts, continuations, args.new_tokens)
         train = load_config(config).student.train
         kinds[kind] = {
             "config": str(config),
-            "seconds": seconds,
+            "seconds": seconds[kind],
             "measure_seconds": round(time.perf_counter() - started, 1),
             "steps": train.steps,
             "batch_size": train.batch_size,
@@ -235,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python -m benchmarks.real_gemma" + " --reuse" * args.reuse,
         "environment": environment,
         "prompts": len(rows),
-        "heldout": len(heldout_prompts(KINDS["pruned"])),
+        "heldout": len(prompts),
+        "teacher_seconds": teacher_seconds,
         "new_tokens": args.new_tokens,
         "agree_bytes": AGREE_BYTES,
         "kinds": kinds,

@@ -21,6 +21,7 @@ their own rendering of the prompt (a completion model: the prompt after its BOS,
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -122,16 +123,42 @@ def _token_logprobs(logits: torch.Tensor, ids: list[int]) -> torch.Tensor:
     return torch.log_softmax(logits.double(), -1).gather(-1, torch.tensor(ids)[:, None])[:, 0]
 
 
-def match(teacher, teacher_tokenizer, model, model_tokenizer, prompts, new_tokens=16) -> dict:
-    """The figures of the module docstring for `model` against `teacher` over `prompts`."""
+@dataclass(frozen=True)
+class Continuation:
+    """The teacher's greedy continuation of one prompt and its logits along it."""
+
+    prompt_ids: list[int]
+    ids: list[int]
+    text: bytes
+    logits: torch.Tensor
+
+
+def teacher_continuations(teacher, tokenizer, prompts, new_tokens=16) -> list[Continuation]:
+    """Once per teacher and prompt set: what every `match` against it compares with."""
+    vocab = vocab_bytes(tokenizer, "teacher")
+    found = []
+    for prompt in prompts:
+        prompt_ids = _prompt_ids(tokenizer, prompt)
+        ids, text = _text_bytes(vocab, _greedy(teacher, prompt_ids, new_tokens))
+        logits = _logits(teacher, prompt_ids, ids) if ids else torch.zeros(0)
+        found.append(Continuation(prompt_ids, ids, text, logits))
+    return found
+
+
+def match(
+    teacher, teacher_tokenizer, model, model_tokenizer, prompts, new_tokens=16, continuations=None
+) -> dict:
+    """The figures of the module docstring for `model` against `teacher` over `prompts`
+    (`continuations`: the teacher's, if already computed for these prompts)."""
     t_vocab = vocab_bytes(teacher_tokenizer, "teacher")
     m_vocab = vocab_bytes(model_tokenizer, "model")
     same = t_vocab.digest == m_vocab.digest
     shared = None if same else shared_tokens(t_vocab, m_vocab)
+    if continuations is None:
+        continuations = teacher_continuations(teacher, teacher_tokenizer, prompts, new_tokens)
     kls, ratio, n_bytes, agreed, prefix = [], 0.0, 0, 0, 0
-    for prompt in prompts:
-        t_prompt = _prompt_ids(teacher_tokenizer, prompt)
-        t_cont, text = _text_bytes(t_vocab, _greedy(teacher, t_prompt, new_tokens))
+    for prompt, teacher_side in zip(prompts, continuations, strict=True):
+        t_cont, text, t_logits = teacher_side.ids, teacher_side.text, teacher_side.logits
         m_prompt = _prompt_ids(model_tokenizer, prompt)
         _, m_text = _text_bytes(m_vocab, _greedy(model, m_prompt, new_tokens))
         agreed += agrees(text, m_text)
@@ -140,7 +167,6 @@ def match(teacher, teacher_tokenizer, model, model_tokenizer, prompts, new_token
             continue
         decoded = text.decode("utf-8")
         m_cont = t_cont if same else model_tokenizer(decoded, add_special_tokens=False)["input_ids"]
-        t_logits = _logits(teacher, t_prompt, t_cont)
         m_logits = _logits(model, m_prompt, m_cont)
         ratio += float(
             _token_logprobs(t_logits, t_cont).sum() - _token_logprobs(m_logits, m_cont).sum()
