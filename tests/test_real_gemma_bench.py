@@ -6,6 +6,7 @@ across two."""
 import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from benchmarks import gpl_prompts, teacher_match
 from polydistill.align.tokenbytes import vocab_bytes
 from polydistill.world.tokenizers import train_tokenizer
 
+ROOT = Path(__file__).parents[1]
 PROMPTS = ["Where does the river go", "The quick brown fox", "Numbers like 12 and 345"]
 
 
@@ -155,3 +157,26 @@ def test_a_completion_model_reads_a_one_turn_prompt_as_its_text():
     )
     with pytest.raises(UserError, match="1 prompts are chats"):
         encode_records(tokenizer, [one, two], "model")
+
+
+def test_a_worker_revalidates_a_run_config_with_a_student_init(tmp_path):
+    """The spawned workers of a run with `student.init` and baselines re-read its config: the
+    fields it sets, never every default (`student.family` beside `init` is refused)."""
+    from pydantic import ValidationError
+
+    from polydistill.config import RunConfig, load_config
+    from polydistill.student.workers import worker_config
+
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a", "reference": "b"}\n')
+    (tmp_path / "t.gguf").write_bytes(b"GGUF")
+    text = (ROOT / "examples" / "real-gemma.yaml").read_text()
+    (tmp_path / "run.yaml").write_text(
+        text.replace(".cache/real-gemma/gpl3.jsonl", str(tmp_path / "p.jsonl")).replace(
+            ".cache/real-gemma/gemma-3-270m-q4_k_m.gguf", str(tmp_path / "t.gguf")
+        )
+    )
+    cfg = load_config(tmp_path / "run.yaml")
+    assert cfg.student.init.prune is not None and cfg.benchmark.baselines
+    assert RunConfig.model_validate(worker_config(cfg)) == cfg
+    with pytest.raises(ValidationError, match="init decides"):
+        RunConfig.model_validate(cfg.model_dump(mode="json"))

@@ -165,6 +165,12 @@ def chosen_checkpoint(work: Path) -> dict | None:
     return selection
 
 
+def worker_config(cfg: RunConfig) -> dict:
+    """The run's config as a worker process re-validates it: only the fields set (a dump of
+    every default would set `student.family` beside `student.init`, which validation refuses)."""
+    return cfg.model_dump(mode="json", exclude_unset=True)
+
+
 def _worker(spec: dict, stage: Stage, events) -> tuple[str, dict]:
     """Worker process: one job, with its steps reported through `events`."""
     cfg = RunConfig.model_validate(spec["run"])
@@ -215,7 +221,7 @@ def _in_workers(cfg, stage, jobs, workers, show) -> dict[str, dict]:
     context = multiprocessing.get_context("spawn")
     manager = context.Manager()
     events = manager.Queue()
-    run_json = cfg.model_dump(mode="json")
+    run_json = worker_config(cfg)
     scores: dict[str, dict] = {}
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         try:
