@@ -159,24 +159,27 @@ def test_a_completion_model_reads_a_one_turn_prompt_as_its_text():
         encode_records(tokenizer, [one, two], "model")
 
 
-def test_a_worker_revalidates_a_run_config_with_a_student_init(tmp_path):
-    """The spawned workers of a run with `student.init` and baselines re-read its config: the
-    fields it sets, never every default (`student.family` beside `init` is refused)."""
+@pytest.mark.parametrize("example", ["real-gemma.yaml", "real-gemma-qwen.yaml"])
+def test_the_examples_load_and_a_worker_revalidates_them(example, tmp_path):
+    """Both examples load with stand-ins for what `make real-gemma` prepares in .cache/ (so
+    test_config leaves them to this test), and the spawned workers of a run with
+    `student.init` and baselines re-read its config: the fields it sets, never every default
+    (`student.family` beside `init` is refused)."""
     from pydantic import ValidationError
 
     from polydistill.config import RunConfig, load_config
     from polydistill.student.workers import worker_config
 
-    (tmp_path / "p.jsonl").write_text('{"prompt": "a", "reference": "b"}\n')
-    (tmp_path / "t.gguf").write_bytes(b"GGUF")
-    text = (ROOT / "examples" / "real-gemma.yaml").read_text()
-    (tmp_path / "run.yaml").write_text(
-        text.replace(".cache/real-gemma/gpl3.jsonl", str(tmp_path / "p.jsonl")).replace(
-            ".cache/real-gemma/gemma-3-270m-q4_k_m.gguf", str(tmp_path / "t.gguf")
-        )
-    )
+    (tmp_path / "gpl3.jsonl").write_text('{"prompt": "a", "reference": "b"}\n')
+    (tmp_path / "gemma-3-270m-q4_k_m.gguf").write_bytes(b"GGUF")
+    (tmp_path / "qwen-student").mkdir()
+    (tmp_path / "qwen-student" / "config.json").write_text("{}")
+    text = (ROOT / "examples" / example).read_text()
+    assert ".cache/real-gemma/" in text
+    (tmp_path / "run.yaml").write_text(text.replace(".cache/real-gemma/", f"{tmp_path}/"))
     cfg = load_config(tmp_path / "run.yaml")
-    assert cfg.student.init.prune is not None and cfg.benchmark.baselines
+    assert cfg.student.init is not None and cfg.benchmark.baselines == ["seqkd", "oracle"]
+    assert cfg.benchmark.keep_models
     assert RunConfig.model_validate(worker_config(cfg)) == cfg
     with pytest.raises(ValidationError, match="init decides"):
         RunConfig.model_validate(cfg.model_dump(mode="json"))
