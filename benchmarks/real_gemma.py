@@ -199,11 +199,34 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def teacher_side(out: Path, prompts: list[str], new_tokens: int, reuse: bool) -> tuple:
+    """The teacher's tokenizer, its continuations of `prompts` and the seconds they took;
+    kept in `out/teacher.pt` (reused with `reuse` when the prompts and length match)."""
+    import torch
+
+    from benchmarks.teacher_match import teacher_continuations
+    from polydistill.teachers.checkpoint import load_checkpoint, load_tokenizer
+
+    kept, who = out / "teacher.pt", "teacher 'gemma'"
+    if reuse and kept.is_file():
+        found = torch.load(kept, weights_only=False)
+        if found["prompts"] == prompts and found["new_tokens"] == new_tokens:
+            return load_tokenizer(GGUF, who), found["continuations"], found["seconds"]
+    started = time.perf_counter()
+    teacher, tokenizer = load_checkpoint(GGUF, who)
+    continuations = teacher_continuations(teacher, tokenizer, prompts, new_tokens)
+    seconds = round(time.perf_counter() - started, 1)
+    found = {"prompts": prompts, "new_tokens": new_tokens, "seconds": seconds}
+    torch.save(found | {"continuations": continuations}, kept)
+    return tokenizer, continuations, seconds
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/real-gemma"))
     parser.add_argument("--prepare-only", action="store_true")
-    parser.add_argument("--reuse", action="store_true", help="measure finished runs in --out")
+    parser.add_argument("--reuse", action="store_true", help="runs and measures found in --out")
+    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS))
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--note", default="", help="a sentence for the section")
     parser.add_argument("--json", type=Path, help="instead of benchmarks/results/real_gemma.json")
@@ -213,35 +236,42 @@ def main(argv: list[str] | None = None) -> None:
     prepare()
     if args.prepare_only:
         return
-    from benchmarks.teacher_match import AGREE_BYTES, teacher_continuations
+    from benchmarks.teacher_match import AGREE_BYTES
     from polydistill.config import load_config
-    from polydistill.teachers.checkpoint import load_checkpoint
 
-    seconds = {kind: run_kind(path, args.out / kind, args.reuse) for kind, path in KINDS.items()}
-    started = time.perf_counter()
-    teacher = load_checkpoint(GGUF, "teacher 'gemma'")
-    prompts = heldout_prompts(KINDS["pruned"])
-    if prompts != heldout_prompts(KINDS["qwen"]):
-        raise SystemExit("error: the two configs hold out different prompts")
-    continuations = teacher_continuations(*teacher, prompts, args.new_tokens)
-    teacher_seconds = round(time.perf_counter() - started, 1)
+    seconds = {kind: run_kind(KINDS[kind], args.out / kind, args.reuse) for kind in args.kinds}
+    prompts = heldout_prompts(KINDS[args.kinds[0]])
+    if any(heldout_prompts(KINDS[kind]) != prompts for kind in args.kinds):
+        raise SystemExit("error: the configs hold out different prompts")
+    tokenizer, continuations, teacher_seconds = teacher_side(
+        args.out, prompts, args.new_tokens, args.reuse
+    )
     kinds = {}
-    for kind, config in KINDS.items():
+    for kind in args.kinds:
+        measured = args.out / kind / "measured.json"
+        if args.reuse and measured.is_file():
+            kinds[kind] = json.loads(measured.read_text())
+            continue
         started = time.perf_counter()
-        models = measure_kind(args.out / kind, teacher, prompts, continuations, args.new_tokens)
-        train = load_config(config).student.train
+        models = measure_kind(
+            args.out / kind, (None, tokenizer), prompts, continuations, args.new_tokens
+        )
+        train = load_config(KINDS[kind]).student.train
         kinds[kind] = {
-            "config": str(config),
+            "config": str(KINDS[kind]),
             "seconds": seconds[kind],
             "measure_seconds": round(time.perf_counter() - started, 1),
             "steps": train.steps,
             "batch_size": train.batch_size,
             "models": models,
         }
+        measured.write_text(json.dumps(kinds[kind], indent=1))
         print(json.dumps({kind: kinds[kind]}, indent=1), flush=True)
     rows = gpl_prompts.pairs(gpl_prompts.DEFAULT_TEXT.read_text(encoding="utf-8"))
+    command = "python -m benchmarks.real_gemma" + " --reuse" * args.reuse
+    command += f" --kinds {' '.join(args.kinds)}" * (args.kinds != list(KINDS))
     result = {
-        "command": "python -m benchmarks.real_gemma" + " --reuse" * args.reuse,
+        "command": command,
         "environment": environment,
         "prompts": len(rows),
         "heldout": len(prompts),
