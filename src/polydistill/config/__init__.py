@@ -271,6 +271,12 @@ class EvalConfig(Strict):
     heldout_limit: Positive | None = None
     batch_size: Positive = 128
     max_new_tokens: Positive = 24
+    # A graders file (as `polydistill eval --graders` takes: a grader per tag, a default):
+    # every model's held-out answers are graded by it; unset, exact match after stripping.
+    graders: LaxPath | None = None
+    # lm-evaluation-harness task YAMLs (local data, offline) run on the trained student; their
+    # metrics go to `metrics.json` under the student's `lm_eval`.
+    lm_eval_tasks: list[LaxPath] = []
 
 
 FusionStrategy = Literal[

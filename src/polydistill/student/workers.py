@@ -31,6 +31,8 @@ from transformers import PreTrainedModel
 from polydistill.config import RunConfig
 from polydistill.data import PromptRecord
 from polydistill.evaluate import evaluate_model, exact_match
+from polydistill.evaluate.graders import run_graders
+from polydistill.evaluate.lm_harness import lm_eval_scores
 from polydistill.inputs import StudentSource
 from polydistill.processes import stop_workers
 from polydistill.progress import console, progress_bars
@@ -145,9 +147,15 @@ def _train_and_score(cfg: RunConfig, stage: Stage, job: PlanJob, on_step) -> dic
         chat_template=tokenizer.chat_template if chat else None,
         end_of_turn=tokenizer.eos_token,  # every answer was trained to end with it
     )
+    graders = run_graders(settings.graders)
     result = evaluate_model(
-        model, tokenizer, stage.heldout, settings.max_new_tokens, settings.batch_size, name
-    )
+        model, tokenizer, stage.heldout, settings.max_new_tokens, settings.batch_size, name,
+        graders=graders,
+    )  # fmt: skip
+    if name == "student" and settings.lm_eval_tasks:
+        result["lm_eval"] = lm_eval_scores(
+            model, tokenizer, settings.lm_eval_tasks, settings.batch_size
+        )
     if select_by is not None:
         result["selection"] = chosen_checkpoint(job.work)
     return result
