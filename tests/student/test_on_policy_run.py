@@ -73,14 +73,18 @@ def refreshes(out: Path) -> list[dict]:
 def test_an_on_policy_run_is_the_same_in_a_worker_and_after_a_crash(
     cfg, tmp_path, monkeypatch, capsys
 ):
-    """Uninterrupted, in a spawned worker beside an off-policy baseline; and in this process,
-    killed after step 2's checkpoint and resumed: the student's weights are the same bytes, its
+    """Uninterrupted, in spawned workers beside the leave-one-out copies (on-policy too, each
+    graded by the one teacher it keeps) and an off-policy baseline; and in this process, killed
+    after step 2's checkpoint and resumed: the student's weights are the same bytes, its
     refreshes and metrics the same; the resumed run generated only the second block."""
-    baseline = {"threads": 2, "benchmark": {"baselines": ["seqkd"]}}
-    apart_cfg = type(cfg).model_validate({**cfg.model_dump(), **baseline})
-    assert workers.worker_count(apart_cfg, 2) == (2, 1)
+    baselines = {"threads": 2, "benchmark": {"baselines": ["seqkd", "leave_one_out"]}}
+    apart_cfg = type(cfg).model_validate({**cfg.model_dump(), **baselines})
+    assert workers.worker_count(apart_cfg, 4) == (2, 1)
     apart = pipeline.run(apart_cfg, tmp_path / "apart", world_inputs(apart_cfg))
     assert "on_policy" not in apart["models"]["baseline:seqkd"]
+    for left_out in ("gemma", "qwen"):
+        copy = apart["models"][f"baseline:without:{left_out}"]["on_policy"]
+        assert copy["refreshes"] == 2 and copy["teacher_calls"] == 2
 
     train_model = workers.train_model
 
