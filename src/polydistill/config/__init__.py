@@ -504,6 +504,7 @@ class RunConfig(Strict):
             )
         _check_fusion(student)
         _check_curriculum(student)
+        _check_on_policy(student)
         return student
 
     @model_validator(mode="after")
@@ -554,6 +555,25 @@ def _check_curriculum(student: StudentConfig) -> None:
         raise _error_at(
             ("curriculum", "steps"),
             f"{curriculum.steps} is not below the student's {student.train.steps} training steps",
+        )
+
+
+def _check_on_policy(student: StudentConfig) -> None:
+    """On-policy grading asks live teachers about samples no store can hold, and fuses them
+    without reference answers."""
+    if student.on_policy is None:
+        return
+    if student.store is not None:
+        raise _error_at(
+            ("on_policy",),
+            "a store (student.store) holds the teachers' readings of their own answers, not of "
+            "the student's samples; grading them needs the teachers: drop student.store",
+        )
+    if student.fusion.strategy in ("mince", "avgce"):
+        raise _error_at(
+            ("on_policy",),
+            f"fusion strategy {student.fusion.strategy} ranks teachers by reference answers, "
+            "which the student's samples have none of; choose another student.fusion.strategy",
         )
 
 

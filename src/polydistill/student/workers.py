@@ -14,15 +14,17 @@ computed before, in the parent process on its `threads`).
 
 A worker is a spawned process (no memory shared with this one): it gets the plan's rows through
 a file in a work folder (written once per distinct set of rows) and leaves the trained model in
-`work/final`, where the parent picks up the student.
+`work/final`, where the parent picks up the student. With `student.on_policy`, the models that
+learn from their own samples (`plans.trains_on_policy`) build their teachers in the worker
+from the checkpoints in `Stage.teachers`, hold them while they train, and release them after.
 """
 
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,9 +40,11 @@ from polydistill.processes import stop_workers
 from polydistill.progress import console, progress_bars
 from polydistill.student.batches import plan_batches
 from polydistill.student.export import export_student
-from polydistill.student.plans import ModelPlan, student_fingerprint
+from polydistill.student.on_policy import grading_teachers, mixed_batches, refresh_totals
+from polydistill.student.plans import ModelPlan, student_fingerprint, trains_on_policy
 from polydistill.student.prompts import Prompts
 from polydistill.student.targets import DistillationData
+from polydistill.teachers.protocol import release_weights
 from polydistill.train import BatchFn, LossFn, train
 from polydistill.train.checkpoint import list_checkpoints, read_state
 from polydistill.train.loop import CHECKPOINTS_DIR
@@ -71,6 +75,8 @@ class Stage:
     source: StudentSource
     prompts: Prompts
     heldout: dict[str, list[PromptRecord]]
+    # the teachers' checkpoints by name, for the models that grade their own samples with them
+    teachers: Mapping[str, Path] = field(default_factory=dict)
 
 
 def save_rows(rows: DistillationData, path: Path) -> None:
@@ -91,11 +97,13 @@ def train_model(
     work_dir: Path,
     on_step: Callable[[int, dict], None] | None = None,
     select_by: Callable[[PreTrainedModel], float] | None = None,
+    model: PreTrainedModel | None = None,
 ) -> PreTrainedModel:
-    """A fresh student trained by `loss_fn` on `batches`, resuming from `work_dir`; with
-    `student.validate_every`, the weights `select_by` scores best (`train.selection`)."""
+    """A fresh student (or `model`, built from `source` by the caller) trained by `loss_fn` on
+    `batches`, resuming from `work_dir`; with `student.validate_every`, the weights `select_by`
+    scores best (`train.selection`)."""
     s, t = cfg.student, cfg.student.train
-    model = source.model(t.seed)
+    model = source.model(t.seed) if model is None else model
     found = list_checkpoints(work_dir / CHECKPOINTS_DIR)
     if found:
         console.log(f"{plan.name}: resuming from {found[-1]}")
@@ -138,7 +146,20 @@ def _train_and_score(cfg: RunConfig, stage: Stage, job: PlanJob, on_step) -> dic
             )
             return sum(agreement.values()) / len(agreement)
 
-    model = train_model(cfg, stage.source, job.plan, batches, loss_fn, job.work, on_step, select_by)
+    model, teachers = None, []
+    if trains_on_policy(cfg, job.plan):
+        model = stage.source.model(cfg.student.train.seed)
+        teachers = grading_teachers(cfg, job.plan, stage.teachers)
+        batches = mixed_batches(
+            cfg, model, tokenizer, stage.prompts, teachers, batches, Path(job.work)
+        )
+    try:
+        model = train_model(
+            cfg, stage.source, job.plan, batches, loss_fn, job.work, on_step, select_by, model
+        )
+    finally:
+        for teacher in teachers:
+            release_weights(teacher)
     chat = bool(getattr(tokenizer, "chat_template", None))
     export_student(  # a standard checkpoint: transformers, vLLM and `polydistill serve` load it
         model,
@@ -158,6 +179,8 @@ def _train_and_score(cfg: RunConfig, stage: Stage, job: PlanJob, on_step) -> dic
         )
     if select_by is not None:
         result["selection"] = chosen_checkpoint(job.work)
+    if teachers:
+        result["on_policy"] = refresh_totals(Path(job.work))
     return result
 
 
