@@ -16,9 +16,19 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+# Examples whose paths are the user's to fill in: loaded, with tiny checkpoints in their place,
+# by the test named (a missing checkpoint is an error at loading, as it should be).
+USER_PATHS = {"my-run.yaml": "test_real_run.py"}
+
+
 def test_example_configs_parse():
     root = Path(__file__).parents[1]
     for path in [TINY, *sorted((root / "examples").glob("*.yaml"))]:
+        if path.name in USER_PATHS:
+            assert (Path(__file__).parent / USER_PATHS[path.name]).is_file()
+            with pytest.raises(UserError, match=r"teachers\[0\]\.path: no such directory"):
+                load_config(path)
+            continue
         assert load_config(path).teachers
 
 
