@@ -13,7 +13,8 @@
    model's work folder.
 4. Train and evaluate (`workers`): each model is built from the student's source, trained on
    its batches (`batches`) by its loss (`loss`), resuming from its work folder, and scored on the
-   held-out records, side by side in worker processes when there are cores for it.
+   held-out records, side by side in worker processes when there are cores for it; under
+   torchrun, by every rank together, rank 0 scoring (`distributed`).
 5. The student is copied to `staging/student` with its signed lineage, who supplied its targets
    to `contributions.json`, every model's training log to `train_logs/`.
 """
@@ -29,6 +30,7 @@ from polydistill.inputs import RunInputs
 from polydistill.lineage.policy import Gate
 from polydistill.lineage.write import write_student_lineage
 from polydistill.store.manifest import prompts_hash
+from polydistill.student.distributed import train_and_score_over_ranks
 from polydistill.student.plans import (
     model_plans,
     model_work_dir,
@@ -46,6 +48,7 @@ from polydistill.student.workers import (
     save_rows,
     train_and_score,
 )
+from polydistill.train.distributed import current_ranks
 from polydistill.train.log import LOG_FILE, TENSORBOARD_DIR
 
 
@@ -97,8 +100,9 @@ def distil_and_evaluate(
             )
         jobs.append(PlanJob(plan, work, rows_file, references))
     del projections, readings  # the workers read their rows from the files
-    # 4. train and evaluate every model
-    results = train_and_score(cfg, Stage(source, prompts, sets.heldout), jobs)
+    # 4. train and evaluate every model (over the ranks when torchrun started the run)
+    trainer = train_and_score_over_ranks if current_ranks() else train_and_score
+    results = trainer(cfg, Stage(source, prompts, sets.heldout), jobs)
     # 5. the student, its lineage and the logs into the output
     for job in jobs:
         keep_train_log(job.work, staging, job.plan.name)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polydistill.config import RunConfig
 from polydistill.data import PromptRecord
@@ -76,7 +76,7 @@ def save_rows(rows: DistillationData, path: Path) -> None:
     torch.save(rows, path)
 
 
-def _load_rows(job: PlanJob) -> DistillationData | None:
+def load_rows(job: PlanJob) -> DistillationData | None:
     return None if job.rows is None else torch.load(job.rows, weights_only=False)
 
 
@@ -123,7 +123,7 @@ def train_and_score_one(cfg: RunConfig, stage: Stage, job: PlanJob, on_step=None
 
 def _train_and_score(cfg: RunConfig, stage: Stage, job: PlanJob, on_step) -> dict:
     tokenizer = stage.source.tokenizer()
-    batches, loss_fn = plan_batches(cfg, job.plan, tokenizer, stage.prompts, _load_rows(job))
+    batches, loss_fn = plan_batches(cfg, job.plan, tokenizer, stage.prompts, load_rows(job))
     name, settings = job.plan.name, cfg.eval
     select_by = None
     if cfg.student.validate_every:
@@ -137,6 +137,20 @@ def _train_and_score(cfg: RunConfig, stage: Stage, job: PlanJob, on_step) -> dic
             return sum(agreement.values()) / len(agreement)
 
     model = train_model(cfg, stage.source, job.plan, batches, loss_fn, job.work, on_step, select_by)
+    result = export_and_score(cfg, stage, job, model, tokenizer)
+    if select_by is not None:
+        result["selection"] = chosen_checkpoint(job.work)
+    return result
+
+
+def export_and_score(
+    cfg: RunConfig,
+    stage: Stage,
+    job: PlanJob,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+) -> dict:
+    """Save a trained model to `work/final` and return its held-out scores."""
     chat = bool(getattr(tokenizer, "chat_template", None))
     export_student(  # a standard checkpoint: transformers, vLLM and `polydistill serve` load it
         model,
@@ -145,12 +159,10 @@ def _train_and_score(cfg: RunConfig, stage: Stage, job: PlanJob, on_step) -> dic
         chat_template=tokenizer.chat_template if chat else None,
         end_of_turn=tokenizer.eos_token,  # every answer was trained to end with it
     )
-    result = evaluate_model(
-        model, tokenizer, stage.heldout, settings.max_new_tokens, settings.batch_size, name
+    settings = cfg.eval
+    return evaluate_model(
+        model, tokenizer, stage.heldout, settings.max_new_tokens, settings.batch_size, job.plan.name
     )
-    if select_by is not None:
-        result["selection"] = chosen_checkpoint(job.work)
-    return result
 
 
 def chosen_checkpoint(work: Path) -> dict | None:
