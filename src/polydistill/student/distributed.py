@@ -78,9 +78,9 @@ def check_torchrun_run(cfg: RunConfig, world: int) -> None:
             raise UserError(f"{key} is not supported under torchrun yet; unset it, or run without")
     rows, buckets = s.train.batch_size, s.train.buckets
     if rows % (world * buckets):
-        cut = f" into {buckets} length buckets" if buckets > 1 else ""
+        cut = f" (in {buckets} length buckets)" if buckets > 1 else ""
         raise UserError(
-            f"student.train.batch_size {rows} cut{cut} cannot be split evenly over {world} "
+            f"student.train.batch_size {rows}{cut} cannot be split evenly over {world} "
             f"processes; use a batch size that is a multiple of {world * buckets}, or another "
             "process count"
         )

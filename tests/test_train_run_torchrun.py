@@ -1,0 +1,127 @@
+"""`torchrun --nproc-per-node 2 -m polydistill run` (gloo, CPU, the real launcher) trains the
+student of one process: the same global batches, the same loss curve, the same final weights.
+
+The one-process run goes first and builds the tiny world; the torchrun run reuses it (rank 0
+alone reads the world and the teachers, both ranks train). Both run on one thread per process,
+so that the teachers' readings, and with them the training rows, are the same bits.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from polydistill.config import load_config
+from polydistill.world.inputs import world_inputs
+
+TINY = Path(__file__).parent / "tiny.yaml"
+SRC = Path(__file__).parents[1] / "src"
+TIMEOUT_S = 300  # a busy 2-core machine; each run takes about 10 s alone
+# A student of all three teachers, 4 steps of 8 rows (each rank takes 4), a DCP checkpoint at
+# step 2 and 4.
+STUDENT = [
+    "threads=1",
+    "student.teachers=[gemma, gptoss, qwen]",
+    "student.prompts_per_tag=8",
+    "student.top_k=8",
+    "student.model={hidden_size: 64, layers: 1, heads: 1, kv_heads: 1, head_dim: 64, "
+    "intermediate_size: 64}",
+    "student.train={steps: 4, batch_size: 8, warmup_steps: 1}",
+    "student.checkpoint_every=2",
+    "eval.heldout_limit=2",
+]
+# float32 weights of magnitude ~0.1, moved ~1e-2 by training: the two runs differ by the order
+# of the gradient sums (measured: at most 2.2e-7), so 1e-6 is tight, and far below the move.
+WEIGHTS_ATOL = 1e-6
+SHARED = "on 2 processes"  # rank 0's log line when it trains over the ranks
+
+
+def polydistill(nproc: int, *args: object) -> subprocess.CompletedProcess:
+    """`polydistill` in a fresh process, or under torchrun on `nproc` processes."""
+    command = [sys.executable, "-m"]
+    if nproc:
+        command += ["torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+        command += ["--monitor-interval", "1", "-m"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(SRC),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    command += ["polydistill", *map(str, args)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, Path, Path, str]:
+    """The one-process run and the 2-process run of one config: their folders, the world cache
+    and the torchrun run's output."""
+    root = tmp_path_factory.mktemp("torchrun-run")
+    cache = root / "worlds"
+    one, two = root / "one" / "run", root / "two" / "run"
+    settings = [f"world.cache_dir={cache}", *STUDENT]
+    single = polydistill(0, "run", TINY, "--out", one, *settings)
+    assert single.returncode == 0, single.stderr[-4000:]
+    assert SHARED not in single.stdout + single.stderr
+    both = polydistill(2, "run", TINY, "--out", two, *settings)
+    assert both.returncode == 0, both.stderr[-6000:]
+    return one, two, cache, both.stdout + both.stderr
+
+
+def log(run: Path) -> list[dict]:
+    lines = (run / "train_logs" / "student.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_two_processes_train_the_student_of_one(runs):
+    one, two, cache, output = runs
+    assert SHARED in output, "the torchrun run did not train over its ranks"
+    # the same global batches: every step counts the same loss tokens, and the curve agrees
+    steps = log(two)
+    assert [r["step"] for r in steps] == [r["step"] for r in log(one)] == [1, 2, 3, 4]
+    for got, want in zip(steps, log(one), strict=True):
+        assert got["loss_tokens"] == want["loss_tokens"]
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+        assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-5)
+    trained = load_file(one / "student" / "model.safetensors")
+    shared = load_file(two / "student" / "model.safetensors")
+    assert trained.keys() == shared.keys()
+    for name, tensor in trained.items():
+        torch.testing.assert_close(shared[name], tensor, rtol=0, atol=WEIGHTS_ATOL, msg=name)
+    # guard: training moved the weights far beyond the tolerance (no untrained pair agrees)
+    cfg = load_config(TINY, [f"world.cache_dir={cache}", *STUDENT])
+    start = world_inputs(cfg).student.model(cfg.student.train.seed).state_dict()
+    moved = max(float((trained[n] - start[n]).abs().max()) for n in trained)
+    assert moved > 1000 * WEIGHTS_ATOL
+
+
+def test_rank_zero_alone_writes_the_output(runs):
+    one, two, _, _ = runs
+    assert json.loads((two / "metrics.json").read_text())["models"]["student"]["accuracy"]
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    # no work folder, staging folder or second output left beside it
+    assert [p.name for p in two.parent.iterdir()] == ["run"]
+
+
+def test_a_process_count_that_does_not_split_the_batch_is_one_line(runs, tmp_path):
+    _, _, cache, _ = runs
+    out = tmp_path / "odd"
+    result = polydistill(
+        2, "run", TINY, "--out", out, f"world.cache_dir={cache}", *STUDENT,
+        "student.train.batch_size=7",
+    )  # fmt: skip
+    errors = {line for line in result.stderr.splitlines() if line.startswith("error:")}
+    assert errors == {
+        "error: student.train.batch_size 7 cannot be split evenly over 2 processes; use a batch "
+        "size that is a multiple of 2, or another process count"
+    }
+    assert result.returncode != 0
+    # each rank exits 2, as every UserError does (torchrun itself always exits 1)
+    assert result.stderr.count("exitcode  : 2") == 2
+    assert not out.exists()
