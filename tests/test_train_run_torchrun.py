@@ -6,8 +6,10 @@ alone reads the world and the teachers, both ranks train). Both run on one threa
 so that the teachers' readings, and with them the training rows, are the same bits.
 """
 
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,11 @@ import torch
 from safetensors.torch import load_file
 
 from polydistill.config import load_config
+from polydistill.errors import UserError
+from polydistill.student.distributed import check_torchrun_run, flat_targets, targets_by_row
+from polydistill.student.loss import IGNORE
+from polydistill.train.distributed import Ranks, rank_share
+from polydistill.train.loop import LossOutput
 from polydistill.world.inputs import world_inputs
 
 TINY = Path(__file__).parent / "tiny.yaml"
@@ -125,3 +132,49 @@ def test_a_process_count_that_does_not_split_the_batch_is_one_line(runs, tmp_pat
     # each rank exits 2, as every UserError does (torchrun itself always exits 1)
     assert result.stderr.count("exitcode  : 2") == 2
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("student.train.ema_decay=0.9", "student.train.ema_decay is not supported under torchrun"),
+        ("student.validate_every=2", "student.validate_every is not supported under torchrun"),
+        ("student.on_policy={mix: 0.5}", "student.on_policy is not supported under torchrun"),
+        (
+            "student.train.length_buckets=2",  # 8 rows in 2 buckets of 4: not over 8 processes
+            "student.train.batch_size 8 (in 2 length buckets) cannot be split evenly over 8",
+        ),
+    ],
+)
+def test_what_torchrun_cannot_run_is_refused_before_it_starts(override, message):
+    cfg = load_config(TINY, [*STUDENT, override])
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_torchrun_run(cfg, 8 if "buckets" in override else 2)
+    check_torchrun_run(load_config(TINY, [*STUDENT, "student.train.length_buckets=2"]), 2)
+
+
+def test_targets_split_by_row_are_each_rows_flat_targets():
+    """What each rank's loss reads: exactly the flat targets of its rows, in order (rows of
+    different answer lengths, so that a split by position count would go wrong)."""
+    lengths = [3, 1, 4, 2]  # answer positions per row
+    labels = torch.full((4, 7), IGNORE)
+    for row, count in enumerate(lengths):
+        labels[row, 7 - count :] = 1
+    total = sum(lengths)
+    flat = {
+        "target_ids": torch.arange(total * 2).view(total, 2),
+        "target_logprobs": torch.randn(total, 2, dtype=torch.float64),
+        "target_tail": torch.randn(total, dtype=torch.float64),
+        "target_mask": torch.arange(total) % 3 > 0,
+    }
+    batch = {"input_ids": torch.ones(4, 7, dtype=torch.long), "labels": labels, **flat}
+    seen = []
+    loss = flat_targets(lambda model, b: seen.append(b) or LossOutput(torch.zeros(()), 0, {}))
+    by_row = targets_by_row(lambda index: batch)(0)
+    starts = [0, *itertools.accumulate(lengths)]
+    for rank in range(2):
+        loss(None, rank_share(by_row, Ranks(rank, 2, torch.device("cpu"))))
+        want = slice(starts[2 * rank], starts[2 * rank + 2])
+        for key, tensor in flat.items():
+            assert torch.equal(seen[-1][key], tensor[want]), key
+        assert "target_rows" not in seen[-1]

@@ -134,7 +134,7 @@ def train_and_score_over_ranks(cfg: RunConfig, stage: Stage, jobs: list[PlanJob]
 def train_beside_rank_zero(ranks: Ranks) -> None:
     """A rank other than 0: wait for rank 0's training order, then train every job with it."""
     received: list = [None]
-    with collective_failures(ranks, "waiting for rank 0's training rows"):
+    with collective_failures(ranks, "the wait for rank 0's training rows"):
         dist.broadcast_object_list(received, src=0)
     order = received[0]
     cfg = RunConfig.model_validate(order["run"])
