@@ -123,11 +123,11 @@ def test_a_process_count_that_does_not_split_the_batch_is_one_line(runs, tmp_pat
         2, "run", TINY, "--out", out, f"world.cache_dir={cache}", *STUDENT,
         "student.train.batch_size=7",
     )  # fmt: skip
-    errors = {line for line in result.stderr.splitlines() if line.startswith("error:")}
-    assert errors == {
+    line = (
         "error: student.train.batch_size 7 cannot be split evenly over 2 processes; use a batch "
-        "size that is a multiple of 2, or another process count"
-    }
+        "size that is a multiple of 2, or another process count\n"
+    )
+    assert result.stderr.count(line) == 2, result.stderr[-3000:]  # one line from each rank
     assert result.returncode != 0
     # each rank exits 2, as every UserError does (torchrun itself always exits 1)
     assert result.stderr.count("exitcode  : 2") == 2
@@ -178,3 +178,29 @@ def test_targets_split_by_row_are_each_rows_flat_targets():
         for key, tensor in flat.items():
             assert torch.equal(seen[-1][key], tensor[want]), key
         assert "target_rows" not in seen[-1]
+
+
+def test_ranks_started_with_different_configs_stop_in_one_line(tmp_path):
+    """The real CLI on each rank, each with its own `student.train.seed`: every rank refuses
+    before rank 0 builds or reads anything."""
+    script = tmp_path / "differing.py"
+    arguments = ["run", str(TINY), "--out", str(tmp_path / "out"), *STUDENT]
+    script.write_text(
+        "import os, sys\n"
+        "from polydistill.cli import main\n"
+        f"sys.argv = ['polydistill', *{arguments!r}, 'student.train.seed=' + os.environ['RANK']]\n"
+        "main()\n"
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", "--monitor-interval", "1", str(script)]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    # found anywhere in the stream: torchrun's own log lines may land amid the ranks' lines
+    errors = re.findall(
+        r"error: the ranks were started with different configs: rank 0 has \w+, rank 1 has \w+; "
+        r"start every rank with the same config\n",
+        result.stderr,
+    )
+    assert len(errors) == 2 and len(set(errors)) == 1, result.stderr[-3000:]
+    assert result.stderr.count("exitcode  : 2") == 2
+    assert not (tmp_path / "out").exists()

@@ -144,10 +144,11 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        # one write: the ranks of a torchrun run share a stream, and their lines must not mix
+        sys.stderr.write(f"error: {error}\n")
         sys.exit(error.exit_code)
     except CollectiveFailed as error:  # another process of a torchrun run stopped
-        print(f"error: {error}", file=sys.stderr)
+        sys.stderr.write(f"error: {error}\n")
         sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
