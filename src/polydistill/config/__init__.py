@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from polydistill.config.distributed import DistributedConfig
 from polydistill.config.on_policy import OnPolicyConfig
 from polydistill.config.served import ServedConfig
 from polydistill.config.student_init import StudentInit
@@ -147,10 +148,22 @@ class TrainConfig(Strict):
 
     def loop_arguments(self) -> dict:
         """Keyword arguments of `train.train`: every field but those of the data (the batch
-        size; the length buckets, which become accumulation steps) and the threads (set around
-        the whole training by `train.reproducible.fixed_threads`)."""
-        arguments = self.model_dump(exclude={"batch_size", "length_buckets", "threads"})
+        size; the length buckets, which become accumulation steps), the threads (set around
+        the whole training by `train.reproducible.fixed_threads`) and a student's process
+        layout under torchrun (`StudentTrainConfig.distributed`)."""
+        layout = {"batch_size", "length_buckets", "threads", "distributed"}
+        arguments = self.model_dump(exclude=layout)
         return {**arguments, "accumulation_steps": self.buckets}
+
+
+class StudentTrainConfig(TrainConfig):
+    """The student's training: a teacher's settings, and how torchrun spreads it."""
+
+    # Under `torchrun ... -m polydistill run`: DDP or FSDP2, the backend and the collective
+    # timeout (`config.distributed.DistributedConfig`); unset there, DDP with its defaults.
+    # Ignored by a run in one process. `batch_size` is the global batch: the processes split
+    # each (micro-)batch evenly, so their count must divide batch_size / length_buckets.
+    distributed: DistributedConfig | None = None
 
 
 class TeacherLicence(Strict):
@@ -331,7 +344,7 @@ class StudentConfig(Strict):
     family: Family = "qwen"
     tokenizer: TokenizerStyle = "student"
     model: ModelSize = ModelSize()
-    train: TrainConfig = TrainConfig()
+    train: StudentTrainConfig = StudentTrainConfig()
     tags: Annotated[list[TagName], Field(min_length=1)] | None = None
     prompts_per_tag: Positive | dict[str, Positive] | None = None
     loss: LossKind = "forward_kl"

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polydistill.config import RunConfig
 from polydistill.data import PromptRecord
@@ -84,7 +84,7 @@ def save_rows(rows: DistillationData, path: Path) -> None:
     torch.save(rows, path)
 
 
-def _load_rows(job: PlanJob) -> DistillationData | None:
+def load_rows(job: PlanJob) -> DistillationData | None:
     return None if job.rows is None else torch.load(job.rows, weights_only=False)
 
 
@@ -133,7 +133,7 @@ def train_and_score_one(cfg: RunConfig, stage: Stage, job: PlanJob, on_step=None
 
 def _train_and_score(cfg: RunConfig, stage: Stage, job: PlanJob, on_step) -> dict:
     tokenizer = stage.source.tokenizer()
-    batches, loss_fn = plan_batches(cfg, job.plan, tokenizer, stage.prompts, _load_rows(job))
+    batches, loss_fn = plan_batches(cfg, job.plan, tokenizer, stage.prompts, load_rows(job))
     name, settings = job.plan.name, cfg.eval
     select_by = None
     if cfg.student.validate_every:
@@ -160,6 +160,23 @@ def _train_and_score(cfg: RunConfig, stage: Stage, job: PlanJob, on_step) -> dic
     finally:
         for teacher in teachers:
             release_weights(teacher)
+    result = export_and_score(cfg, stage, job, model, tokenizer)
+    if select_by is not None:
+        result["selection"] = chosen_checkpoint(job.work)
+    if teachers:
+        result["on_policy"] = refresh_totals(Path(job.work))
+    return result
+
+
+def export_and_score(
+    cfg: RunConfig,
+    stage: Stage,
+    job: PlanJob,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+) -> dict:
+    """Save a trained model to `work/final` and return its held-out scores (graded by
+    `eval.graders`; the student also by `eval.lm_eval_tasks`)."""
     chat = bool(getattr(tokenizer, "chat_template", None))
     export_student(  # a standard checkpoint: transformers, vLLM and `polydistill serve` load it
         model,
@@ -168,19 +185,15 @@ def _train_and_score(cfg: RunConfig, stage: Stage, job: PlanJob, on_step) -> dic
         chat_template=tokenizer.chat_template if chat else None,
         end_of_turn=tokenizer.eos_token,  # every answer was trained to end with it
     )
-    graders = run_graders(settings.graders)
+    settings, name = cfg.eval, job.plan.name
     result = evaluate_model(
         model, tokenizer, stage.heldout, settings.max_new_tokens, settings.batch_size, name,
-        graders=graders,
+        graders=run_graders(settings.graders),
     )  # fmt: skip
     if name == "student" and settings.lm_eval_tasks:
         result["lm_eval"] = lm_eval_scores(
             model, tokenizer, settings.lm_eval_tasks, settings.batch_size
         )
-    if select_by is not None:
-        result["selection"] = chosen_checkpoint(job.work)
-    if teachers:
-        result["on_policy"] = refresh_totals(Path(job.work))
     return result
 
 
