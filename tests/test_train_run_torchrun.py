@@ -129,8 +129,9 @@ def test_a_process_count_that_does_not_split_the_batch_is_one_line(runs, tmp_pat
     )
     assert result.stderr.count(line) == 2, result.stderr[-3000:]  # one line from each rank
     assert result.returncode != 0
-    # each rank exits 2, as every UserError does (torchrun itself always exits 1)
-    assert result.stderr.count("exitcode  : 2") == 2
+    # a rank exits 2, as every UserError does (torchrun itself always exits 1); once one has
+    # failed, torchrun may stop the other before its own exit is recorded
+    assert result.stderr.count("exitcode  : 2") >= 1
     assert not out.exists()
 
 
