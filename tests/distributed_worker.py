@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from polydistill.errors import UserError
+from polydistill.errors import CollectiveFailed, UserError
 from polydistill.train import sft_loss, sharded_checkpoint
-from polydistill.train.distributed import CollectiveFailed, DistributedConfig, process_group
+from polydistill.train.distributed import DistributedConfig, process_group
 from polydistill.train.distributed_loop import save_model, train_distributed
 
 VOCAB = 48

@@ -16,8 +16,11 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+# Examples whose paths are the user's to fill in: loaded, with tiny checkpoints in their place,
+# by the test named (a missing checkpoint is an error at loading, as it should be).
+USER_PATHS = {"my-run.yaml": "test_real_run.py"}
 # Examples whose files `make real-gemma` prepares in .cache/: loaded, with stand-ins for those
-# files, by the test named (a missing file is an error at loading, as it should be).
+# files, by the test named.
 PREPARED = {
     "real-gemma.yaml": "test_real_gemma_bench.py",
     "real-gemma-qwen.yaml": "test_real_gemma_bench.py",
@@ -29,6 +32,11 @@ def test_example_configs_parse():
     for path in [TINY, *sorted((root / "examples").glob("*.yaml"))]:
         if path.name in PREPARED:
             assert (Path(__file__).parent / PREPARED[path.name]).is_file()
+            continue
+        if path.name in USER_PATHS:
+            assert (Path(__file__).parent / USER_PATHS[path.name]).is_file()
+            with pytest.raises(UserError, match=r"teachers\[0\]\.path: no such directory"):
+                load_config(path)
             continue
         assert load_config(path).teachers
 

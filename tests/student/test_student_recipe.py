@@ -609,10 +609,10 @@ def test_run_distils_the_student_and_resumes_after_a_crash(
     out = tmp_path / "out"
     evaluate = workers.evaluate_model
 
-    def crash_on_the_student(model, tokenizer, heldout, new_tokens, batch, who, *rest):
+    def crash_on_the_student(model, tokenizer, heldout, new_tokens, batch, who, *rest, **named):
         if who == "student":
             raise KeyboardInterrupt
-        return evaluate(model, tokenizer, heldout, new_tokens, batch, who, *rest)
+        return evaluate(model, tokenizer, heldout, new_tokens, batch, who, *rest, **named)
 
     monkeypatch.setattr(workers, "evaluate_model", crash_on_the_student)
     with pytest.raises(KeyboardInterrupt):

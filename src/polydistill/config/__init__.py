@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from polydistill.config.distributed import DistributedConfig
 from polydistill.config.on_policy import OnPolicyConfig
 from polydistill.config.served import ServedConfig
 from polydistill.config.student_init import StudentInit
@@ -147,10 +148,22 @@ class TrainConfig(Strict):
 
     def loop_arguments(self) -> dict:
         """Keyword arguments of `train.train`: every field but those of the data (the batch
-        size; the length buckets, which become accumulation steps) and the threads (set around
-        the whole training by `train.reproducible.fixed_threads`)."""
-        arguments = self.model_dump(exclude={"batch_size", "length_buckets", "threads"})
+        size; the length buckets, which become accumulation steps), the threads (set around
+        the whole training by `train.reproducible.fixed_threads`) and a student's process
+        layout under torchrun (`StudentTrainConfig.distributed`)."""
+        layout = {"batch_size", "length_buckets", "threads", "distributed"}
+        arguments = self.model_dump(exclude=layout)
         return {**arguments, "accumulation_steps": self.buckets}
+
+
+class StudentTrainConfig(TrainConfig):
+    """The student's training: a teacher's settings, and how torchrun spreads it."""
+
+    # Under `torchrun ... -m polydistill run`: DDP or FSDP2, the backend and the collective
+    # timeout (`config.distributed.DistributedConfig`); unset there, DDP with its defaults.
+    # Ignored by a run in one process. `batch_size` is the global batch: the processes split
+    # each (micro-)batch evenly, so their count must divide batch_size / length_buckets.
+    distributed: DistributedConfig | None = None
 
 
 class TeacherLicence(Strict):
@@ -271,6 +284,12 @@ class EvalConfig(Strict):
     heldout_limit: Positive | None = None
     batch_size: Positive = 128
     max_new_tokens: Positive = 24
+    # A graders file (as `polydistill eval --graders` takes: a grader per tag, a default):
+    # every model's held-out answers are graded by it; unset, exact match after stripping.
+    graders: LaxPath | None = None
+    # lm-evaluation-harness task YAMLs (local data, offline) run on the trained student; their
+    # metrics go to `metrics.json` under the student's `lm_eval`.
+    lm_eval_tasks: list[LaxPath] = []
 
 
 FusionStrategy = Literal[
@@ -325,7 +344,7 @@ class StudentConfig(Strict):
     family: Family = "qwen"
     tokenizer: TokenizerStyle = "student"
     model: ModelSize = ModelSize()
-    train: TrainConfig = TrainConfig()
+    train: StudentTrainConfig = StudentTrainConfig()
     tags: Annotated[list[TagName], Field(min_length=1)] | None = None
     prompts_per_tag: Positive | dict[str, Positive] | None = None
     loss: LossKind = "forward_kl"
@@ -501,6 +520,7 @@ class RunConfig(Strict):
             )
         _check_fusion(student)
         _check_curriculum(student)
+        _check_on_policy(student)
         return student
 
     @model_validator(mode="after")
@@ -551,6 +571,25 @@ def _check_curriculum(student: StudentConfig) -> None:
         raise _error_at(
             ("curriculum", "steps"),
             f"{curriculum.steps} is not below the student's {student.train.steps} training steps",
+        )
+
+
+def _check_on_policy(student: StudentConfig) -> None:
+    """On-policy grading asks live teachers about samples no store can hold, and fuses them
+    without reference answers."""
+    if student.on_policy is None:
+        return
+    if student.store is not None:
+        raise _error_at(
+            ("on_policy",),
+            "a store (student.store) holds the teachers' readings of their own answers, not of "
+            "the student's samples; grading them needs the teachers: drop student.store",
+        )
+    if student.fusion.strategy in ("mince", "avgce"):
+        raise _error_at(
+            ("on_policy",),
+            f"fusion strategy {student.fusion.strategy} ranks teachers by reference answers, "
+            "which the student's samples have none of; choose another student.fusion.strategy",
         )
 
 

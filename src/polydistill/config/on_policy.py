@@ -16,11 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field
 Positive = Annotated[int, Field(gt=0)]
 
 
+LaxPath = Annotated[Path, Field(strict=False)]
+"""A path from a YAML string (strict mode takes no str for a Path otherwise)."""
+
+
 class OnPolicyConfig(BaseModel):
     """How the student samples, how long a sample is reused, and how much of training it is."""
 
     model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+        extra="forbid", validate_assignment=True, strict=True, use_attribute_docstrings=True
     )
 
     mix: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
@@ -57,6 +61,6 @@ class OnPolicyConfig(BaseModel):
     """Seeds the prompts of each refresh and every sample: one sample's noise is a function of
     (seed, refresh, prompt, sample) alone, so a run is reproducible and batch-size independent."""
 
-    warm_start: Path | None = None
+    warm_start: LaxPath | None = None
     """Folder with the student's weights to start from (an off-policy checkpoint `step-*` or a
     saved student: `model.safetensors` as `save_pretrained` writes it); None: the given weights."""

@@ -13,17 +13,20 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+LaxPath = Annotated[Path, Field(strict=False)]
+"""A path from a YAML string (strict mode takes no str for a Path otherwise)."""
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+        extra="forbid", validate_assignment=True, strict=True, use_attribute_docstrings=True
     )
 
 
 class Prune(_Strict):
     """A depth-pruned copy of a teacher: which checkpoint, which decoder layers."""
 
-    teacher_path: Path
+    teacher_path: LaxPath
     """The teacher: a Hugging Face folder or a GGUF file."""
     layers: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None = None
     """The decoder layers kept, 0-based; kept in increasing order."""
@@ -43,15 +46,15 @@ class StudentInit(_Strict):
     """How the student starts: exactly one of `checkpoint`, `prune` or `config` (with
     `tokenizer`); no `init` at all is the world-style student."""
 
-    checkpoint: Path | None = None
+    checkpoint: LaxPath | None = None
     """A checkpoint to start from, pretrained or instruct: a Hugging Face folder (config.json,
     safetensors weights, a fast tokenizer and its chat template) or a GGUF file."""
     prune: Prune | None = None
     """A teacher to start from with only some of its decoder layers."""
-    config: Path | None = None
+    config: LaxPath | None = None
     """A transformers config.json (or a folder holding one): random weights, seeded by the
     run's seed, sized for `tokenizer`."""
-    tokenizer: Path | None = None
+    tokenizer: LaxPath | None = None
     """With `config`: a folder with a fast tokenizer (tokenizer.json) and its chat template."""
     template: str | None = None
     """A chat template for a tokenizer without one (a Jinja file or a built-in: gemma,

@@ -272,3 +272,8 @@ def choice_letter(text: str, options: dict[str, str], letters: str) -> str | Non
         return named[0]
     standalone = re.findall(rf"(?<![A-Za-z])([{letters}])(?![A-Za-z])", stripped)
     return standalone[-1] if standalone else None
+
+
+def run_graders(graders: Path | None) -> GradersConfig | None:
+    """A run's graders (`eval.graders`), or None for exact match."""
+    return load_graders(graders) if graders is not None else None

@@ -165,15 +165,28 @@ def validation_references(
     return references
 
 
+def trains_on_policy(cfg: RunConfig, plan: ModelPlan) -> bool:
+    """Whether the plan also learns from its own samples (`student.on_policy`): the student and
+    its leave-one-out copies (the student's recipe without one teacher); the other baselines
+    are off-policy references."""
+    on_policy = plan.name == "student" or plan.without is not None
+    return cfg.student.on_policy is not None and on_policy
+
+
 def student_fingerprint(cfg: RunConfig, source: str, plan: ModelPlan) -> dict:
     """Everything that shapes one trained model: compared on resume, hashed into its folder.
-    `source`: the identity of the student's inputs (`StudentSource.identity`)."""
+    `source`: the identity of the student's inputs (`StudentSource.identity`). The on-policy
+    settings shape only the plans that train on-policy: an off-policy baseline keeps its folder
+    (and its trained weights) whatever they are."""
+    student = cfg.student
+    if not trains_on_policy(cfg, plan):
+        student = student.model_copy(update={"on_policy": None})
     return {
         "world": source,
         "teachers": [
             t.model_dump(mode="json") for t in cfg.teachers if t.name in cfg.student.teachers
         ],
-        "student": cfg.student.model_dump(mode="json"),
+        "student": student.model_dump(mode="json"),
         # `without` only when set, so the folders of every other plan keep their names
         "plan": {k: v for k, v in plan.__dict__.items() if k != "without" or v is not None},
         "generation": {"max_new_tokens": cfg.eval.max_new_tokens, "batch": cfg.eval.batch_size},

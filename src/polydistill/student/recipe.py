@@ -13,7 +13,10 @@
    model's work folder.
 4. Train and evaluate (`workers`): each model is built from the student's source, trained on
    its batches (`batches`) by its loss (`loss`), resuming from its work folder, and scored on the
-   held-out records, side by side in worker processes when there are cores for it.
+   held-out records, side by side in worker processes when there are cores for it; under
+   torchrun, by every rank together, rank 0 scoring (`distributed`). With `student.on_policy`,
+   the student (and its leave-one-out copies) also trains on its own samples, graded by its
+   teachers in its worker (`on_policy`).
 5. The student is copied to `staging/student` with its signed lineage, who supplied its targets
    to `contributions.json`, every model's training log to `train_logs/`.
 """
@@ -29,6 +32,8 @@ from polydistill.inputs import RunInputs
 from polydistill.lineage.policy import Gate
 from polydistill.lineage.write import write_student_lineage
 from polydistill.store.manifest import prompts_hash
+from polydistill.student.distributed import train_and_score_over_ranks
+from polydistill.student.on_policy import REFRESH_LOG
 from polydistill.student.plans import (
     model_plans,
     model_work_dir,
@@ -46,16 +51,20 @@ from polydistill.student.workers import (
     save_rows,
     train_and_score,
 )
+from polydistill.train.distributed import current_ranks
 from polydistill.train.log import LOG_FILE, TENSORBOARD_DIR
 
 
 def keep_train_log(work: Path, staging: Path, name: str) -> None:
-    """The model's `train_log.jsonl` (and TensorBoard folder) into `staging/train_logs/`."""
+    """The model's `train_log.jsonl` (with its on-policy refreshes, and TensorBoard folder)
+    into `staging/train_logs/`."""
     logs = staging / "train_logs"
     logs.mkdir(exist_ok=True)
     label = name.replace(":", "__")
     if (work / LOG_FILE).is_file():
         shutil.copy2(work / LOG_FILE, logs / f"{label}.jsonl")
+    if (work / REFRESH_LOG).is_file():
+        shutil.copy2(work / REFRESH_LOG, logs / f"{label}.on_policy.jsonl")
     if (work / TENSORBOARD_DIR).is_dir():
         shutil.copytree(work / TENSORBOARD_DIR, logs / f"{label}.tensorboard")
 
@@ -97,8 +106,9 @@ def distil_and_evaluate(
             )
         jobs.append(PlanJob(plan, work, rows_file, references))
     del projections, readings  # the workers read their rows from the files
-    # 4. train and evaluate every model
-    results = train_and_score(cfg, Stage(source, prompts, sets.heldout), jobs)
+    # 4. train and evaluate every model (over the ranks when torchrun started the run)
+    trainer = train_and_score_over_ranks if current_ranks() else train_and_score
+    results = trainer(cfg, Stage(source, prompts, sets.heldout, inputs.teachers), jobs)
     # 5. the student, its lineage and the logs into the output
     for job in jobs:
         keep_train_log(job.work, staging, job.plan.name)

@@ -14,31 +14,37 @@ computed before, in the parent process on its `threads`).
 
 A worker is a spawned process (no memory shared with this one): it gets the plan's rows through
 a file in a work folder (written once per distinct set of rows) and leaves the trained model in
-`work/final`, where the parent picks up the student.
+`work/final`, where the parent picks up the student. With `student.on_policy`, the models that
+learn from their own samples (`plans.trains_on_policy`) build their teachers in the worker
+from the checkpoints in `Stage.teachers`, hold them while they train, and release them after.
 """
 
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polydistill.config import RunConfig
 from polydistill.data import PromptRecord
 from polydistill.evaluate import evaluate_model, exact_match
+from polydistill.evaluate.graders import run_graders
+from polydistill.evaluate.lm_harness import lm_eval_scores
 from polydistill.inputs import StudentSource
 from polydistill.processes import stop_workers
 from polydistill.progress import console, progress_bars
 from polydistill.student.batches import plan_batches
 from polydistill.student.export import export_student
-from polydistill.student.plans import ModelPlan, student_fingerprint
+from polydistill.student.on_policy import grading_teachers, mixed_batches, refresh_totals
+from polydistill.student.plans import ModelPlan, student_fingerprint, trains_on_policy
 from polydistill.student.prompts import Prompts
 from polydistill.student.targets import DistillationData
+from polydistill.teachers.protocol import release_weights
 from polydistill.train import BatchFn, LossFn, train
 from polydistill.train.checkpoint import list_checkpoints, read_state
 from polydistill.train.loop import CHECKPOINTS_DIR
@@ -69,6 +75,8 @@ class Stage:
     source: StudentSource
     prompts: Prompts
     heldout: dict[str, list[PromptRecord]]
+    # the teachers' checkpoints by name, for the models that grade their own samples with them
+    teachers: Mapping[str, Path] = field(default_factory=dict)
 
 
 def save_rows(rows: DistillationData, path: Path) -> None:
@@ -76,7 +84,7 @@ def save_rows(rows: DistillationData, path: Path) -> None:
     torch.save(rows, path)
 
 
-def _load_rows(job: PlanJob) -> DistillationData | None:
+def load_rows(job: PlanJob) -> DistillationData | None:
     return None if job.rows is None else torch.load(job.rows, weights_only=False)
 
 
@@ -89,11 +97,13 @@ def train_model(
     work_dir: Path,
     on_step: Callable[[int, dict], None] | None = None,
     select_by: Callable[[PreTrainedModel], float] | None = None,
+    model: PreTrainedModel | None = None,
 ) -> PreTrainedModel:
-    """A fresh student trained by `loss_fn` on `batches`, resuming from `work_dir`; with
-    `student.validate_every`, the weights `select_by` scores best (`train.selection`)."""
+    """A fresh student (or `model`, built from `source` by the caller) trained by `loss_fn` on
+    `batches`, resuming from `work_dir`; with `student.validate_every`, the weights `select_by`
+    scores best (`train.selection`)."""
     s, t = cfg.student, cfg.student.train
-    model = source.model(t.seed)
+    model = source.model(t.seed) if model is None else model
     found = list_checkpoints(work_dir / CHECKPOINTS_DIR)
     if found:
         console.log(f"{plan.name}: resuming from {found[-1]}")
@@ -123,7 +133,7 @@ def train_and_score_one(cfg: RunConfig, stage: Stage, job: PlanJob, on_step=None
 
 def _train_and_score(cfg: RunConfig, stage: Stage, job: PlanJob, on_step) -> dict:
     tokenizer = stage.source.tokenizer()
-    batches, loss_fn = plan_batches(cfg, job.plan, tokenizer, stage.prompts, _load_rows(job))
+    batches, loss_fn = plan_batches(cfg, job.plan, tokenizer, stage.prompts, load_rows(job))
     name, settings = job.plan.name, cfg.eval
     select_by = None
     if cfg.student.validate_every:
@@ -136,7 +146,37 @@ def _train_and_score(cfg: RunConfig, stage: Stage, job: PlanJob, on_step) -> dic
             )
             return sum(agreement.values()) / len(agreement)
 
-    model = train_model(cfg, stage.source, job.plan, batches, loss_fn, job.work, on_step, select_by)
+    model, teachers = None, []
+    if trains_on_policy(cfg, job.plan):
+        model = stage.source.model(cfg.student.train.seed)
+        teachers = grading_teachers(cfg, job.plan, stage.teachers)
+        batches = mixed_batches(
+            cfg, model, tokenizer, stage.prompts, teachers, batches, Path(job.work)
+        )
+    try:
+        model = train_model(
+            cfg, stage.source, job.plan, batches, loss_fn, job.work, on_step, select_by, model
+        )
+    finally:
+        for teacher in teachers:
+            release_weights(teacher)
+    result = export_and_score(cfg, stage, job, model, tokenizer)
+    if select_by is not None:
+        result["selection"] = chosen_checkpoint(job.work)
+    if teachers:
+        result["on_policy"] = refresh_totals(Path(job.work))
+    return result
+
+
+def export_and_score(
+    cfg: RunConfig,
+    stage: Stage,
+    job: PlanJob,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+) -> dict:
+    """Save a trained model to `work/final` and return its held-out scores (graded by
+    `eval.graders`; the student also by `eval.lm_eval_tasks`)."""
     chat = bool(getattr(tokenizer, "chat_template", None))
     export_student(  # a standard checkpoint: transformers, vLLM and `polydistill serve` load it
         model,
@@ -145,11 +185,15 @@ def _train_and_score(cfg: RunConfig, stage: Stage, job: PlanJob, on_step) -> dic
         chat_template=tokenizer.chat_template if chat else None,
         end_of_turn=tokenizer.eos_token,  # every answer was trained to end with it
     )
+    settings, name = cfg.eval, job.plan.name
     result = evaluate_model(
-        model, tokenizer, stage.heldout, settings.max_new_tokens, settings.batch_size, name
-    )
-    if select_by is not None:
-        result["selection"] = chosen_checkpoint(job.work)
+        model, tokenizer, stage.heldout, settings.max_new_tokens, settings.batch_size, name,
+        graders=run_graders(settings.graders),
+    )  # fmt: skip
+    if name == "student" and settings.lm_eval_tasks:
+        result["lm_eval"] = lm_eval_scores(
+            model, tokenizer, settings.lm_eval_tasks, settings.batch_size
+        )
     return result
 
 

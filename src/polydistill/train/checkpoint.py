@@ -1,8 +1,7 @@
-"""Training checkpoints on disk, and the final model.
+"""Training checkpoints on disk (the final model: `student.export`).
 
     path = save_training_state(root, model, optimizer, state, keep=2)
     state = restore_training_state(path, model, optimizer, state["settings"])
-    save_final(model, tokenizer, out_dir)
 
 A checkpoint is the folder `root/step-00000050/`: the model as `save_pretrained` writes it
 (safetensors + config, so any checkpoint also loads with `from_pretrained`), `optimizer.pt`,
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from polydistill.errors import UserError
@@ -186,19 +185,6 @@ def restore_rng(states: Mapping[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def save_final(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
-    """The trained model as a standard checkpoint (safetensors, config, tokenizer, chat template).
-
-    Written atomically: an existing `out_dir` is replaced only once the new one is complete.
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"final model {out_dir}: the tokenizer has no chat template to save")
-    with staged_folder(out_dir, replace=True) as staging:
-        save_model_quietly(model, staging)
-        tokenizer.save_pretrained(staging)
-    return out_dir
 
 
 def save_model_quietly(

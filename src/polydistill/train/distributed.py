@@ -16,7 +16,7 @@ the process count, and a `w` that does not divide `B` is a UserError before any 
 Failure: every collective runs under `DistributedConfig.timeout_s`; a rank that dies closes its
 sockets, so gloo fails the others' next collective at once (nccl: with
 `TORCH_NCCL_ASYNC_ERROR_HANDLING`, set here), and torchrun's elastic agent then stops the rest
-and exits non-zero naming the failed rank. `CollectiveFailed` is the error a surviving rank
+and exits non-zero naming the failed rank. `errors.CollectiveFailed` is the error a surviving rank
 raises: one line saying which step it was in.
 """
 
@@ -28,36 +28,18 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
+from polydistill.config.distributed import DistributedConfig
 from polydistill.errors import UserError
 
 Batch = dict[str, torch.Tensor]
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-class DistributedConfig(BaseModel):
-    """How a run started by torchrun spreads its training over the processes."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    strategy: Literal["ddp", "fsdp"] = "ddp"
-    """"ddp": every rank holds the whole model and optimiser, gradients are all-reduced
-    (DistributedDataParallel). "fsdp": parameters, gradients and optimiser state are sharded
-    over the ranks (FSDP2 `fully_shard`, one unit per decoder layer and one for the rest), for a
-    student that does not fit one device."""
-    backend: Literal["auto", "gloo", "nccl"] = "auto"
-    """Collective backend: "auto" is nccl when CUDA is available, else gloo (CPU)."""
-    timeout_s: float = Field(default=1800.0, gt=0)
-    """Seconds a collective may wait for the other ranks before this rank gives up with an
-    error; bounds how long the survivors of a hung (not dead) rank wait. A dead rank's sockets
-    close and fail the others' next collective at once, whatever this is."""
 
 
 class Ranks(NamedTuple):
@@ -73,13 +55,19 @@ class Ranks(NamedTuple):
         return self.rank == 0
 
 
-class CollectiveFailed(RuntimeError):
-    """Another rank stopped (died, or timed out) while this one waited on it."""
-
-
 def launched_by_torchrun() -> bool:
     """Whether this process was started by torchrun (or another launcher setting its env)."""
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+def current_ranks() -> Ranks | None:
+    """This process's place in the process group it joined (`process_group`); None outside one."""
+    if not dist.is_initialized():
+        return None
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    return Ranks(dist.get_rank(), dist.get_world_size(), device)
 
 
 def _world_from_env() -> tuple[int, int, int]:

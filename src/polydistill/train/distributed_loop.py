@@ -35,10 +35,10 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
+from polydistill.errors import CollectiveFailed
 from polydistill.staging import staged_folder
 from polydistill.train.checkpoint import list_checkpoints, save_model_quietly
 from polydistill.train.distributed import (
-    CollectiveFailed,
     Ranks,
     agree_on_checkpoints,
     agree_on_settings,
