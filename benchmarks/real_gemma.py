@@ -97,8 +97,8 @@ def heldout_prompts(config: Path) -> list[str]:
 
 
 def measure_kind(out: Path, teacher: tuple, prompts: list[str], continuations, n: int) -> dict:
-    """Each kept model of one run against the teacher (its model and tokenizer, and its
-    continuations of `prompts`), with bits per byte from the run's metrics.json."""
+    """Each kept model of one run against the teacher (`teacher`: its model, or None when
+    `continuations` are given, and its tokenizer), with bits per byte from metrics.json."""
     import torch
 
     from benchmarks.teacher_match import match
