@@ -69,8 +69,10 @@ def test_batched_reservations_match_one_transaction_each(db_url: str) -> None:
 
 def test_a_locked_sqlite_file_does_not_block_the_event_loop(sqlite_url: str) -> None:
     """While another connection holds the write lock, the loop keeps running; the batch
-    waits on the thread and completes once the lock is released."""
-    db = open_database(sqlite_url)
+    waits on the thread and completes once the lock is released. The thread waits up to 10
+    minutes for the lock (not the default minute): on a starved machine the loop's 20 ticks once
+    took longer than the default, and the thread gave up before the lock was released."""
+    db = open_database(f"{sqlite_url}?timeout=600")
     create_key(db, SERVER_SECRET, "acme", NOW, budget_micros=100)
     other = sqlite3.connect(
         sqlite_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
