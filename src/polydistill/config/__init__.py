@@ -8,7 +8,7 @@ never taken from `true`, a boolean never from `1`, a count never from `"3"` (`ov
 the YAML, this module checks it).
 
 One module per section, each field documented where it is declared (the README's configuration
-reference is generated from those docstrings by `config.reference`): `world` (`world:`, and
+reference is generated from those docstrings by `config.documentation`): `world` (`world:`, and
 `data: {source: world}`), `teacher` (`teachers:`), `served`, `training` (sizes and training of
 any model), `distributed`, `student`, `student_init`, `on_policy`; `fields` holds what they are
 made of. This module holds the run as a whole: `RunConfig`, `eval:`, `benchmark:`,

@@ -3,7 +3,7 @@
     class MySection(Strict):
         steps: Positive = 100
         \"\"\"What the field means (the docstring is the field's documentation: the README's
-        configuration reference is generated from it, `config.reference`).\"\"\"
+        configuration reference is generated from it, `config.documentation`).\"\"\"
 
 Kept free of any other config module, so that each section's module can import it.
 """

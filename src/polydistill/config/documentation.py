@@ -1,8 +1,8 @@
 """The configuration reference, generated from the fields' own docstrings: one row per key of
 `RunConfig`, in declaration order, with its default and meaning.
 
-    python -m polydistill.config.reference                 # print the table
-    python -m polydistill.config.reference --write README.md   # replace the README's copy
+    python -m polydistill.config.documentation                 # print the table
+    python -m polydistill.config.documentation --write README.md   # replace the README's copy
 
 Each field is documented once, where it is declared (`use_attribute_docstrings`); the README's
 "Configuration reference" is this module's output between two markers, and a test keeps it so.
@@ -23,7 +23,9 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-START = "<!-- config-reference:start (python -m polydistill.config.reference --write README.md) -->"
+START = (
+    "<!-- config-reference:start (python -m polydistill.config.documentation --write README.md) -->"  # noqa: E501
+)
 END = "<!-- config-reference:end -->"
 
 

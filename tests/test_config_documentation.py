@@ -7,7 +7,7 @@ import pytest
 from pydantic import Field
 
 from polydistill.config import RunConfig, Strict
-from polydistill.config.reference import END, START, Undocumented, main, replaced, rows, table
+from polydistill.config.documentation import END, START, Undocumented, main, replaced, rows, table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -25,7 +25,7 @@ def test_the_readme_table_is_the_generated_one() -> None:
     inside = text.split(START)[1].split(END)[0]
     assert inside == "\n" + table(), (
         "README.md's configuration reference is stale: "
-        "python -m polydistill.config.reference --write README.md"
+        "python -m polydistill.config.documentation --write README.md"
     )
 
 
@@ -48,9 +48,9 @@ def test_an_undocumented_field_is_named_with_its_whole_key() -> None:
 
 
 def test_the_command_refuses_undocumented_fields(monkeypatch, capsys) -> None:
-    import polydistill.config.reference as reference
+    import polydistill.config.documentation as documentation
 
-    monkeypatch.setattr(reference, "table", lambda: table(Outer))
+    monkeypatch.setattr(documentation, "table", lambda: table(Outer))
     assert main([]) == 2
     assert "undocumented config fields: items[].bare, loose" in capsys.readouterr().err
 
