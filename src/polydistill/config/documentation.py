@@ -24,7 +24,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 START = (
-    "<!-- config-reference:start (python -m polydistill.config.documentation --write README.md) -->"  # noqa: E501
+    "<!-- config-reference:start (python -m polydistill.config.documentation --write README.md) -->"
 )
 END = "<!-- config-reference:end -->"
 
