@@ -12,6 +12,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
 
+# Test helpers (fake servers, tiny models, repo paths) live in tests/support/, imported by name
+# from every folder of tests.
+sys.path.insert(0, str(Path(__file__).parent / "support"))
+
 
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:

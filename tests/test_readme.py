@@ -23,7 +23,7 @@ ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
 TESTS = Path(__file__).parent
 RUN_MAIN = "test_pipeline.py::test_run_writes_metrics_and_replaces_them_only_with_force"
-STORE = "test_store.py::test_capture_command_with_shards_then_merge_then_a_run_from_the_store"
+STORE = "store/test_store.py::test_capture_command_with_shards_then_merge_then_a_run_from_the_store"
 SERVE = "test_distil_then_serve.py::test_the_openai_client_buys_completions_and_streams_with_exact_usage"  # noqa: E501
 KEYS = "test_distil_then_serve.py::test_a_key_is_listed_rotated_and_revoked_through_the_cli"
 ENFORCED = (
@@ -39,7 +39,7 @@ COVERED = {
     r"capture CONFIG --out STORE": STORE,
     r"capture --merge": STORE,
     r"run CONFIG --out DIR student\.store=STORE": STORE,
-    r"report DIR": "test_report.py::test_cli_report_writes_the_report_and_refuses_a_missing_folder",
+    r"report DIR": "report/test_report.py::test_cli_report_writes_the_report_and_refuses_a_missing_folder",  # noqa: E501
     r"keys create (?!.*--policy)": "test_distil_then_serve.py::gateway",  # every serve test's
     r"keys create .*--policy ": "serve/test_serve_policy.py::live",  # the policy tests' gateway
     r"serve \S+=\S+ \S+=\S+": "serve/test_serve_policy.py::test_a_gov_key_sees_and_uses_only_the_qwen_free_student",  # noqa: E501

@@ -1,7 +1,7 @@
 """A served teacher on several servers (`teachers.server_pool`), against fake vLLM servers: the
 work is spread by free slots, a failing server's requests move to the others, the readings are
 those of one server and of the local teacher, and servers that disagree are refused by name.
-The same against two real vLLM servers: tests/test_teachers_served_pool.py."""
+The same against two real vLLM servers: tests/teachers/test_teachers_served_pool.py."""
 
 import re
 

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from repo_paths import ROOT, TINY
 
 from polydistill.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = Path(__file__).parent / "tiny.yaml"
 STUDENT = {
     "teachers": ["gemma", "gptoss", "qwen"],
     "family": "qwen",

@@ -3,11 +3,10 @@
 from pathlib import Path
 
 import pytest
+from repo_paths import ROOT, TESTS, TINY
 
 from polydistill.config import apply_override, load_config
 from polydistill.errors import UserError
-
-TINY = Path(__file__).parent / "tiny.yaml"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -22,19 +21,19 @@ USER_PATHS = {"my-run.yaml": "test_real_run.py"}
 # Examples whose files `make real-gemma` prepares in .cache/: loaded, with stand-ins for those
 # files, by the test named.
 PREPARED = {
-    "real-gemma.yaml": "test_real_gemma_bench.py",
-    "real-gemma-qwen.yaml": "test_real_gemma_bench.py",
+    "real-gemma.yaml": "benchmarks/test_real_gemma_bench.py",
+    "real-gemma-qwen.yaml": "benchmarks/test_real_gemma_bench.py",
 }
 
 
 def test_example_configs_parse():
-    root = Path(__file__).parents[1]
+    root = ROOT
     for path in [TINY, *sorted((root / "examples").glob("*.yaml"))]:
         if path.name in PREPARED:
-            assert (Path(__file__).parent / PREPARED[path.name]).is_file()
+            assert (TESTS / PREPARED[path.name]).is_file()
             continue
         if path.name in USER_PATHS:
-            assert (Path(__file__).parent / USER_PATHS[path.name]).is_file()
+            assert (TESTS / USER_PATHS[path.name]).is_file()
             with pytest.raises(UserError, match=r"teachers\[0\]\.path: no such directory"):
                 load_config(path)
             continue

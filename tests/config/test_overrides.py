@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, ValidationError
+from repo_paths import TINY
 
 from polydistill.config import RunConfig, Strict, load_config
 from polydistill.errors import UserError
 from polydistill.overrides import apply_override, read_yaml, split_key
 
-TINY = Path(__file__).parent / "tiny.yaml"
 WITH_STUDENT = [
     "student={teachers: [gemma, qwen], curriculum: {first: [facts], steps: 1}}",
     "student.fusion.strategy=fixed",

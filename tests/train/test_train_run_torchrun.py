@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from repo_paths import ROOT, TINY
 from safetensors.torch import load_file
 
 from polydistill.config import load_config
@@ -26,8 +27,7 @@ from polydistill.train.distributed import Ranks, rank_share
 from polydistill.train.loop import LossOutput
 from polydistill.world.inputs import world_inputs
 
-TINY = Path(__file__).parent / "tiny.yaml"
-SRC = Path(__file__).parents[1] / "src"
+SRC = ROOT / "src"
 TIMEOUT_S = 300  # a busy 2-core machine; each run takes about 10 s alone
 # A student of all three teachers, 4 steps of 8 rows (each rank takes 4), a DCP checkpoint at
 # step 2 and 4.

@@ -1,15 +1,14 @@
 """The configuration reference: every field of the run config is documented where it is
 declared, and the README's table is the one generated from those docstrings."""
 
-from pathlib import Path
-
 import pytest
 from pydantic import Field
+from repo_paths import ROOT
 
 from polydistill.config import RunConfig, Strict
 from polydistill.config.documentation import END, START, Undocumented, main, replaced, rows, table
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = ROOT / "README.md"
 
 
 def test_every_config_field_is_documented_where_it_is_declared() -> None:

@@ -4,11 +4,10 @@ import importlib
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from repo_paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 COMMITTED = sorted(RESULTS_DIR.glob("*.json"))
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from repo_paths import TINY
 
 from polydistill.errors import UserError
 from polydistill.store import shards as shards_module
@@ -286,7 +287,7 @@ def test_capture_command_with_shards_then_merge_then_a_run_from_the_store(
     import polydistill.student.readings as student_module
     from polydistill.cli import main
 
-    tiny = Path(__file__).parent / "tiny.yaml"
+    tiny = TINY
     config = [
         str(tiny),
         f"world.cache_dir={tiny_cache}",

@@ -3,15 +3,14 @@ loads the page from disk with the network switched off, and every plot must have
 table must be there with the right rows and highlights. The screenshot is left at
 `test-artifacts/report.png` (repository root, ignored by git) for a person to look at."""
 
-from pathlib import Path
-
 import pytest
 from headless_chromium import HeadlessChromium, chromium_path
+from repo_paths import ROOT
 from report_run import DOMAINS, MODELS, TABLE_IDS, write_synthetic_run
 
 from polydistill.report import write_report
 
-ARTIFACT = Path(__file__).resolve().parent.parent / "test-artifacts" / "report.png"
+ARTIFACT = ROOT / "test-artifacts" / "report.png"
 
 IMAGES = """Array.from(document.images).map(i => ({
     src: i.getAttribute("src").slice(0, 22), loaded: i.complete && i.naturalWidth > 0,

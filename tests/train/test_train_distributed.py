@@ -1,4 +1,5 @@
-"""Training under torchrun (gloo, CPU): the real launcher starts tests/distributed_worker.py.
+"""Training under torchrun (gloo, CPU): the real launcher starts the worker script
+tests/support/distributed_worker.py.
 
 Every run is checked against `train.loop.train` in this process on the same float64 model and
 global batches: the same loss curve within 1e-5 relative and the same final weights, for DDP and
@@ -14,13 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 from distributed_worker import LOOP, ROWS, batch_at, tiny_model
+from repo_paths import ROOT, TESTS
 from safetensors.torch import load_file
 
 from polydistill.errors import UserError
 from polydistill.train import sft_loss, train
 
-WORKER = Path(__file__).with_name("distributed_worker.py")
-SRC = Path(__file__).parents[1] / "src"
+WORKER = TESTS / "support" / "distributed_worker.py"
+SRC = ROOT / "src"
 LAUNCH_TIMEOUT_S = 240  # two processes importing torch and transformers on a busy machine
 
 

@@ -1,6 +1,6 @@
-"""One rank of a torchrun training run, for tests/test_train_distributed.py.
+"""One rank of a torchrun training run, for tests/train/test_train_distributed.py.
 
-    python -m torch.distributed.run --nproc-per-node 2 tests/distributed_worker.py SPEC.json
+    python -m torch.distributed.run --nproc-per-node 2 tests/support/distributed_worker.py SPEC.json
 
 SPEC (JSON): strategy ("ddp" | "fsdp"), out (folder: rank 0 writes `records.json` and the final
 model `final/` there), run_dir, checkpoint_every, resume, rows (of a global micro-batch),

@@ -6,18 +6,17 @@ across two."""
 import copy
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from repo_paths import ROOT
 from student_models import CORPUS, tiny_model
 
 from benchmarks import gpl_prompts, teacher_match
 from polydistill.align.tokenbytes import vocab_bytes
 from polydistill.world.tokenizers import train_tokenizer
 
-ROOT = Path(__file__).parents[1]
 PROMPTS = ["Where does the river go", "The quick brown fox", "Numbers like 12 and 345"]
 
 
