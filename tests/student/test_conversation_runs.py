@@ -12,14 +12,12 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
+from prompt_runs import prompt_run
 
 from polydistill.data.records import Turn
 from polydistill.store.manifest import prompts_hash
 
 pytestmark = pytest.mark.slow
-TINY = Path(__file__).parents[1] / "tiny.yaml"
-SMALL = {"hidden_size": 64, "layers": 1, "heads": 1, "kv_heads": 1, "head_dim": 64}
 SYSTEM = "Answer with the result only."
 
 
@@ -39,27 +37,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def run_config(tmp_path, tiny_world, tiny_cache, data: dict, teachers: list[dict]) -> Path:
-    raw = yaml.safe_load(TINY.read_text())
-    raw["world"]["cache_dir"] = str(tiny_cache)
-    raw["threads"] = 1
-    raw["teachers"] = [
-        {"family": t["name"], "path": str(tiny_world.teachers[t["name"]]),
-         "licence": {"id": "apache-2.0"}, **t}
-        for t in teachers
-    ]  # fmt: skip
-    raw["data"] = data
-    raw["student"] = {
-        "teachers": [t["name"] for t in teachers],
-        "model": {**SMALL, "intermediate_size": 64},
-        "train": {"steps": 2, "batch_size": 4, "lr": 3.0e-3, "warmup_steps": 1},
-        "prompts_per_tag": 4,
-        "top_k": 8,
-        "checkpoint_every": 0,
-    }
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+def run_ok(cli, tmp_path, tiny_world, tiny_cache, data: dict, teachers: list[dict]) -> Path:
+    """Run the config of `data` and `teachers` (each its own family) to `tmp_path / "run"`."""
+    teachers = [{"family": t["name"], **t} for t in teachers]
+    config = prompt_run(tiny_world, tiny_cache, teachers, data, tmp_path / "run.yaml")
+    out = tmp_path / "run"
+    result = cli("run", str(config), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["models"]) == {*(f"teacher:{t['name']}" for t in teachers), "student"}
+    for scores in metrics["models"].values():
+        assert set(scores["accuracy"]) == set(scores["bits_per_byte"]) == {"math", "text"}
+    return out
 
 
 @pytest.fixture
@@ -93,15 +82,8 @@ def trained_prompts(path: Path) -> list:
 def test_a_run_trains_and_scores_on_conversations(cli, tmp_path, tiny_world, tiny_cache, chats):
     train, test = chats
     data = {"train": str(train), "test": str(test), "fractions": {"validation": 0.0}}
-    teachers = [{"name": "gemma"}, {"name": "qwen"}]
-    config = run_config(tmp_path, tiny_world, tiny_cache, data, teachers)
-    out = tmp_path / "run"
-    result = cli("run", str(config), "--out", str(out))
-    assert result.returncode == 0, result.stderr
+    out = run_ok(cli, tmp_path, tiny_world, tiny_cache, data, [{"name": "gemma"}, {"name": "qwen"}])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"teacher:gemma", "teacher:qwen", "student"}
-    for scores in metrics["models"].values():
-        assert set(scores["accuracy"]) == set(scores["bits_per_byte"]) == {"math", "text"}
     assert metrics["data"]["data/kept/train"] == 8 and metrics["data"]["data/kept/test"] == 4
     accounts = json.loads((out / "contributions.json").read_text())
     assert len(accounts["examples"]) == 8
@@ -129,16 +111,9 @@ def test_text_rows_train_a_completion_teacher_beside_a_chat_teacher(
     # the prompt is every word but the answer ("reverse: abc" | " cba", "12+7=" | " 19")
     data = {**files, "fractions": {"validation": 0.0}, "text_split": {"fraction": 0.7}}
     teachers = [{"name": "gemma", "template": "completion"}, {"name": "qwen"}]
-    config = run_config(tmp_path, tiny_world, tiny_cache, data, teachers)
-    out = tmp_path / "run"
-    result = cli("run", str(config), "--out", str(out))
-    assert result.returncode == 0, result.stderr
+    out = run_ok(cli, tmp_path, tiny_world, tiny_cache, data, teachers)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"teacher:gemma", "teacher:qwen", "student"}
     assert metrics["data"]["data/layout/text"] == 16
-    assert metrics["domains"] == ["math", "text"]
-    for scores in metrics["models"].values():
-        assert set(scores["bits_per_byte"]) == set(metrics["domains"])
     lineage = json.loads((out / "student" / "lineage.json").read_text())
     assert "completion" in json.dumps(lineage)  # gemma's fingerprint: no chat template
     accounts = json.loads((out / "contributions.json").read_text())
@@ -150,8 +125,9 @@ def test_a_conversation_for_a_completion_teacher_is_one_line(
 ):
     train, test = chats
     data = {"train": str(train), "test": str(test), "fractions": {"validation": 0.0}}
-    teachers = [{"name": "gemma", "template": "completion"}, {"name": "qwen"}]
-    config = run_config(tmp_path, tiny_world, tiny_cache, data, teachers)
+    teachers = [{"name": "gemma", "family": "gemma", "template": "completion"}]
+    teachers.append({"name": "qwen", "family": "qwen"})
+    config = prompt_run(tiny_world, tiny_cache, teachers, data, tmp_path / "run.yaml")
     out = tmp_path / "run"
     result = cli("run", str(config), "--out", str(out))
     assert result.returncode == 2 and not out.exists()
