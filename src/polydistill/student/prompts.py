@@ -13,9 +13,11 @@ read only by evaluation, the oracle and the gold-reading fusion baselines, never
 
 Every layout trains: a record's prompt (`chat.record_prompt`) is its one user turn, its whole
 conversation (system and earlier turns) or its completion-style text, and each teacher and the
-student render it their own way (`chat`); a conversation for a completion model (no chat
-template) is refused there, naming the record, as the pipeline's context check reads every record
-through every local model (`evaluate.prompts.encode_records`) before any model is loaded.
+student render it their own way (`chat`). A conversation for a completion model (no chat
+template), or one its template refuses, is a one-line error: naming the record's file and line
+when the pipeline's context check reads it through that model, before any model is loaded (the
+student and every local teacher whose context is known: `evaluate.prompts.encode_records`),
+else naming the record's id when the teacher first renders it.
 """
 
 from collections.abc import Iterable
