@@ -9,22 +9,19 @@ A `Prompt` is what a teacher or the student is asked, in one of three shapes:
   turns, ending with a user turn; a `messages` row with more than one user turn);
 - a `PlainText`: completion-style text (a `text` row) that every model continues as it stands.
 
-Every model (world teacher, real checkpoint, student) renders a chat prompt through the chat
-template stored with its tokenizer, exactly as `apply_chat_template(messages,
-add_generation_prompt=True)` does: a template that folds a system turn into the first user turn
-(Gemma 3's) folds it, one that refuses it (Gemma 2's) refuses with its own message, as a
-one-line error. The completion follows the generation prompt and ends with the tokenizer's
-end-of-turn (`eos`) token. Prompt and completion are tokenized separately so that the boundary
+Every model renders a chat prompt through its tokenizer's chat template, exactly as
+`apply_chat_template(messages, add_generation_prompt=True)` does: a template that folds a system
+turn into the first user turn (Gemma 3's) folds it, one that refuses it (Gemma 2's) is a
+one-line error with its message. The completion follows the generation prompt and ends with the
+end-of-turn (`eos`) token; prompt and completion are tokenized separately, so the boundary
 between them is exact in every tokenizer.
 
-A tokenizer without a chat template is a completion model's (a base checkpoint): its prompt is the
-text itself after the BOS token when the tokenizer adds one (`bos_prefix`), and the completion is
-the text's continuation, closed by `eos` as every answer is. It reads a one-user-turn prompt as
-its text; a conversation (a system turn, earlier turns) has no plain-text form, and is refused.
-
-Completion-style text (`PlainText`) is read as plain text by every model, a chat model too: it
-is text to continue, not a question to answer (a reply would not continue it), and evaluation
-reads such rows so too, so the student trains on what it is scored on.
+A tokenizer without a chat template is a completion model's (a base checkpoint): its prompt is
+the text after the BOS when the tokenizer adds one (`bos_prefix`), the completion its
+continuation, closed by `eos`. It reads a one-user-turn prompt as its text and refuses a
+conversation (no plain-text form). `PlainText` is plain text to every model, a chat model too:
+text to continue, not a question to answer, as evaluation reads it (the student trains on what
+it is scored on).
 """
 
 import itertools
@@ -173,16 +170,23 @@ def encode_prompts(
     """Each prompt's ids: its chat rendering tokenized as `apply_chat_template` tokenizes it
     (markup strings as special tokens), or the BOS and the plain text (`encode_text`: any
     special-token string in it stays text, as in the text the model was trained on). `names`
-    (one per prompt) name them in errors."""
-    out = []
-    for i, prompt in enumerate(prompts):
-        name = names[i] if names is not None else None
-        text = _plain(tokenizer, prompt, who, name)
-        if text is None:
-            rendered = render_prompt(tokenizer, prompt, who, name)
-            out.append(tokenizer(rendered, add_special_tokens=False)["input_ids"])
-        else:
-            out.append(bos_prefix(tokenizer) + encode_text(tokenizer, text))
+    (one per prompt) name them in errors. Each kind is tokenized in one batch."""
+    named = list(names) if names is not None else [None] * len(prompts)
+    plain = [_plain(tokenizer, p, who, n) for p, n in zip(prompts, named, strict=True)]
+    out: list[list[int]] = [[] for _ in prompts]
+    templated = [i for i, text in enumerate(plain) if text is None]
+    if templated:
+        rendered = [render_prompt(tokenizer, prompts[i], who, named[i]) for i in templated]
+        encoded = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        for i, ids in zip(templated, encoded, strict=True):
+            out[i] = ids
+    as_text = [i for i, text in enumerate(plain) if text is not None]
+    if as_text:
+        bos = bos_prefix(tokenizer)
+        texts = [plain[i] for i in as_text]
+        encoded = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        for i, ids in zip(as_text, encoded, strict=True):
+            out[i] = bos + ids  # as `encode_text` encodes each
     return out
 
 
