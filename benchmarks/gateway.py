@@ -36,6 +36,8 @@ exactly 20, to the gateway with 1 and 2 workers on each database, and records ac
 spend against the budget and ledger rows against successful responses.
 
 Gateways, upstream and load generator share the machine's cores (2 here), with other work.
+The load generator is `benchmarks/http_load.py`; the RESULTS.md section is rendered by
+`benchmarks/gateway_report.py`.
 """
 
 import argparse
@@ -51,29 +53,27 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from benchmarks import results_md
+from benchmarks.gateway_report import markdown  # noqa: F401  (results_md renders through it)
+from benchmarks.http_load import (
+    MAX_TOKENS,
+    RACE_AFFORDABLE,
+    RACE_REQUESTS,
+    RATES,
+    Gateway,
+    burst,
+    chat_request,
+    measure,
+)
 
-SECTION = "## Gateway (benchmarks/gateway.py)"
 ROOT = Path(__file__).resolve().parent.parent
 TESTS_SERVE = ROOT / "tests" / "serve"
 LITELLM_VENV = ROOT / ".venv-litellm"
 SECRET = "benchmark-server-secret-0123456789abcdef"
 LITELLM_MASTER_KEY = "sk-benchmark-litellm-master-0123456789"
-RATES = (100, 300, 1000)
-SATURATION_CONNECTIONS = 64
-MAX_CONNECTIONS = 256
-# Longer than any phase takes to drain: a request the client gave up on would keep running in
-# the server beyond the connection cap and slow the next phase.
-REQUEST_TIMEOUT_S = 120
-MAX_TOKENS = 16
-RACE_REQUESTS = 200
-RACE_AFFORDABLE = 20
 PRICE_USD_PER_MILLION = ("1", "2")  # input, output
 KEY_BUDGET_MICROS = 10**12  # large: checked on every request, never reached here
 HEADERS = {
@@ -175,16 +175,6 @@ def mock_upstream(work: Path) -> Iterator[int]:
         yield port
 
 
-@dataclass(frozen=True)
-class Gateway:
-    """A running gateway (or the upstream alone): where to send what."""
-
-    port: int
-    model: str
-    key: str
-    overhead_header: bytes | None
-
-
 @contextmanager
 def polydistill(
     tiny_dir: Path, db: str, upstream_port: int, workers: int, key: str, work: Path
@@ -245,196 +235,6 @@ def litellm_version() -> str | None:
         return None
     code = "import importlib.metadata as m; print(m.version('litellm'))"
     return subprocess.run([python, "-c", code], capture_output=True, text=True).stdout.strip()
-
-
-# --- the load generator -------------------------------------------------------------------------
-
-
-def chat_request(gateway: Gateway) -> bytes:
-    body = {
-        "model": gateway.model,
-        "messages": [{"role": "user", "content": "hello world"}],
-        "max_tokens": MAX_TOKENS,
-    }
-    payload = json.dumps(body).encode()
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n"
-        f"Authorization: Bearer {gateway.key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-    )
-    return head.encode() + payload
-
-
-async def _exchange(
-    reader, writer, request: bytes, header: bytes | None
-) -> tuple[int, float | None]:  # type: ignore[no-untyped-def]
-    """(status, the overhead header's value) of one request on a keep-alive connection."""
-    writer.write(request)
-    status_line = await reader.readline()
-    length, overhead = 0, None
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == header:
-            overhead = float(value)
-    await reader.readexactly(length)
-    return int(status_line.split()[1]), overhead
-
-
-class Tally:
-    """What the client saw in one phase."""
-
-    def __init__(self) -> None:
-        self.statuses: dict[str, int] = {}
-        self.latency_ms: list[float] = []
-        self.overhead_ms: list[float] = []
-        self.not_sent = 0
-        self.failed = 0  # connection errors and timeouts
-        self.failures: dict[str, int] = {}  # their kinds
-
-    def add(self, status: int, overhead: float | None, latency_s: float) -> None:
-        self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
-        if status == 200:
-            self.latency_ms.append(latency_s * 1000)
-            if overhead is not None:
-                self.overhead_ms.append(overhead)
-
-    @property
-    def ok(self) -> int:
-        return self.statuses.get("200", 0)
-
-    def summary(self, seconds: float) -> dict[str, Any]:
-        def pct(values: list[float], q: float) -> float | None:
-            return float(np.percentile(values, q)) if values else None
-
-        return {
-            "achieved_per_s": self.ok / seconds,
-            "ok": self.ok,
-            "statuses": self.statuses,
-            "not_sent": self.not_sent,
-            "failed": self.failed,
-            "failures": self.failures,
-            "overhead_p50_ms": pct(self.overhead_ms, 50),
-            "overhead_p95_ms": pct(self.overhead_ms, 95),
-            "overhead_p99_ms": pct(self.overhead_ms, 99),
-            "overhead_headers": len(self.overhead_ms),
-            "latency_p50_ms": pct(self.latency_ms, 50),
-            "latency_p99_ms": pct(self.latency_ms, 99),
-        }
-
-
-class Pool:
-    """Keep-alive connections to one port; at most MAX_CONNECTIONS open at once. A connection
-    idle for IDLE_S is closed rather than reused: the server may be closing it (uvicorn's
-    keep-alive timeout is 5 s), and a request sent into that race fails for the client only."""
-
-    IDLE_S = 4.0
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.idle: list[tuple[Any, Any, float]] = []
-        self.open = 0
-
-    async def _connection(self) -> tuple[Any, Any]:
-        while self.idle:
-            reader, writer, since = self.idle.pop()
-            if time.perf_counter() - since < self.IDLE_S:
-                return reader, writer
-            self.open -= 1
-            writer.close()
-        self.open += 1
-        try:
-            return await asyncio.open_connection("127.0.0.1", self.port)
-        except OSError:
-            self.open -= 1
-            raise
-
-    async def send(self, request: bytes, header: bytes | None) -> tuple[int, float | None]:
-        reader, writer = await self._connection()
-        try:
-            result = await _exchange(reader, writer, request, header)
-        except BaseException:
-            self.open -= 1
-            writer.close()
-            raise
-        self.idle.append((reader, writer, time.perf_counter()))
-        return result
-
-    def close(self) -> None:
-        for _, writer, _ in self.idle:
-            writer.close()
-        self.idle.clear()
-
-
-async def _one(
-    pool: Pool, request: bytes, header: bytes | None, scheduled: float, tally: Tally
-) -> None:
-    try:
-        async with asyncio.timeout(REQUEST_TIMEOUT_S):
-            status, overhead = await pool.send(request, header)
-    except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError) as error:
-        tally.failed += 1
-        kind = type(error).__name__
-        tally.failures[kind] = tally.failures.get(kind, 0) + 1
-        return
-    tally.add(status, overhead, time.perf_counter() - scheduled)
-
-
-async def open_loop(gateway: Gateway, rate: float, seconds: float) -> Tally:
-    """Requests at `rate` per second, evenly spaced, for `seconds`; waits for the last."""
-    pool, tally, request = Pool(gateway.port), Tally(), chat_request(gateway)
-    tasks = set()
-    start = time.perf_counter()
-    for index in range(int(rate * seconds)):
-        scheduled = start + index / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if pool.open >= MAX_CONNECTIONS and not pool.idle:
-            tally.not_sent += 1
-            continue
-        task = asyncio.create_task(_one(pool, request, gateway.overhead_header, scheduled, tally))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    if tasks:
-        await asyncio.wait(tasks)
-    pool.close()
-    return tally
-
-
-async def closed_loop(gateway: Gateway, connections: int, seconds: float) -> Tally:
-    """`connections` clients, each sending its next request when its last is answered."""
-    tally, request = Tally(), chat_request(gateway)
-    end = time.perf_counter() + seconds
-
-    async def client() -> None:
-        pool = Pool(gateway.port)
-        while (now := time.perf_counter()) < end:
-            await _one(pool, request, gateway.overhead_header, now, tally)
-        pool.close()
-
-    await asyncio.gather(*(client() for _ in range(connections)))
-    return tally
-
-
-def measure(gateway: Gateway, seconds: float) -> dict[str, Any]:
-    """Warm-up, the fixed rates, then the saturation point; and the 200s of all phases."""
-    warm = asyncio.run(closed_loop(gateway, 8, 2.0))
-    serial = asyncio.run(closed_loop(gateway, 1, seconds))
-    one = {"connections": 1, **serial.summary(seconds)}
-    print(f"  one at a time: {one}", flush=True)
-    rates = []
-    for rate in RATES:
-        tally = asyncio.run(open_loop(gateway, rate, seconds))
-        rates.append({"offered_per_s": rate, **tally.summary(seconds)})
-        print(f"  {rate}/s: {rates[-1]}", flush=True)
-    saturation = asyncio.run(closed_loop(gateway, SATURATION_CONNECTIONS, seconds))
-    summary = {"connections": SATURATION_CONNECTIONS, **saturation.summary(seconds)}
-    print(f"  saturation: {summary}", flush=True)
-    ok = warm.ok + serial.ok + sum(r["ok"] for r in rates) + saturation.ok
-    return {"serial": one, "rates": rates, "saturation": summary, "ok_responses": ok}
 
 
 # --- databases and keys ---------------------------------------------------------------------------
@@ -525,16 +325,6 @@ def upstream_scenario(upstream_port: int, seconds: float) -> dict[str, Any]:
             **measure(gateway, seconds)}  # fmt: skip
 
 
-async def _burst(port: int, request: bytes, count: int) -> list[int]:
-    async def one() -> int:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        status, _ = await _exchange(reader, writer, request, None)
-        writer.close()
-        return status
-
-    return await asyncio.gather(*(one() for _ in range(count)))
-
-
 def budget_race(
     tiny_dir: Path, db_name: str, db: str, workers: int, upstream_port: int, work: Path
 ) -> dict[str, Any]:
@@ -551,7 +341,7 @@ def budget_race(
     name = f"race-{db_name}-{workers}"
     key = _create_key(db, name, budget)
     with polydistill(tiny_dir, db, upstream_port, workers, key, work) as gateway:
-        statuses = asyncio.run(_burst(gateway.port, chat_request(gateway), RACE_REQUESTS))
+        statuses = asyncio.run(burst(gateway.port, chat_request(gateway), RACE_REQUESTS))
     rows, account = _ledger(db, name)
     return {
         "database": db_name,
@@ -594,187 +384,6 @@ def run(seconds: float, with_litellm: bool) -> dict[str, Any]:
                     races.append(budget_race(tiny_dir, db_name, db, workers, upstream_port, work))
                     print(races[-1], flush=True)
     return {"scenarios": scenarios, "budget_race": races, "postgresql": postgres}
-
-
-# --- results ------------------------------------------------------------------------------------
-
-
-def _ms(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"
-
-
-def _label(s: dict) -> str:
-    if s["gateway"] == "polydistill":
-        return f"polydistill, {s['database']}, {s['workers']} worker{'s' * (s['workers'] > 1)}"
-    if s["gateway"] == "litellm":
-        return f"LiteLLM, {s['workers']} worker{'s' * (s['workers'] > 1)}"
-    return "upstream alone (mock, no gateway)"
-
-
-def _load_table(scenarios: list[dict]) -> list[str]:
-    lines = [
-        "| scenario | offered req/s | achieved req/s | overhead p50 ms | p95 ms | p99 ms "
-        "| latency p50 ms | p99 ms | not 200 | not sent | ledger rows = 200s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for s in scenarios:
-        metered = "–"
-        if "ledger_rows" in s:
-            metered = f"{s['ledger_rows']} = {s['ok_responses']}" + (
-                "" if s["ledger_rows"] == s["ok_responses"] else " ✗"
-            )
-        points = [("one at a time (1 conn)", s["serial"])]
-        points += [(str(r["offered_per_s"]), r) for r in s["rates"]]
-        points.append((f"saturation ({s['saturation']['connections']} conns)", s["saturation"]))
-        for offered, r in points:
-            bad = str(sum(n for code, n in r["statuses"].items() if code != "200") + r["failed"])
-            kinds = {**{k: n for k, n in r["statuses"].items() if k != "200"}, **r["failures"]}
-            if kinds:
-                bad += " (" + ", ".join(f"{k} × {n}" for k, n in sorted(kinds.items())) + ")"
-            lines.append(
-                f"| {_label(s)} | {offered} | {r['achieved_per_s']:.0f} "
-                f"| {_ms(r['overhead_p50_ms'])} | {_ms(r['overhead_p95_ms'])} "
-                f"| {_ms(r['overhead_p99_ms'])} | {_ms(r['latency_p50_ms'])} "
-                f"| {_ms(r['latency_p99_ms'])} | {bad} | {r['not_sent']} | {metered} |"
-            )
-    return lines
-
-
-def _sustained(r: dict) -> bool:
-    """The offered rate was served: nothing left unsent, 98 % of it answered with a 200."""
-    return r["not_sent"] == 0 and r["achieved_per_s"] >= 0.98 * r["offered_per_s"]
-
-
-def _sustained_line(scenarios: list[dict]) -> str:
-    parts = []
-    for s in scenarios:
-        held = [str(r["offered_per_s"]) for r in s["rates"] if _sustained(r)]
-        parts.append(f"{_label(s)}: {', '.join(held) if held else 'none'}")
-    return (
-        "Rates sustained (nothing unsent, at least 98 % answered with a 200; above them the "
-        "overhead and latency are those of a queue): " + "; ".join(parts) + "."
-    )
-
-
-def _verdicts(scenarios: list[dict]) -> list[str]:
-    """The target, checked against the data: lower overhead at every rate than LiteLLM with
-    as many workers, and a higher saturation throughput."""
-    lines = []
-    for workers in (1, 2):
-        rival = next((s for s in scenarios if s["gateway"] == "litellm"
-                      and s["workers"] == workers), None)  # fmt: skip
-        if rival is None:
-            continue
-        ours = [s for s in scenarios if s["gateway"] == "polydistill" and s["workers"] == workers]
-        for s in ours:
-            worse = []
-            for mine, theirs in zip(s["rates"], rival["rates"], strict=True):
-                for q in ("p50", "p95", "p99"):
-                    a, b = mine[f"overhead_{q}_ms"], theirs[f"overhead_{q}_ms"]
-                    if a is None or b is None or a >= b:
-                        worse.append(f"{q} at {mine['offered_per_s']}/s")
-            ratio = s["saturation"]["achieved_per_s"] / max(
-                rival["saturation"]["achieved_per_s"], 1e-9
-            )
-            p99 = [
-                f"{t['overhead_p99_ms'] / m['overhead_p99_ms']:.1f}×"
-                if m["overhead_p99_ms"] and t["overhead_p99_ms"] else "–"
-                for m, t in zip(s["rates"], rival["rates"], strict=True)
-            ]  # fmt: skip
-            lowest = "lower at every rate and percentile" if not worse else (
-                "not lower at " + ", ".join(worse)
-            )  # fmt: skip
-            alone = f"{_ms(s['serial']['overhead_p50_ms'])}/{_ms(s['serial']['overhead_p99_ms'])}"
-            theirs = f"{_ms(rival['serial']['overhead_p50_ms'])}/" + _ms(
-                rival["serial"]["overhead_p99_ms"]
-            )
-            lines.append(
-                f"- {_label(s)} against {_label(rival)}: one request at a time, overhead p50/p99 "
-                f"{alone} ms against {theirs} ms; at the fixed rates {lowest}; LiteLLM's p99 "
-                f"overhead ÷ polydistill's at {', '.join(map(str, RATES))} req/s: "
-                f"{', '.join(p99)}; saturation {s['saturation']['achieved_per_s']:.0f} against "
-                f"{rival['saturation']['achieved_per_s']:.0f} req/s ({ratio:.2f}×)."
-            )
-    return lines
-
-
-def _metering_line(scenarios: list[dict]) -> str:
-    ours = [s for s in scenarios if s["gateway"] == "polydistill"]
-    exact = [s for s in ours if s["ledger_rows"] == s["ok_responses"]]
-    spend = [s for s in ours if s["ledger_spend_micros"] == s["key_spent_micros"]]
-    held = [s for s in ours if s["key_reserved_micros"] == 0]
-    total = sum(s["ok_responses"] for s in ours)
-    return (
-        f"Metering: in {len(exact)} of {len(ours)} polydistill scenarios the usage ledger holds "
-        f"one row per 200 response ({total} responses in all); the key's spend equals the "
-        f"ledger's sum in {len(spend)} of {len(ours)}, and nothing stays reserved in "
-        f"{len(held)} of {len(ours)}."
-    )
-
-
-def _race_table(races: list[dict]) -> list[str]:
-    lines = [
-        f"Budget race: {RACE_REQUESTS} concurrent requests, a budget for exactly "
-        f"{RACE_AFFORDABLE} (money in micro-dollars).",
-        "",
-        "| database | workers | accepted | refused (429) | other | budget | accepted spend "
-        "| key spent | still reserved | ledger rows |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in races:
-        lines.append(
-            f"| {r['database']} | {r['workers']} | {r['accepted']} | {r['refused_429']} "
-            f"| {r['other']} | {r['budget_micros']} | {r['accepted_spend_micros']} "
-            f"| {r['key_spent_micros']} | {r['key_reserved_micros']} | {r['ledger_rows']} |"
-        )
-    return lines
-
-
-def _setup_lines(result: dict[str, Any]) -> list[str]:
-    pg = result.get("postgresql")
-    pg_text = (
-        f"PostgreSQL {pg['server_version']} (a throwaway cluster on loopback, fsync "
-        f"{pg['fsync']}, synchronous_commit {pg['synchronous_commit']})"
-        if pg else "no PostgreSQL (binaries not found)"
-    )  # fmt: skip
-    published = result["litellm_published"]
-    litellm_text = (
-        "LiteLLM features on: " + "; ".join(result["litellm_features"]) + ". Off: "
-        + "; ".join(result["litellm_off"]) + "."
-        if result["litellm_ran"] else "LiteLLM did not run (`make install-litellm`)."
-    )  # fmt: skip
-    return [
-        f"Non-streamed `/v1/chat/completions`, {MAX_TOKENS} tokens from an instant mock "
-        f"upstream; one request at a time for {result['seconds']:g} s, then open loop at "
-        f"{', '.join(map(str, RATES))} requests/s (evenly spaced, "
-        f"{result['seconds']:g} s each, at most {MAX_CONNECTIONS} connections), then a closed "
-        f"loop of {SATURATION_CONNECTIONS} connections for {result['seconds']:g} s (the "
-        "saturation point). Overhead: the gateway's own header, total time inside it minus "
-        "the upstream call (polydistill `x-polydistill-overhead-ms`, LiteLLM "
-        "`x-litellm-overhead-duration-ms`), percentiles over the 200 responses. Latency: client "
-        "side, from each request's scheduled time to its last byte. polydistill: metering and "
-        f"budgets on (a price, a key with a budget, one ledger row per request), {pg_text} or "
-        f"SQLite (WAL). {litellm_text}",
-        "",
-        f"LiteLLM publishes overhead p50/p95/p99 of {published['overhead_p50_ms']}/"
-        f"{published['overhead_p95_ms']}/{published['overhead_p99_ms']} ms at about "
-        f"{published['requests_per_s']} requests/s ({published['setup']}); the rows below "
-        "measure both on this machine, where gateways, upstream and load generator share "
-        f"{result['environment']['cores_usable']} cores.",
-        "",
-    ]
-
-
-def markdown(result: dict[str, Any]) -> str:
-    scenarios = result["scenarios"]
-    lines = [SECTION, "", results_md.environment_lines(result).rstrip("\n"), ""]
-    lines += _setup_lines(result)
-    lines += _load_table(scenarios)
-    lines += ["", _sustained_line(scenarios), "", *_verdicts(scenarios)]
-    if any(s["gateway"] == "polydistill" for s in scenarios):
-        lines += ["", _metering_line(scenarios)]
-    lines += ["", *_race_table(result["budget_race"])]
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,15 +11,13 @@ one process whatever it says. Kept free of torch, as the whole config layer is.
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from polydistill.config.fields import Strict
 
 
-class DistributedConfig(BaseModel):
+class DistributedConfig(Strict):
     """How a run started by torchrun spreads its training over the processes."""
-
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, strict=True, use_attribute_docstrings=True
-    )
 
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """"ddp": every rank holds the whole model and optimiser, gradients are all-reduced

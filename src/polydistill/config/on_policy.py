@@ -8,24 +8,15 @@ where the off-policy run keeps them; this section only says how the student's ow
 drawn and mixed in.
 """
 
-from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-Positive = Annotated[int, Field(gt=0)]
-
-
-LaxPath = Annotated[Path, Field(strict=False)]
-"""A path from a YAML string (strict mode takes no str for a Path otherwise)."""
+from polydistill.config.fields import LaxPath, Positive, Strict
 
 
-class OnPolicyConfig(BaseModel):
+class OnPolicyConfig(Strict):
     """How the student samples, how long a sample is reused, and how much of training it is."""
-
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, strict=True, use_attribute_docstrings=True
-    )
 
     mix: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
     """GKD's lambda: the fraction of optimiser steps trained on the student's own samples; the

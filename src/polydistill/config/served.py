@@ -18,18 +18,16 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from polydistill.config.fields import Strict, gguf_file_or_folder
 
 # a fast tokenizer's own file, or a checkpoint's config beside whatever tokenizer it has
 TOKENIZER_FILES = ("tokenizer.json", "config.json")
 
 
-class ServedConfig(BaseModel):
+class ServedConfig(Strict):
     """Where a served teacher runs and how hard to push its servers."""
-
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, strict=True, use_attribute_docstrings=True
-    )
 
     tokenizer: Annotated[Path, Field(strict=False)]
     """The served model's tokenizer, here: a folder with `tokenizer.json` (a checkpoint folder
@@ -58,12 +56,8 @@ class ServedConfig(BaseModel):
     @field_validator("tokenizer")
     @classmethod
     def _has_tokenizer(cls, path: Path) -> Path:
-        if path.suffix.lower() == ".gguf":
-            if not path.is_file():
-                raise ValueError(f"no such GGUF file: {path}")
+        if gguf_file_or_folder(path):
             return path
-        if not path.is_dir():
-            raise ValueError(f"no such directory: {path}")
         if not any((path / name).is_file() for name in TOKENIZER_FILES):
             raise ValueError(f"no tokenizer.json (nor a checkpoint's config.json) in {path}")
         return path

@@ -8,22 +8,14 @@
 No `init` is the world-style student (`student.family`, `student.model`, `student.tokenizer`).
 """
 
-from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-LaxPath = Annotated[Path, Field(strict=False)]
-"""A path from a YAML string (strict mode takes no str for a Path otherwise)."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, strict=True, use_attribute_docstrings=True
-    )
+from polydistill.config.fields import LaxPath, Strict
 
 
-class Prune(_Strict):
+class Prune(Strict):
     """A depth-pruned copy of a teacher: which checkpoint, which decoder layers."""
 
     teacher_path: LaxPath
@@ -42,7 +34,7 @@ class Prune(_Strict):
         return self
 
 
-class StudentInit(_Strict):
+class StudentInit(Strict):
     """How the student starts: exactly one of `checkpoint`, `prune` or `config` (with
     `tokenizer`); no `init` at all is the world-style student."""
 
