@@ -1,23 +1,96 @@
 """Prompts and completions in a model's own chat template, as token ids.
 
-Every model (world teacher, real checkpoint, student) is prompted through the chat template stored
-with its tokenizer; the completion follows the generation prompt and ends with the tokenizer's
-end-of-turn (`eos`) token. Prompt and completion are tokenized separately so that the boundary
+    prompt = record_prompt(record)        # a `Prompt`: what every model is asked
+    ids = encode_prompts(tokenizer, [prompt, "12+7="], who)
+
+A `Prompt` is what a teacher or the student is asked, in one of three shapes:
+- a `str`: one user turn (the world's prompts, a `prompt` row, tests);
+- a `Chat`: the conversation so far, a tuple of `Turn`s (system, user and earlier assistant
+  turns, ending with a user turn; a `messages` row with more than one user turn);
+- a `PlainText`: completion-style text (a `text` row) that every model continues as it stands.
+
+Every model renders a chat prompt through its tokenizer's chat template, exactly as
+`apply_chat_template(messages, add_generation_prompt=True)` does: a template that folds a system
+turn into the first user turn (Gemma 3's) folds it, one that refuses it (Gemma 2's) is a
+one-line error with its message. The completion follows the generation prompt and ends with the
+end-of-turn (`eos`) token; prompt and completion are tokenized separately, so the boundary
 between them is exact in every tokenizer.
 
-A tokenizer without a chat template is a completion model's (a base checkpoint): its prompt is the
-text itself, after the BOS token when the tokenizer adds one, and the completion is the text's
-continuation, closed by `eos` as every answer is.
+A tokenizer without a chat template is a completion model's (a base checkpoint): its prompt is
+the text after the BOS when the tokenizer adds one (`bos_prefix`), the completion its
+continuation, closed by `eos`. It reads a one-user-turn prompt as its text and refuses a
+conversation (no plain-text form). `PlainText` is plain text to every model, a chat model too:
+text to continue, not a question to answer, as evaluation reads it (the student trains on what
+it is scored on).
 """
 
 import itertools
+import json
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+import jinja2
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from polydistill.data.records import PromptRecord, Turn, prompt_id
 from polydistill.errors import UserError
+
+Chat = tuple[Turn, ...]
+"""A conversation so far: optional system turn, user and assistant turns, ending with a user
+turn (as `data` reads a `messages` row)."""
+
+
+@dataclass(frozen=True)
+class PlainText:
+    """A completion-style prompt: text that every model continues as it stands, no template."""
+
+    text: str
+
+
+Prompt = str | Chat | PlainText
+"""What a model is asked: one user turn (`str`), a conversation (`Chat`) or text (`PlainText`)."""
+
+
+def canonical(prompt: Prompt) -> Prompt:
+    """`prompt`, a one-user-turn `Chat` as its `str` (the two render alike everywhere)."""
+    if isinstance(prompt, tuple) and len(prompt) == 1 and prompt[0].role == "user":
+        return prompt[0].content
+    return prompt
+
+
+def record_prompt(record: PromptRecord) -> Prompt:
+    """The prompt of a record: its text, its only user turn, or its whole conversation."""
+    if record.text is not None:
+        return PlainText(record.text)
+    return canonical(record.messages or ())
+
+
+def prompt_key(prompt: Prompt) -> str:
+    """A string that identifies the whole prompt (store rows, seeds, hashes): a `str` prompt is
+    its own key (keys of captured world stores stay as they were), any other shape its JSON,
+    which starts with `{"`; a `str` that starts so is wrapped too, so no two prompts share one."""
+    prompt = canonical(prompt)
+    if isinstance(prompt, str):
+        return json.dumps({"prompt": prompt}) if prompt.startswith('{"') else prompt
+    if isinstance(prompt, PlainText):
+        return json.dumps({"text": prompt.text})
+    return json.dumps({"messages": [[turn.role, turn.content] for turn in prompt]})
+
+
+def prompt_contents(prompt: Prompt) -> list[str]:
+    """The prompt's own texts (each turn's content), markup aside."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, PlainText):
+        return [prompt.text]
+    return [turn.content for turn in prompt]
+
+
+def prompt_bytes(prompt: Prompt) -> int:
+    """UTF-8 bytes of the prompt's texts: what bits per byte of a prompt divide by."""
+    return sum(len(text.encode("utf-8")) for text in prompt_contents(prompt))
 
 
 def completion_style(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -32,27 +105,89 @@ def bos_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return [bos] if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else []
 
 
+def _name(prompt: str | Chat, name: str | None) -> str:
+    """How an error names a prompt: `name` (a record's origin), else its record id."""
+    return name or f"prompt {prompt_id(_turns(prompt), None)}"
+
+
+def _plain(
+    tokenizer: PreTrainedTokenizerBase, prompt: Prompt, who: str, name: str | None = None
+) -> str | None:
+    """The text a model reads as it stands (None: through its chat template); a conversation
+    for a completion model is a one-line error naming the prompt (`name`, else its id)."""
+    prompt = canonical(prompt)
+    if isinstance(prompt, PlainText):
+        return prompt.text
+    if not completion_style(tokenizer):
+        return None
+    if isinstance(prompt, str):
+        return prompt
+    roles = "+".join(turn.role for turn in prompt)
+    raise UserError(
+        f"{who}: {_name(prompt, name)} is a conversation ({roles}), and the "
+        "tokenizer has no chat template to render it; give the model one (`template:`) or "
+        "ask it prompts of one user turn or text rows"
+    )
+
+
+def _turns(prompt: str | Chat) -> Chat:
+    return (Turn("user", prompt),) if isinstance(prompt, str) else prompt
+
+
+def render_prompt(
+    tokenizer: PreTrainedTokenizerBase, prompt: Prompt, who: str, name: str | None = None
+) -> str:
+    """The prompt as the model reads it: through its chat template with the generation prompt
+    (`apply_chat_template`, nothing added or left out), or its plain text after the BOS.
+    `name` names the prompt in errors (a record's origin; else its record id)."""
+    text = _plain(tokenizer, prompt, who, name)
+    if text is not None:
+        return (tokenizer.bos_token if bos_prefix(tokenizer) else "") + text
+    turns = _turns(prompt)
+    messages = [{"role": turn.role, "content": turn.content} for turn in turns]
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except jinja2.TemplateError as error:  # the template's own refusal (`raise_exception`)
+        roles = "+".join(turn.role for turn in turns)
+        raise UserError(
+            f"{who}: the chat template refuses {_name(turns, name)} ({roles}): {error}"
+        ) from None
+
+
 def render_prompts(
-    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], who: str
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], who: str
 ) -> list[str]:
-    """Each prompt as a user turn followed by the assistant's generation prompt; for a
-    completion model (`completion_style`), the prompt text after its BOS."""
-    if completion_style(tokenizer):
-        bos = tokenizer.bos_token if bos_prefix(tokenizer) else ""
-        return [bos + p for p in prompts]
-    return [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
-        )
-        for p in prompts
-    ]
+    """`render_prompt` of each prompt."""
+    return [render_prompt(tokenizer, p, who) for p in prompts]
 
 
 def encode_prompts(
-    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], who: str
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    who: str,
+    names: Sequence[str] | None = None,
 ) -> list[list[int]]:
-    texts = render_prompts(tokenizer, prompts, who)
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    """Each prompt's ids: its chat rendering tokenized as `apply_chat_template` tokenizes it
+    (markup strings as special tokens), or the BOS and the plain text (`encode_text`: any
+    special-token string in it stays text, as in the text the model was trained on). `names`
+    (one per prompt) name them in errors. Each kind is tokenized in one batch."""
+    named = list(names) if names is not None else [None] * len(prompts)
+    plain = [_plain(tokenizer, p, who, n) for p, n in zip(prompts, named, strict=True)]
+    out: list[list[int]] = [[] for _ in prompts]
+    templated = [i for i, text in enumerate(plain) if text is None]
+    if templated:
+        rendered = [render_prompt(tokenizer, prompts[i], who, named[i]) for i in templated]
+        encoded = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        for i, ids in zip(templated, encoded, strict=True):
+            out[i] = ids
+    as_text = [i for i, text in enumerate(plain) if text is not None]
+    if as_text:
+        bos = bos_prefix(tokenizer)
+        texts = [plain[i] for i in as_text]
+        encoded = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        for i, ids in zip(as_text, encoded, strict=True):
+            out[i] = bos + ids  # as `encode_text` encodes each
+    return out
 
 
 def encode_completions(
@@ -79,9 +214,9 @@ def end_of_turn(tokenizer: PreTrainedTokenizerBase, who: str) -> int:
 
 
 def render_answer(
-    tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str, who: str
+    tokenizer: PreTrainedTokenizerBase, prompt: Prompt, completion: str, who: str
 ) -> tuple[list[int], int]:
-    """A model's own rendering of a prompt and its answer: the user turn and generation prompt,
+    """A model's own rendering of a prompt and its answer: the prompt and generation prompt,
     the completion tokenized on its own, and the end-of-turn token; with the index of the first
     completion token. Every teacher scores, and the alignment aligns, exactly this sequence."""
     return render_answers(tokenizer, [prompt], [completion], who)[0]
@@ -89,7 +224,7 @@ def render_answer(
 
 def render_answers(
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     completions: Sequence[str],
     who: str,
 ) -> list[tuple[list[int], int]]:
@@ -110,7 +245,8 @@ def render_answers(
     for prompt, body in zip(prompts, bodies, strict=True):
         prefix = prefixes[prompt]
         if not prefix:
-            what = "the prompt is empty" if completion_style(tokenizer) else "chat template"
+            plain = completion_style(tokenizer) or isinstance(prompt, PlainText)
+            what = "the prompt is empty" if plain else "chat template"
             raise UserError(f"{who}: {what} renders nothing before the answer")
         out.append(([*prefix, *body, end], len(prefix)))
     return out
@@ -210,7 +346,7 @@ def batch_rows(
 
 def supervised_batches(
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     completions: Sequence[str],
     batch_size: int,
     seed: int,

@@ -22,6 +22,7 @@ unless `force` is given (then the old folder is replaced only once the new one i
 
 import json
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -96,7 +97,10 @@ def context_limits(
     cfg: RunConfig, inputs: RunInputs, excluded: frozenset[str]
 ) -> dict[str, ContextLimit]:
     """Per model (each teacher, the student): its prompt length and the most prompt tokens it
-    takes, its context less the `eval.max_new_tokens` its answer needs."""
+    takes, its context less the `eval.max_new_tokens` its answer needs. Counting renders every
+    record, so a prompt a model cannot read (a conversation for a completion model, a turn its
+    template refuses) fails here, naming the record, before any model is loaded; a checkpoint
+    that states no context is only checked so."""
     room = cfg.eval.max_new_tokens
     limits: dict[str, ContextLimit] = {}
     for teacher in (t for t in cfg.teachers if t.name not in excluded):
@@ -104,9 +108,9 @@ def context_limits(
             continue  # a served teacher: its server refuses what it cannot take
         path, who = inputs.teachers[teacher.name], f"teacher {teacher.name!r}"
         positions = _positions(path)
-        if positions is not None:
-            tokenizer = load_tokenizer(path, who, teacher.template)
-            limits[teacher.name] = ContextLimit(_token_counter(tokenizer, who), positions - room)
+        limit = sys.maxsize if positions is None else positions - room
+        tokenizer = load_tokenizer(path, who, teacher.template)
+        limits[teacher.name] = ContextLimit(_token_counter(tokenizer, who), limit)
     if cfg.student is not None:
         tokenizer = inputs.student.tokenizer()
         limits["student"] = ContextLimit(

@@ -12,12 +12,20 @@ from transformers import SentencePieceBackend
 from polydistill.align.project import project, tail_share
 from polydistill.align.render import encode_text, render_aligned
 from polydistill.align.vocabmap import vocab_map
+from polydistill.chat import PlainText, encode_prompts
+from polydistill.data.records import Turn
 from polydistill.errors import UserError
 from polydistill.targets import validate_targets
 from polydistill.world.real_vocab import gemma_style_sentencepiece_path
 from polydistill.world.tokenizers import O200K_PATTERN
 
 K = 6
+CONVERSATION = (
+    Turn("system", "Count in digits."),
+    Turn("user", "One?"),
+    Turn("assistant", "1"),
+    Turn("user", "And on?"),
+)
 
 
 def _id(tok, piece: str) -> int:
@@ -219,12 +227,17 @@ def _random_rows(seq, teacher, rng, k=8):
         ("gemma-style", "qwen3"),
     ],
 )
-def test_vectorised_projection_matches_the_reference(teacher_name, student_name):
+@pytest.mark.parametrize("prompt", ["Count.", CONVERSATION, PlainText("Count: 1, 2,")])
+def test_vectorised_projection_matches_the_reference(teacher_name, student_name, prompt):
+    """Whatever the prompt (one user turn, a conversation, text): only the answer's bytes align."""
     teacher, student = tokenizer(teacher_name), tokenizer(student_name)
     vmap = vocab_map(teacher, student, teacher_name)
     rng = np.random.default_rng(7)
     completion = "Total: 12345 apples — 日本語のテキスト 🚀🔥 and مرحبا; x=3.14159\n    return"
-    seq = render_aligned(teacher, student, "Count.", completion, teacher_name)
+    seq = render_aligned(teacher, student, prompt, completion, teacher_name)
+    t_prompt = encode_prompts(teacher, [prompt], "t")[0]
+    assert list(seq.teacher_ids[: seq.teacher_start]) == t_prompt
+    assert seq.student_start == len(encode_prompts(student, [prompt], "s")[0])
     top, logprobs = _random_rows(seq, teacher, rng)
     targets = project(seq, top, logprobs, vmap, k=64)
     probs = np.exp(logprobs)

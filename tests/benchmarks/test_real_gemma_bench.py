@@ -152,9 +152,13 @@ def test_a_completion_model_reads_a_one_turn_prompt_as_its_text():
     ids = encode_records(tokenizer, [one, text], "model")
     assert ids[0] == ids[1] == tokenizer("The quick fox")["input_ids"]
     two = PromptRecord(
-        "2" * 16, "test", "messages", messages=(Turn("system", "Be brief."), Turn("user", "Hi"))
+        "2" * 16,
+        "test",
+        "messages",
+        messages=(Turn("system", "Be brief."), Turn("user", "Hi")),
+        origin="chats.jsonl line 2",
     )
-    with pytest.raises(UserError, match="1 prompts are chats"):
+    with pytest.raises(UserError, match=r"^model: chats.jsonl line 2 is a conversation "):
         encode_records(tokenizer, [one, two], "model")
 
 

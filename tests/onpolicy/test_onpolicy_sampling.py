@@ -5,7 +5,8 @@ import torch
 from align_tokenizers import tokenizer
 from onpolicy_models import prompts, tiny_model
 
-from polydistill.chat import encode_text
+from polydistill.chat import PlainText, encode_prompts, encode_text
+from polydistill.data.records import Turn
 from polydistill.onpolicy.sampling import GumbelNoise, _row, sample_answers, sample_seed
 
 
@@ -67,3 +68,24 @@ def test_rows_are_the_students_rendering_and_a_non_canonical_sample_is_retokenis
     row = _row(tok, prompt, 0, 0, [*canonical, lead], False)
     assert row.retokenised and row.text == "reverse: abc\ufffd"
     assert row.answer_ids == [*encode_text(tok, "reverse: abc\ufffd"), tok.eos_token_id]
+
+
+def test_a_conversation_and_text_are_sampled_from_their_whole_rendering():
+    """The student samples after its own rendering of each prompt's whole conversation (or its
+    plain text), the same draws batched (left-padded) as one by one."""
+    tok = tokenizer("world-student")
+    model = tiny_model("student", 0)
+    question = prompts(1)[0]
+    conversation = (Turn("system", "Be brief."), Turn("user", "reverse: ab"))
+    conversation += (Turn("assistant", "ba"), Turn("user", question))
+    asked = [conversation, question, PlainText(question)]
+    drawn = _sample(model, tok, asked)
+    messages = [{"role": t.role, "content": t.content} for t in conversation]
+    want = tok.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    assert drawn.rows[0].prompt_ids == want
+    assert [r.prompt_ids for r in drawn.rows[:3]] == encode_prompts(tok, asked, "student")
+    assert len({tuple(r.prompt_ids) for r in drawn.rows[:3]}) == 3
+    one_by_one = _sample(model, tok, asked, batch_size=1)
+    assert [r.sampled for r in one_by_one.rows] == [r.sampled for r in drawn.rows]

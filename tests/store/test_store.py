@@ -13,6 +13,8 @@ import pytest
 import torch
 from repo_paths import TINY
 
+from polydistill.chat import PlainText
+from polydistill.data.records import Turn
 from polydistill.errors import UserError
 from polydistill.store import shards as shards_module
 from polydistill.store.cached import open_store, store_teachers
@@ -351,3 +353,37 @@ def test_benchmark_kl_matches_a_dense_float64_reconstruction():
     everything = np.argsort(-full, axis=1)
     exact = np.take_along_axis(full, everything, axis=1)
     assert np.abs(kl_to_reconstruction(full, everything, exact)).max() < 1e-5
+
+
+def test_a_store_keys_every_row_by_the_whole_prompt(tmp_path, teachers, prompts):
+    """Conversations that end in the same user turn (one with a system turn, one with earlier
+    turns), that turn alone and the same words as text are four prompts: the store gives back
+    each one's own rows, and refuses a prompt it did not capture."""
+    last = prompts[0]
+    asked = [
+        (Turn("system", "Answer briefly."), Turn("user", last)),
+        (Turn("user", prompts[1]), Turn("assistant", "ok"), Turn("user", last)),
+        last,
+        PlainText(last),
+    ]
+    qwen = teachers[2]
+    settings = {**SETTINGS, "samples": 1}
+    out = tmp_path / "store"
+    assert capture_store([qwen], asked, out, **settings, block_size=BLOCK, show_progress=False)
+    store = open_store(out)
+    (stored,) = store_teachers(store, {"qwen": qwen.fingerprint()})
+    live = gather_readings([qwen], asked, **{**settings, "seed": block_seed(3, 0)})
+    read = gather_readings([stored], asked, **settings)
+    assert [(c.prompt, c.text) for c in read.candidates] == [
+        (c.prompt, c.text) for c in live.candidates
+    ]
+    starts = set()
+    for want, got in zip(live.rows["qwen"], read.rows["qwen"], strict=True):
+        np.testing.assert_array_equal(got.ids, want.ids)
+        starts.add(tuple(got.ids[: got.start]))
+    assert len(starts) == len(asked)  # four renderings: not one prompt read four times
+    with pytest.raises(UserError, match="the prompts differ from the captured ones"):
+        other = [*asked[:3], (Turn("system", "Other."), Turn("user", last))]
+        stored.complete(other, samples=1, max_new_tokens=6, seed=3)
+    with pytest.raises(UserError, match="no reading of prompt"):
+        stored.score([other[-1]], [read.candidates[0].text], top_k=8, temperature=1.0)

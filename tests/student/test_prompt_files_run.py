@@ -11,11 +11,9 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
+from prompt_runs import prompt_run
 
 pytestmark = pytest.mark.slow
-TINY = Path(__file__).parents[1] / "tiny.yaml"
-SMALL = {"hidden_size": 64, "layers": 1, "heads": 1, "kv_heads": 1, "head_dim": 64}
 
 
 def rows_of(examples, tag: str) -> list[dict]:
@@ -35,30 +33,13 @@ def prompt_config(tmp_path, tiny_world, tiny_cache) -> Path:
     for name, rows in (("train", train), ("test", test)):
         with (tmp_path / f"{name}.jsonl").open("w") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
-    raw = yaml.safe_load(TINY.read_text())
-    raw["world"]["cache_dir"] = str(tiny_cache)
-    raw["threads"] = 1
-    raw["teachers"] = [
-        {"name": name, "family": family, "path": str(tiny_world.teachers[name]),
-         "licence": {"id": "apache-2.0"}}
-        for name, family in (("gemma", "gemma"), ("qwen", "qwen"))
-    ]  # fmt: skip
-    raw["data"] = {
+    teachers = [{"name": "gemma", "family": "gemma"}, {"name": "qwen", "family": "qwen"}]
+    data = {
         "train": str(tmp_path / "train.jsonl"),
         "test": str(tmp_path / "test.jsonl"),
         "fractions": {"validation": 0.0},
     }
-    raw["student"] = {
-        "teachers": ["gemma", "qwen"],
-        "model": {**SMALL, "intermediate_size": 64},
-        "train": {"steps": 2, "batch_size": 4, "lr": 3.0e-3, "warmup_steps": 1},
-        "prompts_per_tag": 4,
-        "top_k": 8,
-        "checkpoint_every": 0,
-    }
-    path = tmp_path / "mine.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return prompt_run(tiny_world, tiny_cache, teachers, data, tmp_path / "mine.yaml")
 
 
 def test_a_run_on_a_jsonl_prompt_file_scores_per_tag_and_counts_the_data(

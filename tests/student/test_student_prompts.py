@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from polydistill.chat import PlainText
 from polydistill.config import load_config
 from polydistill.data import PromptRecord
 from polydistill.data.records import Turn, make_record
@@ -65,28 +66,22 @@ def test_counts_per_tag_cap_or_repeat_and_only_the_students_tags_train(files_con
     assert [len(v) for v in capped.heldout.values()] == [1, 1]
 
 
-@pytest.mark.parametrize(
-    ("records", "message"),
-    [
-        ([record("test", "t", "a", None)], "test t: a test prompt needs a reference answer"),
-        (
-            [make_record("train", "text", text="once upon", tag="a", origin="row 3")],
-            "row 3: the student stage takes prompts of one user turn",
-        ),
-        (
-            [
-                make_record(
-                    "train",
-                    "messages",
-                    origin="row 4",
-                    messages=(Turn("system", "be brief"), Turn("user", "hi")),
-                )
-            ],
-            "row 4: the student stage takes prompts of one user turn",
-        ),
-    ],
-)
-def test_prompts_the_stage_cannot_take_are_one_line(files_config, records, message):
+def test_a_test_prompt_without_reference_is_one_line(files_config):
     with pytest.raises(UserError) as error:
-        prompt_sets(files_config(), [*RECORDS, *records])
-    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+        prompt_sets(files_config(), [*RECORDS, record("test", "t", "a", None)])
+    assert str(error.value).startswith("test t: a test prompt needs a reference answer")
+    assert "\n" not in str(error.value)
+
+
+def test_every_layout_trains_as_its_whole_prompt(files_config):
+    """A text row is completion-style text, a conversation keeps every turn, one user turn is
+    its string: what each model renders its own way (`chat.encode_prompts`)."""
+    conversation = (Turn("system", "be brief"), Turn("user", "hi"), Turn("assistant", "yo"))
+    conversation += (Turn("user", "and?"),)
+    extra = [
+        make_record("train", "text", text="once upon", tag="c", origin="row 3"),
+        make_record("train", "messages", messages=conversation, tag="c", origin="row 4"),
+        make_record("train", "messages", messages=(Turn("user", "solo"),), tag="c"),
+    ]
+    sets = prompt_sets(files_config("student.tags=[c]"), [*RECORDS, *extra])
+    assert sets.train.texts == [PlainText("once upon"), conversation, "solo"]

@@ -15,10 +15,12 @@ from fake_vllm import fake_vllm
 from served_checks import ANSWERS, PROMPTS, assert_same_rows, eos_silenced
 from vllm_server import free_port, vllm_server
 
+from polydistill.chat import PlainText
+from polydistill.data.records import Turn
 from polydistill.errors import UserError
 from polydistill.teachers.checkpoint import load_tokenizer
 from polydistill.teachers.local import local_teacher
-from polydistill.teachers.served import env_name, served_teacher
+from polydistill.teachers.served import env_name, sample_seed, served_teacher
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +176,25 @@ def test_the_fake_refuses_a_different_tokenizer(fake, tiny_world):
 def test_full_vocabulary_rescaling_matches_the_local_temperature(fake_served, qwen_local):
     served = fake_served.score(PROMPTS, ANSWERS, top_k=4, temperature=0.5)
     assert_same_rows(served, qwen_local.score(PROMPTS, ANSWERS, top_k=4, temperature=0.5))
+
+
+def test_conversations_and_text_travel_as_the_local_rendering(fake, fake_served, qwen_local):
+    """A served teacher renders here and sends ids: a system turn, earlier turns and
+    completion-style text reach the server as the local teacher reads them (rows and greedy
+    answers equal), and a prompt's whole conversation seeds its samples."""
+    conversations = [
+        (Turn("system", "Answer briefly."), Turn("user", PROMPTS[0])),
+        (Turn("user", "reverse: ab"), Turn("assistant", "ba"), Turn("user", PROMPTS[2])),
+        PlainText("Where does Tomuqa"),
+    ]
+    prompts = [*conversations, PROMPTS[0]]
+    answers = [ANSWERS[0], ANSWERS[2], " Ruza live?", ANSWERS[0]]
+    served = fake_served.score(prompts, answers, top_k=5, temperature=1.0)
+    local = qwen_local.score(prompts, answers, top_k=5, temperature=1.0)
+    assert_same_rows(served, local)
+    # the rows are those of the whole conversation: a system turn changes the prompt's ids
+    assert list(served[0].ids[: served[0].start]) != list(served[3].ids[: served[3].start])
+    assert list(served[0].ids[served[0].start :]) == list(served[3].ids[served[3].start :])
+    settings = {"samples": 1, "max_new_tokens": 4, "seed": 0}
+    assert fake_served.complete(prompts, **settings) == qwen_local.complete(prompts, **settings)
+    assert sample_seed(0, conversations[0], 1) != sample_seed(0, PROMPTS[0], 1)

@@ -1,6 +1,7 @@
 """Render one prompt and completion through a teacher's and the student's chat templates, aligned.
 
-Each side renders the user turn with its own template and generation prompt (`chat.encode_prompts`),
+Each side renders the prompt (one user turn, a whole conversation or completion-style text:
+`chat.Prompt`) with its own template and generation prompt (`chat.encode_prompts`),
 then the completion text, then its family's end-of-turn token (the tokenizer's `eos_token`, as
 everywhere in polydistill). The completion is tokenized on its own, as the model that wrote it
 did, so the boundary between markup and completion is exact on both sides; special-token
@@ -13,8 +14,8 @@ import numpy as np
 
 from polydistill.align.chunks import AlignedSequence, aligned_sequence
 from polydistill.align.tokenbytes import backend_of, token_byte_lengths, vocab_bytes
+from polydistill.chat import Prompt, prompt_contents, render_answer
 from polydistill.chat import encode_text as encode_hf_text
-from polydistill.chat import render_answer
 from polydistill.errors import UserError
 
 
@@ -36,7 +37,7 @@ def _check_utf8(text: str, what: str) -> None:
         ) from None
 
 
-def _side(tokenizer: object, prompt: str, completion: str, who: str):
+def _side(tokenizer: object, prompt: Prompt, completion: str, who: str):
     backend_of(tokenizer, who)  # a slow tokenizer fails here, before its template is used
     ids, start = render_answer(tokenizer, prompt, completion, who)
     lengths = token_byte_lengths(vocab_bytes(tokenizer, who), ids[start:-1], completion, who)
@@ -46,12 +47,13 @@ def _side(tokenizer: object, prompt: str, completion: str, who: str):
 def render_aligned(
     teacher_tokenizer: object,
     student_tokenizer: object,
-    prompt: str,
+    prompt: Prompt,
     completion: str,
     teacher: str,
 ) -> AlignedSequence:
     """Both chat renderings of (prompt, completion), aligned over the completion's bytes."""
-    _check_utf8(prompt, "prompt")
+    for text in prompt_contents(prompt):
+        _check_utf8(text, "prompt")
     _check_utf8(completion, "answer")
     teacher_ids, teacher_start, teacher_lengths = _side(
         teacher_tokenizer, prompt, completion, f"teacher {teacher!r}"

@@ -3,9 +3,11 @@
     records = as_records(heldout)                  # {tag: [PromptRecord, ...]}
     ids = encode_records(tokenizer, records["math"], who)
 
-A chat record (`messages`) is rendered by the tokenizer's chat template with the generation
-prompt; a completion-style record (`text`) is its raw text, after the BOS token when the
-tokenizer prepends one (`chat.bos_prefix`: what a base model saw in pre-training), no template.
+Records are rendered as the student stage renders them (`chat.record_prompt`,
+`chat.encode_prompts`): a chat record (`messages`, `prompt`) by the tokenizer's chat template with
+the generation prompt, a completion-style record (`text`) as its raw text after the BOS token
+when the tokenizer prepends one (`chat.bos_prefix`: what a base model saw in pre-training), no
+template, for every model; a completion model reads a one-user-turn prompt as its text.
 World `Example`s (anything with `prompt` and `answer`) are still accepted while callers move to
 records: each becomes one user turn, its answer the reference, as `chat.render_prompts` renders it.
 """
@@ -15,7 +17,7 @@ from typing import Protocol
 
 from transformers import PreTrainedTokenizerBase
 
-from polydistill.chat import bos_prefix, encode_text
+from polydistill.chat import encode_prompts, record_prompt
 from polydistill.data.records import PromptRecord, Turn, make_record
 from polydistill.errors import UserError
 
@@ -64,32 +66,15 @@ def prompt_text(record: PromptRecord) -> str:
     return users[-1] if users else ""
 
 
-def _one_user_turn(record: PromptRecord) -> bool:
-    return record.messages is not None and [t.role for t in record.messages] == ["user"]
-
-
 def encode_records(
     tokenizer: PreTrainedTokenizerBase, records: Sequence[PromptRecord], who: str
 ) -> list[list[int]]:
-    """Each record's prompt as ids: chat template with generation prompt, or BOS + raw text (a
-    completion model reads a one-user-turn prompt as its text, as `chat.render_prompts` does)."""
-    plain = not getattr(tokenizer, "chat_template", None)
-    chats = [r for r in records if not r.completion_style and not _one_user_turn(r)]
-    if chats and plain:
-        raise UserError(
-            f"{who}: tokenizer has no chat template, and {len(chats)} prompts are chats; add "
-            "one to tokenizer_config.json or give completion-style (text) prompts"
-        )
-    out = []
-    for record in records:
-        if record.completion_style or plain:
-            text = prompt_text(record)
-            out.append(bos_prefix(tokenizer) + encode_text(tokenizer, text))
-        else:
-            rendered = tokenizer.apply_chat_template(
-                record.chat(), add_generation_prompt=True, tokenize=False
-            )
-            out.append(tokenizer(rendered, add_special_tokens=False)["input_ids"])
-        if not out[-1]:
-            raise UserError(f"{who}: prompt {record.origin or record.id} encodes to no tokens")
+    """Each record's prompt as ids, as every model reads it in training (`chat.encode_prompts`):
+    chat template with generation prompt, or BOS + plain text (text rows for every model; a
+    one-user-turn prompt for a completion model); errors name the record's origin."""
+    names = [record.origin or f"prompt {record.id}" for record in records]
+    out = encode_prompts(tokenizer, [record_prompt(r) for r in records], who, names)
+    for ids, name in zip(out, names, strict=True):
+        if not ids:
+            raise UserError(f"{who}: {name} encodes to no tokens")
     return out

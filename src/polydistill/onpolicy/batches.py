@@ -39,7 +39,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
-from polydistill.chat import shuffled_stream
+from polydistill.chat import Prompt, prompt_key, shuffled_stream
 from polydistill.config.on_policy import OnPolicyConfig
 from polydistill.errors import UserError
 from polydistill.onpolicy.sampling import sample_answers
@@ -122,18 +122,19 @@ class OnPolicyRun:
     model: PreTrainedModel
     tokenizer: Tokenizer
     teachers: Sequence[Teacher]
-    prompts: Sequence[str]
+    prompts: Sequence[Prompt]
     config: OnPolicyConfig
     grading: Grading
     domains: Sequence[str] | None = None
 
     def settings(self) -> dict:
         """What a saved buffer must have been generated with to be read back (see the module)."""
+        prompts = "\0".join(map(prompt_key, self.prompts))  # each prompt whole
         return {
             "config": self.config.model_dump(mode="json"),
             "grading": repr(self.grading),
             "teachers": [(t.name, t.fingerprint()) for t in self.teachers],
-            "prompts": hashlib.sha256("\0".join(self.prompts).encode("utf-8")).hexdigest(),
+            "prompts": hashlib.sha256(prompts.encode("utf-8")).hexdigest(),
             "student": tokenizer_fingerprint(self.tokenizer),
         }
 

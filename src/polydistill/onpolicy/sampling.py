@@ -30,7 +30,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
-from polydistill.chat import encode_prompts, end_of_turn, pad_left, render_answer
+from polydistill.chat import Prompt, encode_prompts, end_of_turn, pad_left, render_answer
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class GumbelNoise(LogitsProcessor):
 
 
 def _row(
-    tokenizer: Tokenizer, prompt: str, index: int, sample: int, sampled: list[int], cut: bool
+    tokenizer: Tokenizer, prompt: Prompt, index: int, sample: int, sampled: list[int], cut: bool
 ) -> Sample:
     text = tokenizer.decode(sampled, clean_up_tokenization_spaces=False)
     ids, start = render_answer(tokenizer, prompt, text, "student")
@@ -141,7 +141,7 @@ def _generate(
 def sample_answers(
     model: PreTrainedModel,
     tokenizer: Tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     *,
     prompt_ids: Sequence[int],
     samples: int,

@@ -38,6 +38,7 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 from polydistill import fusion
 from polydistill.align import project, render, vocabmap
 from polydistill.align.chunks import AlignedSequence
+from polydistill.chat import Prompt, prompt_bytes
 from polydistill.errors import UserError
 from polydistill.onpolicy.sampling import Samples
 from polydistill.student.targets import DistillationData, answer_bytes
@@ -148,7 +149,7 @@ class _Graded:
 
 
 def _grade(
-    teacher: Teacher, drawn: Samples, prompts: Sequence[str], student: Tokenizer, top_k: int
+    teacher: Teacher, drawn: Samples, prompts: Sequence[Prompt], student: Tokenizer, top_k: int
 ) -> _Graded:
     texts = [r.text for r in drawn.rows]
     asked = [prompts[r.prompt] for r in drawn.rows]
@@ -174,10 +175,10 @@ def _grade(
     return _Graded(readings, projected, sum(observed_missing(r) for r in readings))
 
 
-def sample_bits_per_byte(graded: Sequence[_Graded], drawn: Samples, prompts: Sequence[str]):
+def sample_bits_per_byte(graded: Sequence[_Graded], drawn: Samples, prompts: Sequence[Prompt]):
     """`[teachers, samples]`: each teacher's bits per byte on the prompt and the student's
     sample (markup included, as `student_targets.own_answer_bits_per_byte` counts them)."""
-    sizes = [len(prompts[r.prompt].encode("utf-8")) + answer_bytes(r.text) for r in drawn.rows]
+    sizes = [prompt_bytes(prompts[r.prompt]) + answer_bytes(r.text) for r in drawn.rows]
     return torch.tensor(
         [[rows.bits() / size for rows, size in zip(g.rows, sizes, strict=True)] for g in graded],
         dtype=torch.float64,
@@ -189,7 +190,7 @@ def sample_weights(
     names: Sequence[str],
     graded: Sequence[_Graded],
     drawn: Samples,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     domains: Sequence[str] | None,
 ) -> torch.Tensor:
     """`[teachers, samples]` weights of the strategy (per-position ones rank nothing here)."""
@@ -234,7 +235,7 @@ def graded_rows(
     drawn: Samples,
     teachers: Sequence[Teacher],
     student: Tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     grading: Grading,
     *,
     top_k: int,

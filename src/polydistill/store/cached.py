@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from polydistill.chat import Prompt, prompt_key
 from polydistill.errors import UserError
 from polydistill.store.capture import SHARDS_DIR, TOKENIZERS_DIR
 from polydistill.store.manifest import (
@@ -47,7 +48,7 @@ class Store:
     manifest: dict
     candidates: list[Candidate]
     locations: list[tuple[int, int]]  # (shard, row) of each candidate
-    index: dict[tuple[str, str], int]  # (prompt text, answer) -> candidate
+    index: dict[tuple[str, str], int]  # (prompt key, answer) -> candidate (`chat.prompt_key`)
     verified: set[int] = field(default_factory=set)
 
     @property
@@ -107,7 +108,7 @@ def _check_setting(store: Store, what: str, asked: object) -> None:
         )
 
 
-def check_prompts(store: Store, prompts: Sequence[str]) -> None:
+def check_prompts(store: Store, prompts: Sequence[Prompt]) -> None:
     held = store.manifest["prompts"]
     asked = {"count": len(prompts), "sha256": prompts_hash(prompts)}
     if asked != held:
@@ -131,7 +132,7 @@ class StoreTeacher:
 
     def complete(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         *,
         samples: int,
         max_new_tokens: int,
@@ -153,7 +154,7 @@ class StoreTeacher:
 
     def score(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         completions: Sequence[str],
         *,
         top_k: int,
@@ -169,7 +170,7 @@ class StoreTeacher:
                 f"{self.store.manifest['top_k']}; capture again with a larger top_k"
             )
         wanted: dict[int, list[tuple[int, int]]] = {}  # shard -> [(output slot, row)]
-        for slot, pair in enumerate(zip(prompts, completions, strict=True)):
+        for slot, pair in enumerate(zip(map(prompt_key, prompts), completions, strict=True)):
             candidate = self.store.index.get(pair)
             if candidate is None:
                 raise UserError(

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
+from polydistill.chat import Prompt
 from polydistill.errors import UserError
 from polydistill.progress import console, progress_bars
 from polydistill.staging import staged_folder, write_json
@@ -118,7 +119,7 @@ def _check_rows(readings: Readings, plan: dict) -> None:
 
 
 def write_block(
-    out: Path, plan: dict, block: int, readings: Readings, prompts: Sequence[str]
+    out: Path, plan: dict, block: int, readings: Readings, prompts: Sequence[Prompt]
 ) -> Path:
     """Write one block's shard: `readings` of the block's `prompts` (indices local to it)."""
     _check_rows(readings, plan)
@@ -131,7 +132,7 @@ def write_block(
 
 def capture_store(
     teachers: Sequence[Teacher],
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     out: Path,
     *,
     top_k: int,

@@ -17,6 +17,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from polydistill.chat import Prompt, prompt_key
 from polydistill.errors import UserError
 from polydistill.store import codec
 from polydistill.teachers.protocol import Teacher
@@ -35,8 +36,9 @@ FIELD_WORDS = {
 SETTINGS = ("top_k", "temperature", "samples", "max_new_tokens", "seed", "block_size")
 
 
-def prompts_hash(prompts: Sequence[str]) -> str:
-    return hashlib.sha256(json.dumps(list(prompts)).encode("utf-8")).hexdigest()
+def prompts_hash(prompts: Sequence[Prompt]) -> str:
+    """sha256 of the prompt set, each prompt whole (`chat.prompt_key`)."""
+    return hashlib.sha256(json.dumps([prompt_key(p) for p in prompts]).encode("utf-8")).hexdigest()
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -46,7 +48,7 @@ def block_seed(seed: int, block: int) -> int:
 
 def capture_plan(
     teachers: Sequence[Teacher],
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     *,
     top_k: int,
     temperature: float,

@@ -4,7 +4,8 @@
     readings = teacher_block(table, "qwen", k=64, vocab_size=151_936)
     readings.rows(c)                     # TeacherRows of candidate c, as the teacher gave them
 
-One Parquet row per candidate: `prompt` (index into the captured prompt list), `prompt_text`,
+One Parquet row per candidate: `prompt` (index into the captured prompt list), `prompt_text` (the
+whole prompt as `chat.prompt_key` spells it: a conversation's every turn),
 `text`, `authors` (JSON list of [teacher, sample]). Per teacher `t`, columns `t/...` hold one
 binary value per candidate: the rendering's ids as byte planes (`t/ids/0`, ...), `t/start`, the
 packed top-k rows (`t/top_ids/0`, ..., `t/codes`, `t/shift`; see `codec`) and `t/token_logprobs`
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from polydistill.chat import Prompt, prompt_key
 from polydistill.store.codec import (
     PackedRows,
     byte_planes,
@@ -92,14 +94,14 @@ def block_table(
     candidates: Sequence[Candidate],
     rows: dict[str, Sequence[TeacherRows]],
     vocab_sizes: dict[str, int],
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     first_prompt: int,
 ) -> tuple[pa.Table, dict[str, int]]:
     """The block's table (candidates' prompt indices are local to the block) and the number of
     scored positions per teacher."""
     columns: dict[str, pa.Array] = {
         "prompt": pa.array([first_prompt + c.prompt for c in candidates], pa.int32()),
-        "prompt_text": pa.array([prompts[c.prompt] for c in candidates], pa.string()),
+        "prompt_text": pa.array([prompt_key(prompts[c.prompt]) for c in candidates], pa.string()),
         "text": pa.array([c.text for c in candidates], pa.string()),
         "authors": pa.array([json.dumps(c.authors) for c in candidates], pa.string()),
     }

@@ -1,7 +1,7 @@
 """The student stage's prompts, read once from the run's prompt records, by split and tag.
 
     sets = prompt_sets(cfg, records)      # records: any iterable of PromptRecord
-    sets.train         # Prompts: what the student trains on (texts and tags; gold for baselines)
+    sets.train         # Prompts: what the student trains on (prompts and tags; gold for baselines)
     sets.validation    # records of the validation split, for `student.validate_every`
     sets.heldout       # {tag: [PromptRecord]} of the test split, for evaluation
 
@@ -10,11 +10,20 @@ train split has), at most `prompts_per_tag` of each (a tag with fewer repeats th
 share of the training is the one configured). Only those are kept while the records stream, so
 memory grows with the prompts trained on, not with the prompt set. A record's `reference` is
 read only by evaluation, the oracle and the gold-reading fusion baselines, never by the student.
+
+Every layout trains: a record's prompt (`chat.record_prompt`) is its one user turn, its whole
+conversation (system and earlier turns) or its completion-style text, and each teacher and the
+student render it their own way (`chat`). A conversation for a completion model (no chat
+template), or one its template refuses, is a one-line error: naming the record's file and line
+when the pipeline's context check reads it through that model, before any model is loaded (the
+student and every local teacher whose context is known: `evaluate.prompts.encode_records`),
+else naming the record's id when the teacher first renders it.
 """
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from polydistill.chat import Prompt, record_prompt
 from polydistill.config import RunConfig
 from polydistill.data import PromptRecord
 from polydistill.errors import UserError
@@ -25,7 +34,10 @@ UNTAGGED = "untagged"
 
 @dataclass(frozen=True)
 class Prompts:
-    texts: list[str]
+    texts: list[Prompt]
+    """What each model is asked (`chat.Prompt`): one user turn, a whole conversation (system
+    and earlier turns included) or completion-style text, each rendered by every model its own
+    way (`chat.encode_prompts`)."""
     tags: list[str]
     gold: list[str | None]  # read only by the oracle and the gold-reading fusion baselines
 
@@ -42,18 +54,6 @@ class PromptSets:
 
 def tag_of(record: PromptRecord) -> str:
     return record.tag if record.tag is not None else UNTAGGED
-
-
-def prompt_text(record: PromptRecord) -> str:
-    """The one user turn the teachers and the student are asked (the only prompt shape the
-    teachers' protocol takes today)."""
-    turns = record.messages
-    if turns is None or len(turns) != 1 or turns[0].role != "user":
-        raise UserError(
-            f"{record.origin or record.id}: the student stage takes prompts of one user turn "
-            "(no system turn, no earlier turns, no completion-style text) for now"
-        )
-    return turns[0].content
 
 
 def prompt_sets(cfg: RunConfig, records: Iterable[PromptRecord]) -> PromptSets:
@@ -126,7 +126,7 @@ def _training(
 
 def as_prompts(records: list[PromptRecord]) -> Prompts:
     return Prompts(
-        [prompt_text(r) for r in records],
+        [record_prompt(r) for r in records],
         [tag_of(r) for r in records],
         [r.reference for r in records],
     )

@@ -32,6 +32,7 @@ from transformers import PreTrainedTokenizerBase
 
 from polydistill import fusion
 from polydistill.align import project, render, vocabmap
+from polydistill.chat import Prompt, prompt_bytes
 from polydistill.targets import SparseTargets
 from polydistill.teachers.protocol import Teacher, TeacherRows
 from polydistill.teachers.readings import Readings
@@ -59,7 +60,7 @@ def answer_bytes(text: str) -> int:
     return len(text.encode("utf-8")) + 1
 
 
-def own_answer_bits_per_byte(readings: Readings, prompts: Sequence[str]) -> torch.Tensor:
+def own_answer_bits_per_byte(readings: Readings, prompts: Sequence[Prompt]) -> torch.Tensor:
     """`[teachers, prompts]`: each teacher's bits per byte on the prompt and its own greedy
     answer, the evidence of how at home it is there (markup tokens cost a trained model ~0)."""
     names = list(readings.rows)
@@ -69,7 +70,7 @@ def own_answer_bits_per_byte(readings: Readings, prompts: Sequence[str]) -> torc
             candidate = readings.candidates[c]
             for author, sample in candidate.authors:
                 if sample == 0:
-                    size = len(prompt.encode("utf-8")) + answer_bytes(candidate.text)
+                    size = prompt_bytes(prompt) + answer_bytes(candidate.text)
                     out[names.index(author), i] = readings.rows[author][c].bits() / size
     return out
 
@@ -133,7 +134,7 @@ def _project_one(
     teachers: Sequence[Teacher],
     student_tokenizer: PreTrainedTokenizerBase,
     maps: dict[str, vocabmap.VocabMap],
-    prompt: str,
+    prompt: Prompt,
     candidate: int,
     k: int,
 ) -> Projection:
@@ -153,10 +154,10 @@ def project_answers(
     readings: Readings,
     teachers: Sequence[Teacher],
     student_tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     chosen: Sequence[tuple[int, int]],
     top_k: int,
-    projections: dict[tuple[str, str], Projection] | None = None,
+    projections: dict[tuple[Prompt, str], Projection] | None = None,
 ) -> tuple[list[list[int]], list[list[int]], list[SparseTargets], list[int]]:
     """Student prompt ids, answer ids, one target per teacher over all answer positions, offsets.
 
@@ -239,7 +240,7 @@ def example_weights(
     strategy: str,
     names: Sequence[str],
     readings: Readings,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     domains: Sequence[str],
     *,
     temperature: float,
@@ -269,7 +270,7 @@ def student_targets(
     readings: Readings,
     teachers: Sequence[Teacher],
     student_tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     domains: Sequence[str],
     *,
     strategy: str,
@@ -277,7 +278,7 @@ def student_targets(
     temperature: float,
     top_k: int,
     completions_per_prompt: int,
-    projections: dict[tuple[str, str], Projection] | None = None,
+    projections: dict[tuple[Prompt, str], Projection] | None = None,
 ) -> tuple[DistillationData, dict]:
     """The student's training rows and `contributions.json`; see the module. `projections`:
     a dict kept between calls on the same readings (see `project_answers`)."""

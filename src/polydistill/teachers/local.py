@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from polydistill.chat import encode_prompts, pad_left, pad_right, render_answers
+from polydistill.chat import Prompt, encode_prompts, pad_left, pad_right, render_answers
 from polydistill.targets import accurate_log_softmax, check_finite_logits
 from polydistill.teachers.checkpoint import load_model, load_tokenizer
 from polydistill.teachers.protocol import Progress, TeacherRows, tokenizer_fingerprint
@@ -77,7 +77,7 @@ class LocalTeacher:
     @torch.no_grad()
     def complete(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         *,
         samples: int,
         max_new_tokens: int,
@@ -126,7 +126,7 @@ class LocalTeacher:
     @torch.no_grad()
     def score(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         completions: Sequence[str],
         *,
         top_k: int,

@@ -3,13 +3,16 @@
     rows = teacher.score(prompts, completions, top_k=32, temperature=1.0)
     texts = teacher.complete(prompts, samples=1, max_new_tokens=24, seed=0)
 
-A teacher works in its own vocabulary and its own chat template. `score` reads each answer as the
-teacher renders it (`chat.render_answer`: user turn, generation prompt, the completion tokenized
-on its own, end-of-turn) and returns, per answer, a `TeacherRows`: the rendering's ids, the
-teacher's top-k next-token ids and log-probs at every position that predicts a completion token
-or the end-of-turn, and the log-prob of every observed token (prompt included), from which
-bits per byte follow. The local model, a served model and the capture store all return exactly
-this, so alignment, fusion and the store never ask where a teacher lives.
+A teacher works in its own vocabulary and its own chat template. Prompts are `chat.Prompt`s: a
+string (one user turn), a whole conversation (a tuple of turns) or completion-style text, each
+rendered by the teacher's own template (`chat.encode_prompts`). `score` reads each answer as the
+teacher renders it (`chat.render_answer`: the prompt, generation prompt, the completion
+tokenized on its own, end-of-turn) and returns, per answer, a `TeacherRows`: the rendering's
+ids, the teacher's top-k next-token ids and log-probs at every position that predicts a
+completion token or the end-of-turn, and the log-prob of every observed token (prompt
+included), from which bits per byte follow. The local model, a served model and the capture
+store all return exactly this, so alignment, fusion and the store never ask where a teacher
+lives.
 """
 
 import hashlib
@@ -19,6 +22,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
+
+from polydistill.chat import Prompt
 
 Progress = Callable[[int, int], None]
 """(rows done in this batch, tokens in this batch): for progress bars."""
@@ -72,7 +77,7 @@ class Teacher(Protocol):
 
     def complete(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         *,
         samples: int,
         max_new_tokens: int,
@@ -85,7 +90,7 @@ class Teacher(Protocol):
 
     def score(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         completions: Sequence[str],
         *,
         top_k: int,

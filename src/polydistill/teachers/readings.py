@@ -19,6 +19,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from polydistill.chat import Prompt
 from polydistill.errors import UserError
 from polydistill.teachers.protocol import (
     Progress,
@@ -66,7 +67,7 @@ def distinct_candidates(answers: dict[str, list[list[str]]], prompts: int) -> li
 
 def gather_readings(
     teachers: Sequence[Teacher],
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     *,
     samples: int,
     max_new_tokens: int,

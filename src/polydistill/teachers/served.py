@@ -42,7 +42,14 @@ from typing import Any
 import httpx
 from transformers import PreTrainedTokenizerBase
 
-from polydistill.chat import encode_prompts, end_of_turn, render_answers, render_prompts
+from polydistill.chat import (
+    Prompt,
+    encode_prompts,
+    end_of_turn,
+    prompt_key,
+    render_answers,
+    render_prompts,
+)
 from polydistill.errors import UserError
 from polydistill.teachers.checkpoint import load_tokenizer
 from polydistill.teachers.prompt_logprobs import MalformedAnswer, rows_from_prompt_logprobs
@@ -59,9 +66,10 @@ def env_name(teacher: str, what: str) -> str:
     return f"POLYDISTILL_TEACHER_{re.sub(r'[^A-Za-z0-9]', '_', teacher).upper()}_{what}"
 
 
-def sample_seed(seed: int, prompt: str, sample: int) -> int:
-    """A request's seed: a function of the run's seed, the prompt and the sample index."""
-    digest = hashlib.sha256(f"{seed}\0{sample}\0{prompt}".encode()).digest()
+def sample_seed(seed: int, prompt: Prompt, sample: int) -> int:
+    """A request's seed: a function of the run's seed, the whole prompt (`chat.prompt_key`) and
+    the sample index."""
+    digest = hashlib.sha256(f"{seed}\0{sample}\0{prompt_key(prompt)}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
@@ -121,7 +129,7 @@ class ServedTeacher:
 
     def complete(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         *,
         samples: int,
         max_new_tokens: int,
@@ -179,7 +187,7 @@ class ServedTeacher:
 
     def score(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         completions: Sequence[str],
         *,
         top_k: int,
