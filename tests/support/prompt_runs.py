@@ -4,8 +4,8 @@ checkpoints, a small world student, two training steps (the student tests' runs)
 from pathlib import Path
 
 import yaml
+from repo_paths import TINY
 
-TINY = Path(__file__).parent / "tiny.yaml"
 SMALL = {"hidden_size": 64, "layers": 1, "heads": 1, "kv_heads": 1, "head_dim": 64}
 
 
