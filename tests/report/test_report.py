@@ -216,7 +216,7 @@ def test_training_rows_summarise_each_log():
 
 
 def test_record_keys_match_the_training_loop():
-    from polydistill.train.loop import RECORD_KEYS as LOOP_KEYS
+    from polydistill.train.step import RECORD_KEYS as LOOP_KEYS
 
     assert set(RECORD_KEYS) == set(LOOP_KEYS)
 

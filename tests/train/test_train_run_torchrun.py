@@ -24,7 +24,7 @@ from polydistill.errors import UserError
 from polydistill.student.distributed import check_torchrun_run, flat_targets, targets_by_row
 from polydistill.student.loss import IGNORE
 from polydistill.train.distributed import Ranks, rank_share
-from polydistill.train.loop import LossOutput
+from polydistill.train.step import LossOutput
 from polydistill.world.inputs import world_inputs
 
 SRC = ROOT / "src"

@@ -19,7 +19,7 @@ MODEL_GROUPS = ("teacher:", "student", "baseline:")
 SPECIALIST_SHARE = 0.95
 BASELINES_TO_BEAT = ("baseline:single:", "baseline:uniform", "baseline:seqkd")
 WITHOUT = "baseline:without:"  # the leave-one-out baselines
-# The keys the training loop writes (train.loop.RECORD_KEYS, spelled out so that the report does
+# The keys the training loop writes (train.step.RECORD_KEYS, spelled out so that the report does
 # not import torch); any other number in a record is a loss part, per token.
 RECORD_KEYS = ("step", "loss", "lr", "grad_norm", "loss_tokens", "tokens_per_s", "validation")
 

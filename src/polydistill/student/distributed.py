@@ -56,9 +56,10 @@ from polydistill.train.distributed import (
     process_group,
 )
 from polydistill.train.distributed_loop import collective_failures, train_distributed
-from polydistill.train.loop import Batch, BatchFn, LossFn, LossOutput, StepHook
+from polydistill.train.loop import StepHook
 from polydistill.train.reproducible import fixed_threads
 from polydistill.train.sharded_checkpoint import full_weights
+from polydistill.train.step import Batch, BatchFn, LossFn, LossOutput
 
 TARGET_KEYS = ("target_ids", "target_logprobs", "target_tail", "target_mask")
 

@@ -50,22 +50,18 @@ from polydistill.train.distributed import (
     wrap_model,
 )
 from polydistill.train.log import TrainLog
-from polydistill.train.loop import (
-    CHECKPOINTS_DIR,
-    BatchFn,
-    LossFn,
-    StepHook,
-    StepTotals,
-    backward_sums,
-    cosine_lr,
-    make_optimizer,
-    per_token,
-    require_loss_tokens,
-    start_state,
-    step_record,
-)
+from polydistill.train.loop import CHECKPOINTS_DIR, StepHook, cosine_lr, make_optimizer, start_state
 from polydistill.train.settings import PRECISIONS, checked_settings
 from polydistill.train.sharded_checkpoint import full_weights, restore_sharded, save_sharded
+from polydistill.train.step import (
+    BatchFn,
+    LossFn,
+    StepTotals,
+    backward_sums,
+    per_token,
+    require_loss_tokens,
+    step_record,
+)
 
 MAX_CAUSE_CHARS = 200
 

@@ -35,11 +35,10 @@ distillation of students both come through `loss_fn`.
 
 import math
 import random
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,33 +66,10 @@ from polydistill.train.selection import (
     write_selection,
 )
 from polydistill.train.settings import PRECISIONS, checked_settings
+from polydistill.train.step import BatchFn, LossFn, optimizer_step
 
-Batch = dict[str, torch.Tensor]
-BatchFn = Callable[[int], Batch]
 StepHook = Callable[[int, dict[str, float]], bool | None]
 CHECKPOINTS_DIR = "checkpoints"
-RECORD_KEYS = ("step", "loss", "lr", "grad_norm", "loss_tokens", "tokens_per_s", "validation")
-
-
-class LossOutput(NamedTuple):
-    """What a loss function returns for one micro-batch."""
-
-    loss_sum: torch.Tensor  # differentiable sum of the per-token losses
-    tokens: float  # how many tokens that sum counts (their total weight when weighted)
-    parts: dict[str, float]  # named sums for the log (e.g. the addends of loss_sum)
-
-
-LossFn = Callable[[PreTrainedModel, Batch], LossOutput]
-
-
-class StepTotals(NamedTuple):
-    """One optimiser step's loss and parts (per token, or sums before `per_token`), and its
-    token counts."""
-
-    loss: float
-    parts: dict[str, float]
-    loss_tokens: float  # a count, or a weight sum when the loss weighs its tokens
-    input_tokens: int
 
 
 def cosine_lr(step: int, steps: int, lr: float, warmup_steps: int, min_lr_ratio: float) -> float:
@@ -104,113 +80,6 @@ def cosine_lr(step: int, steps: int, lr: float, warmup_steps: int, min_lr_ratio:
     progress = (step - warmup_steps) / max(1, steps - 1 - warmup_steps)
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return lr * (min_lr_ratio + (1.0 - min_lr_ratio) * cosine)
-
-
-def sft_loss(model: PreTrainedModel, batch: Batch) -> LossOutput:
-    """Summed cross-entropy on the label positions (-100 elsewhere), next-token shifted; each
-    position weighted by `label_weights` when the batch has them (tokens: the weight sum)."""
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).logits
-    labels = batch["labels"][:, 1:].flatten()
-    shifted = logits[:, :-1].flatten(0, 1)
-    if shifted.dtype not in (torch.float32, torch.float64):
-        shifted = shifted.float()  # a softmax in half precision loses the small probabilities
-    if "label_weights" not in batch:
-        loss_sum = torch.nn.functional.cross_entropy(
-            shifted, labels, ignore_index=-100, reduction="sum"
-        )
-        return LossOutput(loss_sum, int((labels != -100).sum()), {"ce": loss_sum.item()})
-    counted = labels != -100
-    weights = batch["label_weights"][:, 1:].flatten()[counted].to(shifted.dtype)
-    per_token = torch.nn.functional.cross_entropy(
-        shifted[counted], labels[counted], reduction="none"
-    )
-    loss_sum = (per_token * weights).sum()
-    return LossOutput(loss_sum, float(weights.sum()), {"ce": loss_sum.item()})
-
-
-def accumulate_gradients(
-    model: PreTrainedModel,
-    loss_fn: LossFn,
-    micro_batches: Iterable[Batch],
-    autocast_dtype: torch.dtype | None = None,
-) -> StepTotals:
-    """Leave in `.grad` the gradient of (Σ loss sums) / (Σ tokens) over the micro-batches.
-
-    Tensors of each batch are moved to the model's device; other values pass unchanged.
-    """
-    sums = backward_sums(model, loss_fn, micro_batches, autocast_dtype)
-    require_loss_tokens(sums.loss_tokens)
-    for p in model.parameters():
-        if p.grad is not None:
-            p.grad.div_(sums.loss_tokens)
-    return per_token(sums)
-
-
-def backward_sums(
-    model: torch.nn.Module,
-    loss_fn: LossFn,
-    micro_batches: Iterable[Batch],
-    autocast_dtype: torch.dtype | None = None,
-    gradient_sync: Callable[[bool], AbstractContextManager[Any]] | None = None,
-) -> StepTotals:
-    """Backpropagate every micro-batch's loss *sum* into `.grad`; returns the sums (loss and
-    parts not yet divided by the tokens). `gradient_sync(is_last)`: a context around each
-    backward pass (a distributed wrapper synchronises gradients on the last one only)."""
-    device = next(model.parameters()).device
-    loss_sum, loss_tokens, input_tokens = 0.0, 0, 0
-    parts: dict[str, float] = {}
-    for batch, is_last in _with_last(micro_batches):
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        autocast = (
-            torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-        )
-        with gradient_sync(is_last) if gradient_sync else nullcontext():
-            with autocast:
-                out = loss_fn(model, batch)
-            if out.loss_sum.requires_grad:
-                out.loss_sum.backward()
-        loss_sum += out.loss_sum.item()
-        loss_tokens += out.tokens
-        input_tokens += _input_tokens(batch, out.tokens)
-        for name, value in out.parts.items():
-            parts[name] = parts.get(name, 0.0) + value
-    return StepTotals(loss_sum, parts, loss_tokens, input_tokens)
-
-
-def require_loss_tokens(loss_tokens: float) -> None:
-    if loss_tokens == 0:
-        raise UserError(
-            "a training step has no loss tokens: every label/target of its batch is masked"
-        )
-
-
-def per_token(sums: StepTotals) -> StepTotals:
-    """The loss and parts of `sums` divided by its loss tokens."""
-    parts = {name: value / sums.loss_tokens for name, value in sums.parts.items()}
-    return sums._replace(loss=sums.loss / sums.loss_tokens, parts=parts)
-
-
-def _with_last(items: Iterable[Batch]) -> Iterator[tuple[Batch, bool]]:
-    """Each item with whether it is the last, reading one ahead (micro-batches stay lazy)."""
-    iterator = iter(items)
-    try:
-        current = next(iterator)
-    except StopIteration:
-        return
-    for following in iterator:
-        yield current, False
-        current = following
-    yield current, True
-
-
-def _input_tokens(batch: Batch, fallback: int) -> int:
-    if "attention_mask" in batch:
-        return int(batch["attention_mask"].sum())
-    if "input_ids" in batch:
-        return batch["input_ids"].numel()
-    return fallback
 
 
 def make_optimizer(
@@ -310,10 +179,15 @@ def train(
     if state["finished"]:
         model.eval()
         return []
-    average = None
+    run = _RunState(
+        model, optimizer, settings, run_dir, checkpoints, checkpoint_every, keep_checkpoints
+    )
     if ema_decay is not None:
-        average = load_average(source, model) if source else fresh_average(model)
-    selection = load_selection(source, state) if select_by else None
+        run.average = load_average(source, model) if source else fresh_average(model)
+        run.ema_decay = ema_decay
+    if select_by:
+        run.selection = load_selection(source, state)
+        run.select_every, run.select_by = select_every, select_by
     if run_dir:  # a choice from an earlier, unfinished or other run in this folder is stale
         (run_dir / CHOICE_FILE).unlink(missing_ok=True)
     if gradient_checkpointing:
@@ -332,37 +206,13 @@ def train(
                         model, optimizer, loss_fn, micro, rate, grad_clip, PRECISIONS[precision]
                     ),
                 }
-                if average is not None:
-                    update_average(average, model, ema_decay, step + 1)
-                scored = selection is not None and (
-                    (step + 1) % select_every == 0 or step + 1 == steps
-                )
-                if scored:
-                    record["validation"] = consider(selection, model, average, step + 1, select_by)
+                if run.average is not None:
+                    update_average(run.average, model, ema_decay, step + 1)
+                scored = run.score_if_due(step + 1, steps, record)
                 records.append(record)
                 log.write(record)
                 stop = bool(on_step and on_step(step + 1, record))
-                done = stop or step + 1 == steps
-                if selection is not None and done and not scored:
-                    consider(selection, model, average, step + 1, select_by)
-                if average is not None and done:
-                    copy_average_into(model, average)
-                if selection is not None and done:
-                    copy_average_into(model, selection.weights)
-                    if run_dir:
-                        write_selection(run_dir, selection)
-                if checkpoints and (done or (step + 1) % checkpoint_every == 0):
-                    state = {
-                        "step": step + 1,
-                        "next_micro_batch": position,
-                        "finished": done,
-                        "settings": settings,
-                    }
-                    if selection is not None:
-                        state["selection"] = selection.state()
-                    save_training_state(
-                        checkpoints, model, optimizer, state, keep_checkpoints, average, selection
-                    )
+                run.close_step(step + 1, position, stop or step + 1 == steps, scored)
                 if stop:
                     break
     finally:
@@ -372,39 +222,60 @@ def train(
     return records
 
 
-def optimizer_step(
-    model: PreTrainedModel,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: LossFn,
-    micro_batches: Iterable[Batch],
-    lr: float,
-    grad_clip: float | None,
-    autocast_dtype: torch.dtype | None,
-) -> dict[str, float]:
-    """One update from the accumulated micro-batches; returns its log record (without the step)."""
-    started = time.perf_counter()
-    model.train()  # an `on_step` hook may have evaluated the model
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    totals = accumulate_gradients(model, loss_fn, micro_batches, autocast_dtype)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return step_record(totals, lr, float(grad_norm), started)
+@dataclass
+class _RunState:
+    """What the loop keeps across steps besides the model's own weights: the optimiser, the
+    moving average and the validation choice (when asked for), and where checkpoints go."""
 
+    model: PreTrainedModel
+    optimizer: torch.optim.Optimizer
+    settings: dict[str, Any]
+    run_dir: Path | None
+    checkpoints: Path | None
+    checkpoint_every: int
+    keep_checkpoints: int
+    average: Any = None
+    ema_decay: float | None = None
+    selection: Any = None
+    select_every: int = 0
+    select_by: ScoreFn | None = None
 
-def step_record(
-    totals: StepTotals, lr: float, grad_norm: float, started: float
-) -> dict[str, float]:
-    """The log record of one update (without the step), timed from `started`."""
-    clashing = set(totals.parts) & set(RECORD_KEYS)
-    if clashing:
-        raise ValueError(f"loss parts may not be named {sorted(clashing)}")
-    return {
-        "loss": totals.loss,
-        **totals.parts,
-        "lr": lr,
-        "grad_norm": grad_norm,
-        "loss_tokens": totals.loss_tokens,
-        "tokens_per_s": totals.input_tokens / (time.perf_counter() - started),
-    }
+    def score_if_due(self, step: int, steps: int, record: dict[str, float]) -> bool:
+        """Score the weights the run would return every `select_every` steps and at the last;
+        the score goes into the step's record."""
+        if self.selection is None or not (step % self.select_every == 0 or step == steps):
+            return False
+        record["validation"] = consider(
+            self.selection, self.model, self.average, step, self.select_by
+        )
+        return True
+
+    def close_step(self, step: int, position: int, done: bool, scored: bool) -> None:
+        """After the step's hooks: at the end (the last step or a hook's stop) the model takes
+        its average, then the best-scoring weights; then the checkpoint, when one is due."""
+        if self.selection is not None and done and not scored:
+            consider(self.selection, self.model, self.average, step, self.select_by)
+        if self.average is not None and done:
+            copy_average_into(self.model, self.average)
+        if self.selection is not None and done:
+            copy_average_into(self.model, self.selection.weights)
+            if self.run_dir:
+                write_selection(self.run_dir, self.selection)
+        if self.checkpoints and (done or step % self.checkpoint_every == 0):
+            state = {
+                "step": step,
+                "next_micro_batch": position,
+                "finished": done,
+                "settings": self.settings,
+            }
+            if self.selection is not None:
+                state["selection"] = self.selection.state()
+            save_training_state(
+                self.checkpoints,
+                self.model,
+                self.optimizer,
+                state,
+                self.keep_checkpoints,
+                self.average,
+                self.selection,
+            )
