@@ -3,14 +3,20 @@
     polydistill capture examples/specialists.yaml --out store [key=value ...]
     polydistill capture CONFIG --out store --shard 0/4     # four workers, one folder
     polydistill capture --merge --out store                # after they all finish
+    torchrun --nproc-per-node 4 -m polydistill capture CONFIG --out store   # the same, at once
 
 The prompts and teachers are the student's (`student.prompts.prompt_sets`,
 `student.readings.student_teachers`: the training prompts of its tags, its teachers in their
 order, world teachers from the built or cached world, `world.inputs`), and top_k,
 temperature, answers per prompt, sampling seed and `eval.max_new_tokens` come from the
 config's `student:` and `eval:` sections.
+
+Under torchrun each process captures its own share, as `--shard RANK/WORLD_SIZE` would
+(`capture_over_ranks`): rank 0 builds or reads the world first, so that the processes do not
+build it side by side, and whichever process finishes last writes the manifest.
 """
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -59,6 +65,35 @@ def capture_from_config(
     )
 
 
+def capture_over_ranks(cfg: "RunConfig", out: Path, block_size: int) -> bool:
+    """Under torchrun: this process captures the blocks b % WORLD_SIZE == RANK; True when the
+    store is complete (the last process to finish writes the manifest). Every process must be
+    given the same config, store and block size (else a one-line error on each)."""
+    import torch.distributed as dist
+
+    from polydistill.config import DistributedConfig
+    from polydistill.train.distributed import agree_on_settings, process_group
+    from polydistill.train.distributed_loop import collective_failures
+    from polydistill.world.inputs import world_inputs
+
+    if cfg.student is None:
+        return capture_from_config(cfg, out, (0, 1), block_size)  # its one-line error
+    settings = {"capture": cfg.model_dump(mode="json"), "out": str(out), "block": block_size}
+    with process_group(cfg.student.train.distributed or DistributedConfig()) as ranks:
+        with collective_failures(ranks, "starting the capture"):
+            agree_on_settings(ranks, settings)
+            failure = [None]
+            if ranks.main:  # the world once, before the others read it from the cache
+                try:
+                    world_inputs(cfg)
+                except UserError as error:
+                    failure = [str(error)]
+            dist.broadcast_object_list(failure, src=0)
+        if failure[0] is not None:
+            raise UserError(failure[0])
+        return capture_from_config(cfg, out, (ranks.rank, ranks.world), block_size)
+
+
 def register(app: typer.Typer) -> None:
     """Add the `capture` command to the CLI."""
 
@@ -84,14 +119,26 @@ def register(app: typer.Typer) -> None:
         if config is None:
             raise UserError("capture: give a CONFIG (or --merge to finish a sharded capture)")
         from polydistill.config import load_config
+        from polydistill.train.distributed import launched_by_torchrun
 
         which = parse_shard(shard)
+        distributed = launched_by_torchrun()
+        if distributed and which != (0, 1):
+            raise UserError(
+                "capture: under torchrun each process captures its own share (RANK of "
+                "WORLD_SIZE); drop --shard"
+            )
         cfg = load_config(config, overrides)
         if cfg.threads:
             import torch
 
             torch.set_num_threads(cfg.threads)
-        if capture_from_config(cfg, out, which, block_size):
+        if distributed:
+            shard = f"{os.environ['RANK']}/{os.environ['WORLD_SIZE']}"
+            complete = capture_over_ranks(cfg, out, block_size)
+        else:
+            complete = capture_from_config(cfg, out, which, block_size)
+        if complete:
             typer.echo(f"{out}: complete")
         else:
             present = len(shard_files(out / SHARDS_DIR))
