@@ -124,6 +124,11 @@ def _training(
     return as_prompts(chosen)
 
 
+def prompts_slice(prompts: Prompts, start: int, stop: int) -> Prompts:
+    """Prompts `start` to `stop` (a chunk of a run's training prompts)."""
+    return Prompts(prompts.texts[start:stop], prompts.tags[start:stop], prompts.gold[start:stop])
+
+
 def as_prompts(records: list[PromptRecord]) -> Prompts:
     return Prompts(
         [prompt_text(r) for r in records],
