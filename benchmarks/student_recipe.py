@@ -56,7 +56,7 @@ from polydistill.student.batches import plan_batches
 from polydistill.student.plans import model_plans, plan_data, validation_references
 from polydistill.student.prompts import PromptSets, as_prompts, prompt_sets
 from polydistill.student.readings import student_teachers, teacher_readings
-from polydistill.student.rows import write_rows
+from polydistill.student.rows import DiskRows, write_rows
 from polydistill.train import train
 from polydistill.train.average import copy_average_into, fresh_average, update_average
 from polydistill.world.architectures import count_parameters
@@ -150,7 +150,7 @@ def train_recipe(spec: dict) -> dict:
     t = cfg.student.train
     tokenizer = inputs.student.tokenizer()
     prompts = run_sets(cfg, inputs).train
-    rows = torch.load(spec["rows"], weights_only=False)
+    rows = DiskRows(spec["rows"])
     batches, loss_fn = plan_batches(cfg, model_plans(cfg)[0], tokenizer, prompts, rows)
     model = inputs.student.model(t.seed)
     averaged, average = copy.deepcopy(model), fresh_average(model)
