@@ -6,13 +6,13 @@
     rows = DiskRows(work / ROWS_DIR)            # in the worker
     prompts, answers, targets = rows.take([5, 17, 2])
 
-Training rows grow with the prompts (a top-k row per answer token), so they are never held
-together: the recipe appends each chunk's rows (a store block's, `student.rows_per_chunk`) to
-one flat file per array, and the batches read the rows a batch needs with `os.pread`, not a
-memory map, whose touched pages would count in the process's memory. What stays in memory is
-the index: three integers per row (prompt and answer lengths, the prompt it answers). The values
-read back are the values written, dtype for dtype, so a batch is the batch the rows in memory
-give (`DistillationData.take`).
+Training rows grow with the prompts (a top-k row per answer token), so the recipe appends each
+chunk's rows to one flat file per array (a store's chunks are its blocks; live teachers give one
+chunk of every prompt) and the batches read the rows a batch needs with `os.pread`, not a memory
+map, whose touched pages would count in the process's memory. What stays in memory is the index:
+three integers per row (prompt and answer lengths, the prompt it answers). The values read back
+are the values written, dtype for dtype, so a batch is the batch the rows in memory give
+(`DistillationData.take`).
 """
 
 import json
