@@ -36,7 +36,13 @@ SETTINGS = ("top_k", "temperature", "samples", "max_new_tokens", "seed", "block_
 
 
 def prompts_hash(prompts: Sequence[str]) -> str:
-    return hashlib.sha256(json.dumps(list(prompts)).encode("utf-8")).hexdigest()
+    """The sha256 of `json.dumps(list(prompts))`, hashed a prompt at a time (not one string of
+    every prompt)."""
+    digest = hashlib.sha256(b"[")
+    for i, prompt in enumerate(prompts):
+        digest.update(((", " if i else "") + json.dumps(prompt)).encode("utf-8"))
+    digest.update(b"]")
+    return digest.hexdigest()
 
 
 def block_seed(seed: int, block: int) -> int:
