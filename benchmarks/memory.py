@@ -15,7 +15,7 @@ a Qwen3 checkpoint. The prompts are a generated JSONL file of N distinct short q
 ("What is 417 plus 23?"); 8 test prompts in a file of their own.
 
 1. `polydistill capture` of the N training prompts (each teacher answers greedily, 4 tokens at
-   most, and reads both answers at top-32), 256 prompts per shard.
+   most, and reads both answers at top-8, `student.top_k`), 256 prompts per shard.
 2. `polydistill run ... student.store=STORE`: readings from the store, every prompt's fused
    top-8 rows, a fixed 100 training steps of 32 rows, evaluation, export and lineage. The steps
    are fixed so that 100,000 prompts stay a few minutes of training: a step's memory is one
@@ -28,7 +28,7 @@ process, including everything torch and Arrow allocate outside Python), and the 
 child that only imports what the commands import (torch, transformers, polydistill's pipeline,
 store and student modules): the growth that matters is of the peak above that baseline. The
 store's size on disk, and what its readings take decoded (the scored positions of both teachers
-times top-32 times 12 bytes), are reported beside it: what memory would hold if they were kept.
+times top-8 times 12 bytes), are reported beside it: what memory would hold if they were kept.
 """
 
 import argparse
@@ -208,7 +208,7 @@ def markdown(result: dict) -> str:
         f"tiny student from that store ({result['steps']} steps of {result['batch']} rows, "
         "every prompt's rows fused first); `above imports` subtracts the peak of a child that "
         f"only imports the same modules ({mib(base)} MiB). Beside them, the store's shards on disk "
-        "and its readings decoded (positions x top-32 x 12 bytes): what memory would hold if "
+        "and its readings decoded (positions x top-8 x 12 bytes): what memory would hold if "
         "they were kept.",
         "",
         "| prompts | capture peak | above imports | store on disk | readings decoded | time "
