@@ -223,16 +223,24 @@ def markdown(result: dict) -> str:
             f"| {mib(t['peak_bytes'])} | {mib(t['peak_bytes'] - base)} | {t['seconds']:.0f} s |"
         )
     first, last = runs[0]["prompts"], runs[-1]["prompts"]
-    verdict = [
-        f"{stage} {growth[stage]['above_imports']:+.1%} above imports "
-        f"({growth[stage]['peak']:+.1%} of the whole peak)"
+
+    def verdict(stage: str, measure: str) -> str:
+        value = growth[stage][measure]
+        return f"{stage} {value:+.1%} ({'met' if value < TARGET else 'not met'})"
+
+    extra = {
+        stage: (runs[-1][stage]["peak_bytes"] - runs[0][stage]["peak_bytes"]) / (last - first)
         for stage in ("capture", "training")
-    ]
-    met = all(growth[s]["above_imports"] < TARGET for s in ("capture", "training"))
+    }
+    held = runs[-1]["capture"]["readings_bytes"] - runs[0]["capture"]["readings_bytes"]
     lines += [
         "",
-        f"From {first:,} to {last:,} prompts: {'; '.join(verdict)}. Target: under "
-        f"{TARGET:.0%}: **{'met' if met else 'not met'}**.",
+        f"From {first:,} to {last:,} prompts, against a target of under {TARGET:.0%}: the peak "
+        f"grew **{verdict('capture', 'peak')}**, **{verdict('training', 'peak')}**; the peak "
+        f"above the import baseline {verdict('capture', 'above_imports')}, "
+        f"{verdict('training', 'above_imports')}: {extra['capture']:,.0f} and "
+        f"{extra['training']:,.0f} bytes more per added prompt, while the readings grew "
+        f"{held / (last - first):,.0f} bytes per prompt.",
     ]
     return "\n".join(lines) + "\n"
 
