@@ -56,7 +56,7 @@ from polydistill.student.batches import plan_batches
 from polydistill.student.plans import model_plans, plan_data, validation_references
 from polydistill.student.prompts import PromptSets, as_prompts, prompt_sets
 from polydistill.student.readings import student_teachers, teacher_readings
-from polydistill.student.workers import save_rows
+from polydistill.student.rows import DiskRows, write_rows
 from polydistill.train import train
 from polydistill.train.average import copy_average_into, fresh_average, update_average
 from polydistill.world.architectures import count_parameters
@@ -137,7 +137,7 @@ def write_student_rows(cfg: RunConfig, inputs: RunInputs, path: Path) -> dict:
     readings = teacher_readings(cfg, teachers, sets.train)
     plan = model_plans(cfg)[0]
     rows, _ = plan_data(cfg, plan, teachers, tokenizer, sets.train, readings)
-    save_rows(rows, path)
+    write_rows(rows, path)
     checking = as_prompts(sets.validation)
     checked = teacher_readings(cfg, teachers, checking)
     return validation_references(cfg, plan, teachers, sets.validation, checking, checked)
@@ -150,7 +150,7 @@ def train_recipe(spec: dict) -> dict:
     t = cfg.student.train
     tokenizer = inputs.student.tokenizer()
     prompts = run_sets(cfg, inputs).train
-    rows = torch.load(spec["rows"], weights_only=False)
+    rows = DiskRows(spec["rows"])
     batches, loss_fn = plan_batches(cfg, model_plans(cfg)[0], tokenizer, prompts, rows)
     model = inputs.student.model(t.seed)
     averaged, average = copy.deepcopy(model), fresh_average(model)
@@ -205,7 +205,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
     for name, (cfg, _) in recipes.items():
         key, own = rows_key(cfg), world_inputs(cfg)  # the recipe's own student architecture
         if key not in rows:
-            rows[key] = work / f"rows-{len(rows)}.pt"
+            rows[key] = work / f"rows-{len(rows)}"
             references[key] = write_student_rows(cfg, own, rows[key])
         specs.append(
             {

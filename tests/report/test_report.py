@@ -5,6 +5,7 @@ import base64
 import json
 import math
 import re
+import tracemalloc
 from html.parser import HTMLParser
 
 import numpy as np
@@ -22,7 +23,13 @@ from report_run import (
 
 from polydistill.errors import UserError
 from polydistill.report import write_report
-from polydistill.report.inputs import Contributions, Metrics, load_run, read_records
+from polydistill.report.inputs import (
+    Contributions,
+    Metrics,
+    load_contributions,
+    load_run,
+    read_records,
+)
 from polydistill.report.page import show
 from polydistill.report.plots import grouped_bars, stacked_shares, trailing_mean
 from polydistill.report.tables import (
@@ -420,3 +427,29 @@ def test_what_each_teacher_is_worth(tmp_path):
     html = write_report(run).read_text()
     assert 'id="worth-table"' in html
     assert "<td>qwen</td>" in html and "(+10.0 pts)" in html
+
+
+def test_contributions_are_read_without_their_examples(tmp_path):
+    """A run has one example per training row; the report never reads them, so they are not
+    kept while the file is parsed (a run's memory must not grow with its prompts)."""
+    raw = synthetic_contributions()
+    raw["examples"] *= 10_000
+    path = tmp_path / "contributions.json"
+    path.write_text(json.dumps(raw, indent=1))
+    tracemalloc.start()
+    try:
+        loaded = load_contributions(path, DOMAINS)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # the file's text, not the examples parsed (each several times its text)
+    assert peak < 3 * path.stat().st_size, (peak, path.stat().st_size)
+    assert loaded.examples == []
+    assert (loaded.mass, loaded.completions, loaded.tail) == (
+        raw["mass"],
+        raw["completions"],
+        raw["tail"],
+    )
+    path.write_text("{not json")
+    with pytest.raises(UserError, match="not JSON"):
+        load_contributions(path, DOMAINS)

@@ -130,7 +130,9 @@ class StudentConfig(Strict):
     store: LaxPath | None = None
     """A store written by `polydistill capture` of this config: the teachers' answers and
     readings come from it and no teacher is loaded (each teacher's weights, tokenizer and chat
-    template hashes must match the store's)."""
+    template hashes must match the store's). The run reads it a block at a time and keeps each
+    model's rows on disk, read a batch at a time, so neither the readings nor the rows of every
+    prompt are in memory at once (`benchmarks/RESULTS.md`, "Memory in the number of prompts")."""
     init: StudentInit | None = None
     """Where the student's first weights come from: a checkpoint, a depth-pruned teacher, or a
     config + tokenizer (random init, seeded by `train.seed`); unset, a fresh world architecture

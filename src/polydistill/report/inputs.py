@@ -140,11 +140,27 @@ def load_metrics(path: Path) -> Metrics:
     return metrics
 
 
+def _drop_examples(pairs: list[tuple[str, Any]]) -> dict[str, Any] | None:
+    """JSON objects as dicts, but a fusion example (one per training row, which the report does
+    not read) as None while it is parsed: a run's memory must not grow with its prompts."""
+    found = dict(pairs)
+    return None if "completion_by" in found else found
+
+
 def load_contributions(path: Path, domains: list[str]) -> Contributions | None:
     if not path.exists():
         return None
     try:
-        contributions = Contributions.model_validate(_read_json(path))
+        with path.open(encoding="utf-8") as f:
+            raw = json.load(f, object_pairs_hook=_drop_examples)
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: cannot read it ({error})") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}: not JSON ({error})") from None
+    if isinstance(raw, dict):
+        raw.pop("examples", None)
+    try:
+        contributions = Contributions.model_validate(raw)
     except ValidationError as error:
         raise UserError(_validation_message(path, error)) from None
     teachers = set(contributions.teachers)

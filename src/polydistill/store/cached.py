@@ -42,36 +42,68 @@ INDEX_COLUMNS = ["prompt", "prompt_text", "text", "authors"]
 
 @dataclass
 class Store:
-    """A complete store: its manifest, candidates in capture order and where each one lives."""
+    """A complete store: its manifest and, built on first use, its candidates in capture order
+    and where each one lives (one entry per candidate: what `StoreTeacher` looks answers up in;
+    `blocks.block_readings` reads the store without it, a block at a time)."""
 
     root: Path
     manifest: dict
-    candidates: list[Candidate]
-    locations: list[tuple[int, int]]  # (shard, row) of each candidate
-    index: dict[tuple[str, str], int]  # (prompt key, answer) -> candidate (`chat.prompt_key`)
     verified: set[int] = field(default_factory=set)
+    _index: tuple[list[Candidate], list[tuple[int, int]], dict[tuple[str, str], int]] | None = None
 
     @property
     def teachers(self) -> list[str]:
         return list(self.manifest["teachers"])
 
+    @property
+    def candidates(self) -> list[Candidate]:
+        return self._indexed()[0]
+
+    @property
+    def locations(self) -> list[tuple[int, int]]:
+        """(shard, row) of each candidate."""
+        return self._indexed()[1]
+
+    @property
+    def index(self) -> dict[tuple[str, str], int]:
+        """(prompt key, answer) -> its first candidate (`chat.prompt_key`)."""
+        return self._indexed()[2]
+
+    def _indexed(self):
+        if self._index is None:
+            candidates, locations, index = [], [], {}
+            for shard in range(len(self.manifest["shards"])):
+                table = self.read(shard, INDEX_COLUMNS)
+                prompt_texts = table.column("prompt_text").to_pylist()
+                for row, candidate in enumerate(block_candidates(table)):
+                    index.setdefault((prompt_texts[row], candidate.text), len(candidates))
+                    candidates.append(candidate)
+                    locations.append((shard, row))
+            self._index = (candidates, locations, index)
+        return self._index
+
     def shard_path(self, shard: int) -> Path:
         return self.root / SHARDS_DIR / self.manifest["shards"][shard]["file"]
 
-    def read(self, shard: int, columns: list[str]) -> pa.Table:
-        """Some columns of a shard, its checksum verified once per store."""
+    def verify(self, shard: int) -> None:
+        """Check a shard against its checksums, once per store."""
         path = self.shard_path(shard)
         if shard not in self.verified:
             if check_shard(path) != self.manifest["shards"][shard]["sha256"]:
                 raise UserError(f"store shard {path}: not the shard the manifest lists")
             self.verified.add(shard)
-        return read_shard(path, columns, verify=False)[0]
+
+    def read(self, shard: int, columns: list[str]) -> pa.Table:
+        """Some columns of a shard, its checksum verified once per store."""
+        self.verify(shard)
+        return read_shard(self.shard_path(shard), columns, verify=False)[0]
 
 
 def open_store(root: Path, policy: str | None = None) -> Store:
-    """Open a complete store (one with `manifest.json`) and index its candidates. `policy`: the
-    digest of the teacher policy the caller runs under; a store captured under another is
-    refused before any shard is opened."""
+    """Open a complete store (one with `manifest.json`), every shard's checksum checked (a
+    file read at a time: nothing of it is kept). `policy`: the digest of the teacher
+    policy the caller runs under; a store captured under another is refused before any shard
+    is opened."""
     if not (root / MANIFEST_FILE).exists():
         if (root / PLAN_FILE).exists():
             raise UserError(
@@ -79,16 +111,10 @@ def open_store(root: Path, policy: str | None = None) -> Store:
                 f"`polydistill capture --merge --out {root}` once every shard is done"
             )
         raise UserError(f"store {root}: not a store (no {MANIFEST_FILE})")
-    store = Store(root, read_json(root / MANIFEST_FILE, f"store {root}"), [], [], {})
+    store = Store(root, read_json(root / MANIFEST_FILE, f"store {root}"))
     check_same_policy(root, store.manifest, policy)
-    for shard in range(len(store.manifest["shards"])):
-        table = store.read(shard, INDEX_COLUMNS)
-        prompt_texts = table.column("prompt_text").to_pylist()
-        for row, candidate in enumerate(block_candidates(table)):
-            key = (prompt_texts[row], candidate.text)
-            store.index.setdefault(key, len(store.candidates))
-            store.candidates.append(candidate)
-            store.locations.append((shard, row))
+    for shard in range(len(store.manifest["shards"])):  # a damaged shard fails here, not later
+        store.verify(shard)
     return store
 
 
@@ -99,7 +125,7 @@ def check_store_policy(root: Path, policy: str | None) -> None:
         check_same_policy(root, read_json(root / MANIFEST_FILE, f"store {root}"), policy)
 
 
-def _check_setting(store: Store, what: str, asked: object) -> None:
+def check_setting(store: Store, what: str, asked: object) -> None:
     held = store.manifest[what]
     if asked != held:
         raise UserError(
@@ -142,7 +168,7 @@ class StoreTeacher:
         check_prompts(self.store, prompts)
         asked = {"samples": samples, "max_new_tokens": max_new_tokens, "seed": seed}
         for what, value in asked.items():
-            _check_setting(self.store, what, value)
+            check_setting(self.store, what, value)
         answers: list[list[str | None]] = [[None] * len(prompts) for _ in range(samples)]
         for candidate in self.store.candidates:
             for author, sample in candidate.authors:
@@ -163,7 +189,7 @@ class StoreTeacher:
     ) -> list[TeacherRows]:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        _check_setting(self.store, "temperature", float(temperature))
+        check_setting(self.store, "temperature", float(temperature))
         if top_k > self.store.manifest["top_k"]:
             raise UserError(
                 f"store {self.store.root}: asked for top_k {top_k}, but the store holds the top "

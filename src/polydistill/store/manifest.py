@@ -37,8 +37,13 @@ SETTINGS = ("top_k", "temperature", "samples", "max_new_tokens", "seed", "block_
 
 
 def prompts_hash(prompts: Sequence[Prompt]) -> str:
-    """sha256 of the prompt set, each prompt whole (`chat.prompt_key`)."""
-    return hashlib.sha256(json.dumps([prompt_key(p) for p in prompts]).encode("utf-8")).hexdigest()
+    """sha256 of the JSON list of the prompts' keys (`chat.prompt_key`, each prompt whole),
+    hashed a prompt at a time (never one string of every prompt)."""
+    digest = hashlib.sha256(b"[")
+    for i, prompt in enumerate(prompts):
+        digest.update(((", " if i else "") + json.dumps(prompt_key(prompt))).encode("utf-8"))
+    digest.update(b"]")
+    return digest.hexdigest()
 
 
 def block_seed(seed: int, block: int) -> int:

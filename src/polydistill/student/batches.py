@@ -19,12 +19,12 @@ from polydistill.config import RunConfig
 from polydistill.student.loss import IGNORE, distillation_loss, prompt_labels
 from polydistill.student.plans import ModelPlan
 from polydistill.student.prompts import Prompts
-from polydistill.student.targets import DistillationData
+from polydistill.student.rows import TrainingRows
 from polydistill.train import Batch, BatchFn, LossFn, sft_loss
 
 
 def distillation_batches(
-    data: DistillationData,
+    data: TrainingRows,
     pad_id: int,
     batch_size: int,
     seed: int,
@@ -39,31 +39,24 @@ def distillation_batches(
     `prompt_weights` (one per row of `data`), each batch row's weight as `prompt_weights`."""
     if prompt_weights is not None and len(prompt_weights) != len(data):
         raise ValueError(f"{len(prompt_weights)} prompt weights for {len(data)} rows")
-    lengths = [len(p) + len(c) for p, c in zip(data.prompts, data.completions, strict=True)]
-    rows_of = batch_rows(lengths, batch_size, seed, buckets, first_rows, first_batches)
-    targets = data.targets
-    ids, logprobs, tail, mask = targets.ids, targets.logprobs, targets.tail, targets.mask
+    rows_of = batch_rows(data.lengths(), batch_size, seed, buckets, first_rows, first_batches)
 
     def batch_at(index: int) -> Batch:
         chosen = rows_of(index)
-        input_ids, attention_mask = pad_right(
-            [data.prompts[r] + data.completions[r] for r in chosen], pad_id
-        )
+        prompts, answers, targets = data.take(chosen)
+        whole = [p + a for p, a in zip(prompts, answers, strict=True)]
+        input_ids, attention_mask = pad_right(whole, pad_id)
         labels = torch.full_like(input_ids, IGNORE)
-        for row, r in enumerate(chosen):
-            start = len(data.prompts[r])
-            labels[row, start : start + len(data.completions[r])] = torch.tensor(
-                data.completions[r]
-            )
-        spans = [slice(data.offsets[r], data.offsets[r + 1]) for r in chosen]
+        for row, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+            labels[row, len(prompt) : len(prompt) + len(answer)] = torch.tensor(answer)
         batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
-            "target_ids": torch.cat([ids[s] for s in spans]),
-            "target_logprobs": torch.cat([logprobs[s] for s in spans]),
-            "target_tail": torch.cat([tail[s] for s in spans]),
-            "target_mask": torch.cat([mask[s] for s in spans]),
+            "target_ids": targets.ids,
+            "target_logprobs": targets.logprobs,
+            "target_tail": targets.tail,
+            "target_mask": targets.mask,
         }
         if prompt_weights is not None:
             batch["prompt_weights"] = torch.tensor([float(prompt_weights[r]) for r in chosen])
@@ -98,7 +91,7 @@ def plan_batches(
     plan: ModelPlan,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Prompts,
-    data: DistillationData | None,
+    data: TrainingRows | None,
 ) -> tuple[BatchFn, LossFn]:
     """The batches and loss one model trains on (`data`: its rows; None for the oracle)."""
     s, t = cfg.student, cfg.student.train

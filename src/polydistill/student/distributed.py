@@ -10,10 +10,10 @@
                                                # train_and_score_over_ranks for its models
 
 Rank 0 alone touches the world and the teachers: it builds or reuses the world, evaluates the
-teachers, reads them and writes each model's rows file, exactly as one process does. The other
+teachers, reads them and writes each model's rows folder, exactly as one process does. The other
 ranks wait meanwhile (for at most `student.train.distributed.timeout_s`, the process group's
 collective timeout), then receive from rank 0 the run's config, the student's source, the
-training prompts and the jobs (each with its rows file), and read the rows themselves.
+training prompts and the jobs (each with its rows folder), and read the rows themselves.
 
 Every model of the run (the student, then each baseline, in order) is then trained by all ranks
 with `train.distributed_loop.train_distributed` (DDP, or FSDP2 with `strategy: fsdp`): each rank

@@ -23,10 +23,11 @@ from polydistill.data import PromptRecord
 from polydistill.student.prompts import Prompts, tag_of
 from polydistill.student.targets import (
     DistillationData,
+    Tally,
     answer_bits_per_byte,
     choose_answers,
     example_weights,
-    student_targets,
+    fused_rows,
 )
 from polydistill.teachers.protocol import Teacher
 from polydistill.teachers.readings import Readings, readings_without
@@ -112,7 +113,7 @@ def plan_weights(
     )
 
 
-def plan_data(
+def plan_rows(
     cfg: RunConfig,
     plan: ModelPlan,
     teachers: list[Teacher],
@@ -120,13 +121,14 @@ def plan_data(
     prompts: Prompts,
     readings: Readings,
     projections: dict | None = None,
-) -> tuple[DistillationData, dict]:
-    """The plan's fused rows and accounts (for `sft` plans: the rows of its chosen answers).
-    `projections`: one dict for all plans of a run, so that an answer is projected once."""
+) -> tuple[DistillationData, Tally]:
+    """The plan's fused rows and the tally of its accounts (for `sft` plans: the rows of its
+    chosen answers), of `prompts` alone: a run can call it chunk by chunk. `projections`: one
+    dict for all plans of a chunk, so that an answer is projected once."""
     s = cfg.student
     teachers, readings = plan_sources(plan, teachers, readings)
     weights = plan_weights(cfg, plan, teachers, prompts, readings)
-    return student_targets(
+    return fused_rows(
         readings,
         teachers,
         tokenizer,
@@ -139,6 +141,13 @@ def plan_data(
         completions_per_prompt=s.completions_per_prompt,
         projections=projections,
     )
+
+
+def plan_data(cfg: RunConfig, plan: ModelPlan, *inputs, **options) -> tuple[DistillationData, dict]:
+    """The plan's fused rows and accounts (`contributions.json`), all in memory; `plan_rows`'
+    arguments."""
+    rows, tally = plan_rows(cfg, plan, *inputs, **options)
+    return rows, tally.accounts(plan.strategy)
 
 
 def validation_references(

@@ -31,6 +31,9 @@ from polydistill.errors import UserError
 UNTAGGED = "untagged"
 """The tag of a record that has none."""
 
+Pooled = tuple[Prompt, str, str | None]
+"""A training prompt as the pools keep it: (prompt, tag, reference), not the whole record."""
+
 
 @dataclass(frozen=True)
 class Prompts:
@@ -61,7 +64,7 @@ def prompt_sets(cfg: RunConfig, records: Iterable[PromptRecord]) -> PromptSets:
     s = cfg.student
     wanted = None if s is None else s.tags
     limit = None if s is None else s.prompts_per_tag
-    train: dict[str, list[PromptRecord]] = {}
+    train: dict[str, list[Pooled]] = {}
     validation: list[PromptRecord] = []
     heldout: dict[str, list[PromptRecord]] = {}
     for record in records:
@@ -82,8 +85,8 @@ def prompt_sets(cfg: RunConfig, records: Iterable[PromptRecord]) -> PromptSets:
         else:
             pool = train.setdefault(tag, [])
             cap = limit.get(tag) if isinstance(limit, dict) else limit
-            if cap is None or len(pool) < cap:
-                pool.append(record)
+            if cap is None or len(pool) < cap:  # what the student stage reads, not the record
+                pool.append((record_prompt(record), tag, record.reference))
     tags = list(wanted) if wanted is not None else sorted(train)
     if s is not None:
         check_tags(cfg, tags, train)
@@ -93,7 +96,7 @@ def prompt_sets(cfg: RunConfig, records: Iterable[PromptRecord]) -> PromptSets:
     return PromptSets(_training(tags, train, limit), validation, heldout, tags)
 
 
-def check_tags(cfg: RunConfig, tags: list[str], train: dict[str, list[PromptRecord]]) -> None:
+def check_tags(cfg: RunConfig, tags: list[str], train: dict[str, list]) -> None:
     """Every tag the student's settings name has training prompts; routes cover every tag."""
     s = cfg.student
     named = {"student.tags": tags}
@@ -113,15 +116,19 @@ def check_tags(cfg: RunConfig, tags: list[str], train: dict[str, list[PromptReco
         raise UserError(f"student.fusion.routes: no teacher for tag(s) {unrouted}")
 
 
-def _training(
-    tags: list[str], train: dict[str, list[PromptRecord]], limit: int | dict | None
-) -> Prompts:
-    chosen: list[PromptRecord] = []
+def _training(tags: list[str], train: dict[str, list[Pooled]], limit: int | dict | None) -> Prompts:
+    chosen: list[Pooled] = []
     for tag in tags:
         pool = train[tag]
         count = limit.get(tag, len(pool)) if isinstance(limit, dict) else limit or len(pool)
         chosen += [pool[i % len(pool)] for i in range(count)]
-    return as_prompts(chosen)
+    texts, kept_tags, gold = zip(*chosen, strict=True) if chosen else ((), (), ())
+    return Prompts(list(texts), list(kept_tags), list(gold))
+
+
+def prompts_slice(prompts: Prompts, start: int, stop: int) -> Prompts:
+    """Prompts `start` to `stop` (a chunk of a run's training prompts)."""
+    return Prompts(prompts.texts[start:stop], prompts.tags[start:stop], prompts.gold[start:stop])
 
 
 def as_prompts(records: list[PromptRecord]) -> Prompts:

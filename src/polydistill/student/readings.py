@@ -6,19 +6,22 @@
 Every teacher answers every prompt `completions_per_prompt` times (greedily, then sampled), and
 every teacher scores every distinct answer in its own tokenizer and chat template
 (`teachers.readings`). With `student.store`, no teacher model is loaded: the readings come from
-the captured store, whose fingerprints must match the checkpoints'.
+the captured store, whose fingerprints must match the checkpoints', and `reading_chunks` reads
+them a store block at a time (live teachers answer all prompts at once: their sampling and
+batching depend on the prompts asked together).
 """
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from rich.progress import Progress as Bars
 
 from polydistill.config import RunConfig
 from polydistill.progress import console, progress_bars
-from polydistill.store.cached import open_store, store_teachers
-from polydistill.student.prompts import Prompts
+from polydistill.store.blocks import block_readings
+from polydistill.store.cached import StoreTeacher, open_store, store_teachers
+from polydistill.student.prompts import Prompts, prompts_slice
 from polydistill.teachers.from_config import teacher_fingerprint, teacher_from_config
 from polydistill.teachers.protocol import Progress, Teacher
 from polydistill.teachers.readings import Readings, gather_readings
@@ -78,3 +81,26 @@ def teacher_readings(cfg: RunConfig, teachers: list[Teacher], prompts: Prompts) 
         f"from {', '.join(t.name for t in teachers)}"
     )
     return readings
+
+
+def reading_chunks(
+    cfg: RunConfig, teachers: list[Teacher], prompts: Prompts
+) -> Iterator[tuple[int, Prompts, Readings]]:
+    """(first prompt, the chunk's prompts, their readings): one chunk of every prompt from live
+    teachers (`teacher_readings`), one per block from a store (`store.blocks`)."""
+    if not all(isinstance(t, StoreTeacher) for t in teachers):
+        yield 0, prompts, teacher_readings(cfg, teachers, prompts)
+        return
+    s = cfg.student
+    blocks = block_readings(
+        teachers, prompts.texts, samples=s.completions_per_prompt,
+        max_new_tokens=cfg.eval.max_new_tokens, seed=s.train.seed, top_k=s.top_k,
+        temperature=s.temperature,
+    )  # fmt: skip
+    with progress_bars() as bars:
+        task = bars.add_task("student: store blocks", total=len(prompts.texts), rate="")
+        for first, readings in blocks:
+            count = len(readings.candidates_of)
+            yield first, prompts_slice(prompts, first, first + count), readings
+            bars.update(task, advance=count)
+    console.log(f"student: {len(prompts.texts)} prompts read from the store block by block")

@@ -9,8 +9,9 @@
 3. Per model to train (`plans`: the student, then each baseline of `benchmark.baselines`): its
    fusion weighs the teachers, picks each prompt's answer, and the teachers' readings of it are
    projected into the student's vocabulary (once per answer for all models) and fused
-   (`targets`); or, for `seqkd` and the oracle, fine-tuning rows. The rows go to a file in the
-   model's work folder.
+   (`targets`); or, for `seqkd` and the oracle, fine-tuning rows. The rows go to a folder in the
+   model's work folder, chunk by chunk: a store is read a block at a time, so that neither the
+   readings nor the rows of every prompt are ever in memory together (`rows`).
 4. Train and evaluate (`workers`): each model is built from the student's source, trained on
    its batches (`batches`) by its loss (`loss`), resuming from its work folder, and scored on the
    held-out records, side by side in worker processes when there are cores for it; under
@@ -37,20 +38,13 @@ from polydistill.student.on_policy import REFRESH_LOG
 from polydistill.student.plans import (
     model_plans,
     model_work_dir,
-    plan_data,
     reads_gold,
     validation_references,
 )
 from polydistill.student.prompts import PromptSets, as_prompts
-from polydistill.student.readings import student_teachers, teacher_readings
-from polydistill.student.workers import (
-    FINAL_DIR,
-    ROWS_FILE,
-    PlanJob,
-    Stage,
-    save_rows,
-    train_and_score,
-)
+from polydistill.student.readings import reading_chunks, student_teachers, teacher_readings
+from polydistill.student.rows import EXAMPLES_FILE, ROWS_DIR, write_accounts, write_plan_rows
+from polydistill.student.workers import FINAL_DIR, PlanJob, Stage, train_and_score
 from polydistill.train.distributed import current_ranks
 from polydistill.train.log import LOG_FILE, TENSORBOARD_DIR
 
@@ -79,33 +73,30 @@ def distil_and_evaluate(
         raise UserError(f"{names}: read reference answers, and some training prompts have none")
     source, prompts = inputs.student, sets.train
     tokenizer = source.tokenizer()
-    # 2. readings: every teacher, once
+    # 2. readings: every teacher, once (from a store: block by block, as step 3 reads them)
     teachers = student_teachers(cfg, inputs.teachers, gate.policy and gate.policy.digest)
-    readings = teacher_readings(cfg, teachers, prompts)
+    chunks = reading_chunks(cfg, teachers, prompts)
     if cfg.student.validate_every:
         checking = as_prompts(sets.validation)
         checked = teacher_readings(cfg, teachers, checking)
     # 3. per model: its rows, written once per distinct fusion (seqkd shares the student's)
-    jobs, fused, projections, accounts = [], {}, {}, None
+    works = {plan.name: model_work_dir(out, cfg, source.identity, plan) for plan in plans}
+    folders, fused = {}, {}
     for plan in plans:
-        work, rows_file = model_work_dir(out, cfg, source.identity, plan), None
         if plan.sft != "gold":
             key = (plan.strategy, json.dumps(plan.fixed, sort_keys=True), plan.without)
-            if key not in fused:
-                rows, plan_accounts = plan_data(
-                    cfg, plan, teachers, tokenizer, prompts, readings, projections
-                )
-                save_rows(rows, work / ROWS_FILE)
-                fused[key] = (work / ROWS_FILE, plan_accounts)
-            rows_file, plan_accounts = fused[key]
-            accounts = plan_accounts if plan.name == "student" else accounts
+            folders.setdefault(key, (works[plan.name] / ROWS_DIR, plan))
+            fused[plan.name] = folders[key][0]
+    tallies = write_plan_rows(cfg, dict(folders.values()), teachers, tokenizer, chunks)
+    accounts = tallies[fused["student"]].accounts(plans[0].strategy)
+    jobs = []
+    for plan in plans:
         references = None
         if cfg.student.validate_every:
             references = validation_references(
                 cfg, plan, teachers, sets.validation, checking, checked
             )
-        jobs.append(PlanJob(plan, work, rows_file, references))
-    del projections, readings  # the workers read their rows from the files
+        jobs.append(PlanJob(plan, works[plan.name], fused.get(plan.name), references))
     # 4. train and evaluate every model (over the ranks when torchrun started the run)
     trainer = train_and_score_over_ranks if current_ranks() else train_and_score
     results = trainer(cfg, Stage(source, prompts, sets.heldout, inputs.teachers), jobs)
@@ -117,7 +108,8 @@ def distil_and_evaluate(
         for job in jobs[1:]:
             name = job.plan.name.removeprefix("baseline:").replace(":", "-")
             shutil.copytree(job.work / FINAL_DIR, staging / "models" / name)
-    (staging / "contributions.json").write_text(json.dumps(accounts, indent=1))
+    examples = fused["student"].parent / EXAMPLES_FILE
+    write_accounts(staging / "contributions.json", accounts, examples)
     write_student_lineage(  # signed, bound to the weights now in staging/student
         gate,
         accounts,

@@ -54,6 +54,20 @@ class DistillationData:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def lengths(self) -> list[int]:
+        """Prompt plus answer tokens of each row."""
+        return [len(p) + len(c) for p, c in zip(self.prompts, self.completions, strict=True)]
+
+    def take(self, rows: Sequence[int]) -> tuple[list[list[int]], list[list[int]], SparseTargets]:
+        """Prompt ids, answer ids and the concatenated targets of `rows`, in their order (as
+        `rows.DiskRows.take` reads them from disk)."""
+        spans = [slice(self.offsets[r], self.offsets[r + 1]) for r in rows]
+        t = self.targets
+        targets = SparseTargets(
+            *(torch.cat([a[s] for s in spans]) for a in (t.ids, t.logprobs, t.tail, t.mask))
+        )
+        return [self.prompts[r] for r in rows], [self.completions[r] for r in rows], targets
+
 
 def answer_bytes(text: str) -> int:
     """Bytes of an answer plus one for its end-of-turn: an empty answer still costs a token."""
@@ -188,7 +202,63 @@ def project_answers(
     return prompt_ids, answer_ids, [_concat(pieces) for pieces in per_teacher], offsets
 
 
-def contributions(
+@dataclass
+class Tally:
+    """`contributions.json` as running sums, so that chunks of rows add up (`add`) to what
+    their rows together give (`result`): sums and counts of supplied mass per domain and over
+    all supervised positions, and of each teacher's tail. One chunk's `result` equals the means
+    over it bit for bit; over several, the sums are added chunk by chunk, so a share can differ
+    in its last float64 bits (not in its six printed decimals but by a rounding tie)."""
+
+    names: list[str]
+    examples: list[dict]
+    written: dict[str, dict[str, int]]
+    mass: dict[str, tuple[torch.Tensor, int]]  # domain -> (sum over its supervised positions, n)
+    overall: tuple[torch.Tensor, int]
+    tail: list[tuple[torch.Tensor, int]]  # per teacher: (sum of tails in the loss, n)
+    domains: set[str]
+
+    def add(self, other: "Tally") -> None:
+        """Fold a later chunk's sums and examples into this one."""
+        self.examples += other.examples
+        for domain, counts in other.written.items():
+            mine = self.written.setdefault(domain, dict.fromkeys(self.names, 0))
+            for name, count in counts.items():
+                mine[name] += count
+        for domain, (total, n) in other.mass.items():
+            held, m = self.mass.get(domain, (0.0, 0))
+            self.mass[domain] = (held + total, m + n)
+        self.overall = (self.overall[0] + other.overall[0], self.overall[1] + other.overall[1])
+        self.tail = [(a + b, m + n) for (a, m), (b, n) in zip(self.tail, other.tail, strict=True)]
+        self.domains |= other.domains
+
+    def accounts(self, strategy: str) -> dict:
+        """`contributions.json` of the rows tallied, fused by `strategy`."""
+        return {**self.result(), "strategy": strategy}
+
+    def result(self) -> dict:
+        """What `contributions.json` holds but the strategy: see the module docstring, step 5."""
+        names = self.names
+        mass = {}
+        for domain in sorted(self.domains):
+            total, n = self.mass.get(domain, (None, 0))
+            if n:
+                share = total / n
+                mass[domain] = {name: round(float(share[t]), 6) for t, name in enumerate(names)}
+        total, n = self.overall
+        overall = (total / n).tolist() if n else []
+        tail = [float(total / n) if n else 0.0 for total, n in self.tail]
+        return {
+            "teachers": list(names),
+            "share": {name: round(s, 6) for name, s in zip(names, overall, strict=False)},
+            "mass": mass,
+            "completions": self.written,
+            "tail": {name: round(t, 6) for name, t in zip(names, tail, strict=True)},
+            "examples": self.examples,
+        }
+
+
+def contribution_tally(
     names: Sequence[str],
     readings: Readings,
     chosen: Sequence[tuple[int, int]],
@@ -197,9 +267,8 @@ def contributions(
     per_teacher: Sequence[SparseTargets],
     example_weights: torch.Tensor,
     offsets: Sequence[int],
-) -> dict:
-    """What `contributions.json` holds: see the module docstring, step 5."""
-    mass: dict[str, dict[str, float]] = {}
+) -> Tally:
+    """The sums behind `contributions.json` of these rows (see `Tally`)."""
     written: dict[str, dict[str, int]] = {}
     examples = []
     for i, c in chosen:
@@ -217,23 +286,20 @@ def contributions(
         )
     lengths = np.diff(np.asarray(offsets))
     row_domain = np.repeat([domains[i] for i, _ in chosen], lengths)
+    supervised = supplied.sum(0) > 0
+    mass = {}
     for domain in sorted(set(domains)):
-        here = torch.from_numpy(row_domain == domain) & (supplied.sum(0) > 0)
+        here = torch.from_numpy(row_domain == domain) & supervised
         if bool(here.any()):
-            share = supplied[:, here].mean(dim=1)
-            mass[domain] = {n: round(float(share[t]), 6) for t, n in enumerate(names)}
-    supervised = supplied.sum(0) > 0  # as per domain above, over every position
-    overall = supplied[:, supervised].mean(dim=1).tolist() if bool(supervised.any()) else []
-    shares = {n: round(s, 6) for n, s in zip(names, overall, strict=False)}
-    tail = {n: round(project.tail_share(t), 6) for n, t in zip(names, per_teacher, strict=True)}
-    return {
-        "teachers": list(names),
-        "share": shares,
-        "mass": mass,
-        "completions": written,
-        "tail": tail,
-        "examples": examples,
-    }
+            mass[domain] = (supplied[:, here].sum(dim=1), int(here.sum()))
+    overall = (supplied[:, supervised].sum(dim=1), int(supervised.sum()))
+    tail = [(t.tail[t.mask].double().sum(), int(t.mask.sum())) for t in per_teacher]
+    return Tally(list(names), examples, written, mass, overall, tail, set(domains))
+
+
+def contributions(*args, **kwargs) -> dict:
+    """`contributions.json` of these rows (`contribution_tally`'s arguments)."""
+    return contribution_tally(*args, **kwargs).result()
 
 
 def example_weights(
@@ -266,7 +332,7 @@ def example_weights(
     raise ValueError(f"unknown fusion strategy {strategy!r}")
 
 
-def student_targets(
+def fused_rows(
     readings: Readings,
     teachers: Sequence[Teacher],
     student_tokenizer: PreTrainedTokenizerBase,
@@ -279,9 +345,10 @@ def student_targets(
     top_k: int,
     completions_per_prompt: int,
     projections: dict[tuple[Prompt, str], Projection] | None = None,
-) -> tuple[DistillationData, dict]:
-    """The student's training rows and `contributions.json`; see the module. `projections`:
-    a dict kept between calls on the same readings (see `project_answers`)."""
+) -> tuple[DistillationData, Tally]:
+    """The student's training rows and the tally of their `contributions.json`; see the
+    module. `projections`: a dict kept between calls on the same readings (see
+    `project_answers`)."""
     names = [t.name for t in teachers]
     chosen = choose_answers(readings, weights, completions_per_prompt)
     prompt_ids, answer_ids, per_teacher, offsets = project_answers(
@@ -298,9 +365,21 @@ def student_targets(
     else:
         fused = fusion.mix(per_teacher, position_weights, k)
     supplied = fusion.supplied_mass(per_teacher, position_weights)
-    accounts = contributions(
+    tally = contribution_tally(
         names, readings, chosen, domains, supplied, per_teacher, weights, offsets
     )
-    accounts["strategy"] = strategy
     rows = DistillationData(prompt_ids, answer_ids, fused, offsets, [i for i, _ in chosen])
-    return rows, accounts
+    return rows, tally
+
+
+def student_targets(
+    readings: Readings,
+    teachers: Sequence[Teacher],
+    student_tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    domains: Sequence[str],
+    **settings,
+) -> tuple[DistillationData, dict]:
+    """The student's training rows and `contributions.json` (`fused_rows`' settings)."""
+    rows, tally = fused_rows(readings, teachers, student_tokenizer, prompts, domains, **settings)
+    return rows, tally.accounts(settings["strategy"])

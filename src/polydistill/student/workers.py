@@ -12,11 +12,12 @@ resumes from the checkpoints in its work folder, is scored on the held-out sets 
 trained, and has the same weights, bit for bit, from the same rows (the teachers' readings,
 computed before, in the parent process on its `threads`).
 
-A worker is a spawned process (no memory shared with this one): it gets the plan's rows through
-a file in a work folder (written once per distinct set of rows) and leaves the trained model in
-`work/final`, where the parent picks up the student. With `student.on_policy`, the models that
-learn from their own samples (`plans.trains_on_policy`) build their teachers in the worker
-from the checkpoints in `Stage.teachers`, hold them while they train, and release them after.
+A worker is a spawned process (no memory shared with this one): it reads the plan's rows a batch
+at a time from a folder in a work folder (`rows`, written once per distinct set of rows) and
+leaves the trained model in `work/final`, where the parent picks up the student. With
+`student.on_policy`, the models that learn from their own samples (`plans.trains_on_policy`)
+build their teachers in the worker from the checkpoints in `Stage.teachers`, hold them while
+they train, and release them after.
 """
 
 import multiprocessing
@@ -27,7 +28,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polydistill.config import RunConfig
@@ -43,7 +43,7 @@ from polydistill.student.export import export_student
 from polydistill.student.on_policy import grading_teachers, mixed_batches, refresh_totals
 from polydistill.student.plans import ModelPlan, student_fingerprint, trains_on_policy
 from polydistill.student.prompts import Prompts
-from polydistill.student.targets import DistillationData
+from polydistill.student.rows import DiskRows
 from polydistill.teachers.protocol import release_weights
 from polydistill.train import BatchFn, LossFn, train
 from polydistill.train.checkpoint import list_checkpoints, read_state
@@ -52,13 +52,12 @@ from polydistill.train.reproducible import fixed_threads
 from polydistill.train.selection import read_selection
 
 FINAL_DIR = "final"
-ROWS_FILE = "rows.pt"
 
 
 @dataclass(frozen=True)
 class PlanJob:
-    """One model to train: its plan, work folder and the file of its training rows (None for the
-    oracle, which reads gold answers; models that share rows share the file)."""
+    """One model to train: its plan, work folder and the folder of its training rows (None for
+    the oracle, which reads gold answers; models that share rows share the folder)."""
 
     plan: ModelPlan
     work: Path
@@ -79,13 +78,9 @@ class Stage:
     teachers: Mapping[str, Path] = field(default_factory=dict)
 
 
-def save_rows(rows: DistillationData, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(rows, path)
-
-
-def load_rows(job: PlanJob) -> DistillationData | None:
-    return None if job.rows is None else torch.load(job.rows, weights_only=False)
+def load_rows(job: PlanJob) -> DiskRows | None:
+    """The job's rows, read from disk a batch at a time (`rows`)."""
+    return None if job.rows is None else DiskRows(job.rows)
 
 
 def train_model(
