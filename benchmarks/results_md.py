@@ -25,7 +25,17 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "RESULTS.md"
 RESULTS_DIR = HERE / "results"
 # The order of the sections in RESULTS.md; each name is a module of `benchmarks/`.
-MODULES = ("demo", "worth", "align", "loss", "store", "gateway", "student_recipe", "real_gemma")
+MODULES = (
+    "demo",
+    "worth",
+    "on_policy",
+    "align",
+    "loss",
+    "store",
+    "gateway",
+    "student_recipe",
+    "real_gemma",
+)
 PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "polydistill")
 HEADER = (
     "# Benchmark results\n\n"

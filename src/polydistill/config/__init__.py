@@ -362,6 +362,10 @@ class StudentConfig(Strict):
     # too: the oracle scores against gold, mince / avgce rank by it), and the best-scoring
     # weights become the model.
     validate_every: NonNegative = 0
+    # Every `heldout_every` steps (0: never), each model's held-out accuracy per tag, measured
+    # as the final evaluation measures it, on the weights being trained: a learning curve under
+    # the model's `curve` in metrics.json. It chooses nothing and leaves the training as it is.
+    heldout_every: NonNegative = 0
     # A store written by `polydistill capture` of this config: the teachers' answers and
     # readings come from it, no teacher model is loaded (its fingerprints must match).
     store: LaxPath | None = None
@@ -575,16 +579,10 @@ def _check_curriculum(student: StudentConfig) -> None:
 
 
 def _check_on_policy(student: StudentConfig) -> None:
-    """On-policy grading asks live teachers about samples no store can hold, and fuses them
-    without reference answers."""
+    """On-policy grading fuses the student's samples without reference answers. (It asks the
+    live teachers, also beside a store, which holds their readings of their own answers.)"""
     if student.on_policy is None:
         return
-    if student.store is not None:
-        raise _error_at(
-            ("on_policy",),
-            "a store (student.store) holds the teachers' readings of their own answers, not of "
-            "the student's samples; grading them needs the teachers: drop student.store",
-        )
     if student.fusion.strategy in ("mince", "avgce"):
         raise _error_at(
             ("on_policy",),

@@ -1,0 +1,353 @@
+"""Off-policy, off-policy then on-policy, or mixed? The student at equal steps, per tag.
+
+    python -m benchmarks.on_policy --set world.cache_dir=/path/to/worlds      # seeds 0 1 2
+    python -m benchmarks.on_policy --steps 300 --switch 150 --mix 0.5 --every 50 --seeds 0
+
+For every seed, three arms train the student of CONFIG (default examples/specialists.yaml) for
+the same `--steps` optimiser steps of the config's batch size, each a `polydistill run` in a
+child process (the world is built once, in the config's world cache, and shared):
+
+- *off-policy*: the config as it is, on the teachers' answers.
+- *off → on*: `--switch` steps off-policy (a run of that many steps), then the rest on the
+  student's own samples (`student.on_policy`, mix 1, `warm_start` from the first run's
+  student): the recipe of the Qwen3 report and GKD's warm start. Each run has its own warmup
+  and cosine schedule, as two `polydistill run`s do.
+- *mixed*: `student.on_policy.mix` = `--mix` for all the steps (GKD's λ: that share of the steps,
+  spread evenly, on the student's samples, the others off-policy).
+
+The on-policy steps sample `--buffer-prompts` prompts (one answer each) every `--buffer-steps`
+steps; the loss, the fusion and the teachers' top-k are the config's in every arm, so the arms
+differ only in whose answers the student learns from. `student.train.seed` and
+`student.on_policy.seed` are the seed. Every `--every` steps (`student.heldout_every`) each run
+scores its student on the held-out prompts, as the final evaluation does: the curve gives the
+steps to reach 95% of the specialist's held-out accuracy per tag (the most accurate teacher on
+it, from the same run). Records per arm the final accuracy per tag, the curve, the wall time
+of the child processes (each also evaluates the teachers and reads their answers to every
+training prompt) and what the on-policy steps cost in samples and teacher-graded positions.
+The result goes to benchmarks/results/on_policy.json unless `--json` names another file.
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import results_md
+from polydistill.report.tables import SPECIALIST_SHARE, best_teachers
+
+SECTION = "## On-policy against off-policy distillation (benchmarks/on_policy.py)"
+DEFAULT_CONFIG = Path("examples/specialists.yaml")
+ARMS = ("off-policy", "off → on", "mixed")
+NOT_REACHED = None
+DEFAULTS = {"config": DEFAULT_CONFIG, "seeds": [0, 1, 2], "steps": 300, "switch": 150,
+            "mix": 0.5, "every": 50, "buffer_prompts": 128, "buffer_steps": 1}  # fmt: skip
+COSTS = ("seconds", "curve_seconds", "samples", "graded_positions", "teacher_calls")
+
+
+def run_child(cli: Path, config: Path, out: Path, overrides: list[str]) -> dict:
+    """One `polydistill run`: its wall seconds, metrics and on-policy refreshes."""
+    command = [str(cli), "run", str(config), "--out", str(out), *overrides]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = round(time.perf_counter() - started, 1)
+    if done.returncode:
+        raise SystemExit(f"error: {' '.join(command)} failed (exit {done.returncode}):\n"
+                         f"{done.stderr[-3000:]}")  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    refresh_log = out / "train_logs" / "student.on_policy.jsonl"
+    lines = refresh_log.read_text().splitlines() if refresh_log.is_file() else []
+    return {"seconds": seconds, "metrics": metrics, "refreshes": [json.loads(x) for x in lines]}
+
+
+def on_policy_overrides(args: argparse.Namespace, seed: int, mix: float, **more) -> str:
+    """`student.on_policy` as one override (JSON is YAML)."""
+    settings = {
+        "mix": mix,
+        "seed": seed,
+        "buffer_prompts": args.buffer_prompts,
+        "buffer_steps": args.buffer_steps,
+        **more,
+    }
+    return f"student.on_policy={json.dumps(settings)}"
+
+
+def arm_result(
+    arm: str, seed: int, parts: list[dict], offsets: list[int], on_policy_steps: int
+) -> dict:
+    """An arm's record from its runs (`offsets`: the steps done before each run)."""
+    last = parts[-1]["metrics"]["models"]
+    curve = [
+        {"step": point["step"] + offset, "accuracy": point["accuracy"]}
+        for part, offset in zip(parts, offsets, strict=True)
+        for point in part["metrics"]["models"]["student"].get("curve", [])
+    ]
+    refreshes = [r for part in parts for r in part["refreshes"]]
+    return {
+        "arm": arm,
+        "seed": seed,
+        "seconds": round(sum(p["seconds"] for p in parts), 1),
+        "run_seconds": [p["seconds"] for p in parts],
+        "curve_seconds": round(
+            sum(
+                pt.get("seconds", 0)
+                for p in parts
+                for pt in p["metrics"]["models"]["student"].get("curve", [])
+            ),
+            1,
+        ),
+        "accuracy": last["student"]["accuracy"],
+        "teachers": {n: m["accuracy"] for n, m in last.items() if n.startswith("teacher:")},
+        "curve": curve,
+        "on_policy_steps": on_policy_steps,
+        "refreshes": len(refreshes),
+        "samples": sum(r["samples"] for r in refreshes),
+        "truncated": sum(r["truncated"] for r in refreshes),
+        "graded_positions": sum(r["positions"] for r in refreshes),
+        "teacher_calls": sum(r["teacher_calls"] for r in refreshes),
+        "prompts": parts[-1]["metrics"]["data"],
+    }
+
+
+def run_seed(
+    cli: Path, args: argparse.Namespace, scratch: Path, seed: int, shared: list[str]
+) -> list[dict]:
+    """The three arms of one seed, one after another (`shared`: overrides of every run)."""
+    common = [*shared, f"student.train.seed={seed}", f"student.heldout_every={args.every}"]
+    steps = [f"student.train.steps={args.steps}"]
+    runs = []
+    off = run_child(cli, args.config, scratch / f"off-{seed}", common + steps)
+    runs.append(arm_result("off-policy", seed, [off], [0], 0))
+    first = run_child(
+        cli, args.config, scratch / f"first-{seed}",
+        [*common, f"student.train.steps={args.switch}"],
+    )  # fmt: skip
+    warm = on_policy_overrides(args, seed, 1.0, warm_start=str(scratch / f"first-{seed}/student"))
+    rest = [f"student.train.steps={args.steps - args.switch}", warm]
+    then = run_child(cli, args.config, scratch / f"then-{seed}", common + rest)
+    runs.append(
+        arm_result("off → on", seed, [first, then], [0, args.switch], args.steps - args.switch)
+    )
+    mixed = [*steps, on_policy_overrides(args, seed, args.mix)]
+    both = run_child(cli, args.config, scratch / f"mixed-{seed}", common + mixed)
+    runs.append(arm_result("mixed", seed, [both], [0], math.floor(args.steps * args.mix)))
+    for run in runs:
+        print(f"seed {seed} {run['arm']}: {run['accuracy']} in {run['seconds']} s", flush=True)
+    return runs
+
+
+def capture(cli: Path, args: argparse.Namespace, store: Path) -> float:
+    """The teachers' answers and readings of the training prompts, once for every run (their
+    answers are greedy, so the same for every seed): seconds taken."""
+    command = [str(cli), "capture", str(args.config), "--out", str(store), *args.set]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"error: capture failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return round(time.perf_counter() - started, 1)
+
+
+def reached(curve: list[dict], tag: str, target: float) -> int | None:
+    """The first step of `curve` whose accuracy on `tag` is at least `target`."""
+    return next((p["step"] for p in curve if p["accuracy"][tag] >= target), NOT_REACHED)
+
+
+def targets(result: dict) -> dict[str, tuple[str, float]]:
+    """Per tag, the specialist (the most accurate teacher) and `SPECIALIST_SHARE` of its
+    accuracy."""
+    teachers = result["runs"][0]["teachers"]
+    best = best_teachers(teachers, result["tags"])
+    return {
+        tag: (name.removeprefix("teacher:"), SPECIALIST_SHARE * a)
+        for tag, (name, a) in best.items()
+    }
+
+
+def _cell(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ({min(values):.3f}–{max(values):.3f})"
+
+
+def _by_arm(result: dict) -> dict[str, list[dict]]:
+    return {arm: [r for r in result["runs"] if r["arm"] == arm] for arm in ARMS}
+
+
+def _steps_cell(runs: list[dict], tag: str, target: float) -> str:
+    steps = [reached(r["curve"], tag, target) for r in runs]
+    return " · ".join("—" if s is NOT_REACHED else str(s) for s in steps)
+
+
+def verdict(result: dict) -> list[str]:
+    """Per tag, which arm ends highest and whether the seeds separate it from the next."""
+    arms, lines = _by_arm(result), []
+    for tag in result["tags"]:
+        finals = {arm: [r["accuracy"][tag] for r in runs] for arm, runs in arms.items()}
+        order = sorted(finals, key=lambda a: statistics.fmean(finals[a]), reverse=True)
+        best, second = order[0], order[1]
+        gap = statistics.fmean(finals[best]) - statistics.fmean(finals[second])
+        separated = min(finals[best]) > max(finals[second])
+        how = (
+            "every seed of it above every seed of the next"
+            if separated
+            else "within the spread of the seeds"
+        )
+        lines.append(f"- {tag}: *{best}* ends highest, {gap:+.3f} over *{second}* ({how}).")
+    return lines
+
+
+def markdown(result: dict) -> str:
+    """The section: accuracy per tag and arm, steps to 95% of each specialist, and costs."""
+    runs, tags, arms = result["runs"], result["tags"], _by_arm(result)
+    goals = targets(result)
+    seeds = ", ".join(str(s) for s in result["seeds"])
+    minutes = round(result["seconds"] / 60)
+    s = result["settings"]
+    taken = result["capture_seconds"]
+    captured = "" if taken is None else f" ({taken / 60:.1f} min, not in the arms' wall times)"
+    lines = [SECTION, "", results_md.environment_lines(result), results_md.load_sentence(result)]
+    lines += [
+        "",
+        f"Each arm trains the student of `{result['config']}` for {s['steps']} optimiser steps "
+        f"of the config's batch, student seeds {seeds} ({minutes} min in all, one run at a "
+        f"time). *off-policy*: the config as it is. *off → on*: {s['switch']} steps "
+        f"off-policy, then {s['steps'] - s['switch']} on the student's own samples "
+        "(`student.on_policy` mix 1, `warm_start` from the first run's student; each run has "
+        f"its own warmup and cosine schedule). *mixed*: mix {s['mix']} for all the steps "
+        f"(spread evenly: {s['mix']:.0%} of the steps on-policy). On-policy steps sample "
+        f"{s['buffer_prompts']} prompts, one answer each, every {s['buffer_steps']} steps; "
+        "the loss, fusion and top-k are the config's. The teachers' readings of the training "
+        f"prompts were captured once{captured} (`polydistill capture`) and read from that "
+        "store by every run (`student.store`); the live teachers grade the samples.",
+        "",
+        "Held-out exact match per tag, mean over seeds (min–max), and the specialist "
+        "(the most accurate teacher on the tag):",
+        "",
+        f"| arm | {' | '.join(tags)} |",
+        "|---|" + "---:|" * len(tags),
+    ]
+    for arm, group in arms.items():
+        cells = " | ".join(_cell([r["accuracy"][t] for r in group]) for t in tags)
+        lines.append(f"| {arm} | {cells} |")
+    teachers = runs[0]["teachers"]
+    specialists = " | ".join(
+        f"{teachers['teacher:' + goals[t][0]][t]:.3f} ({goals[t][0]})" for t in tags
+    )
+    lines.append(f"| *specialist* | {specialists} |")
+    lines += [
+        "",
+        f"Steps to reach {SPECIALIST_SHARE:.0%} of the specialist's held-out accuracy per seed "
+        f"(scored every {s['every']} steps, `student.heldout_every`; — : not reached in "
+        f"{s['steps']} steps), and what each arm cost (mean over seeds: wall time of its "
+        "`polydistill run`s, curve evaluations included; the student's samples the teachers "
+        "graded, and the answer positions in them):",
+        "",
+        f"| arm | {' | '.join(f'{t} (≥ {goals[t][1]:.3f})' for t in tags)} | wall | "
+        "of it, curve | samples graded | positions graded | teacher calls |",
+        "|---|" + "---:|" * (len(tags) + 5),
+    ]
+    for arm, group in arms.items():
+        steps = " | ".join(_steps_cell(group, t, goals[t][1]) for t in tags)
+        mean = {k: statistics.fmean(r[k] for r in group) for k in COSTS}
+        lines.append(
+            f"| {arm} | {steps} | {mean['seconds'] / 60:.1f} min | "
+            f"{mean['curve_seconds'] / 60:.1f} min | {mean['samples']:,.0f} | "
+            f"{mean['graded_positions']:,.0f} | {mean['teacher_calls']:,.0f} |"
+        )
+    lines += [
+        "",
+        "Which wins where (final held-out accuracy, from the table):",
+        "",
+        *verdict(result),
+    ]
+    truncated = {
+        arm: sum(r["truncated"] for r in group) / max(1, sum(r["samples"] for r in group))
+        for arm, group in arms.items()
+        if any(r["samples"] for r in group)
+    }
+    if truncated:
+        listed = ", ".join(f"{arm} {share:.1%}" for arm, share in truncated.items())
+        lines += [
+            "",
+            f"Student samples cut at `max_new_tokens` before the student ended its answer: "
+            f"{listed}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=300, help="optimiser steps of every arm")
+    parser.add_argument("--switch", type=int, default=150, help="off-policy steps of off → on")
+    parser.add_argument("--mix", type=float, default=0.5, help="the mixed arm's λ")
+    parser.add_argument("--every", type=int, default=50, help="steps between curve points")
+    parser.add_argument("--buffer-prompts", type=int, default=128)
+    parser.add_argument("--buffer-steps", type=int, default=1)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="an override of every run (e.g. world.cache_dir=...)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--store", type=Path, help="a store `polydistill capture` wrote of this config and --set"
+    )
+    parser.add_argument(
+        "--json", type=Path, help="write here instead of benchmarks/results/on_policy.json"
+    )
+    args = parser.parse_args(argv)
+    if not 0 < args.switch < args.steps or not 0 < args.mix <= 1:
+        parser.error("need 0 < --switch < --steps and 0 < --mix ≤ 1")
+    if args.steps % args.every or args.switch % args.every:
+        parser.error("--every must divide --steps and --switch (the curves end on them)")
+    cli = Path(sys.executable).with_name("polydistill")  # the venv's console script
+    if not cli.is_file():
+        raise SystemExit(f"error: {cli} not found: install the project (make install)")
+    settings = {k: getattr(args, k) for k in DEFAULTS if k not in ("config", "seeds")}
+    result = {
+        "command": command_line(args),
+        "environment": results_md.environment(),
+        "config": str(args.config),
+        "seeds": args.seeds,
+        "settings": settings,
+    }
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    scratch = Path(tempfile.mkdtemp(prefix="on-policy-bench-"))
+    started = time.perf_counter()
+    try:
+        store = args.store or scratch / "store"
+        result["capture_seconds"] = None if args.store else capture(cli, args, store)
+        shared = [*args.set, f"student.store={store.resolve()}"]
+        result["runs"] = [r for s in args.seeds for r in run_seed(cli, args, scratch, s, shared)]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    result["tags"] = list(result["runs"][0]["accuracy"])
+    path = results_md.save("on_policy", result, args.json)
+    print(markdown(result))
+    print(f"wrote {path}")
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as the section shows it (options at their defaults left out)."""
+    parts = ["python -m benchmarks.on_policy"]
+    for key, default in DEFAULTS.items():
+        value = getattr(args, key)
+        if value != default:
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            parts.append(f"--{key.replace('_', '-')} {shown}")
+    parts += [f"--set {item}" for item in args.set]
+    if args.store:
+        parts.append(f"--store {args.store}")
+    return " ".join(parts)
+
+
+if __name__ == "__main__":
+    main()
