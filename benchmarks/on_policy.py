@@ -47,7 +47,8 @@ DEFAULT_CONFIG = Path("examples/specialists.yaml")
 ARMS = ("off-policy", "off → on", "mixed")
 NOT_REACHED = None
 DEFAULTS = {"config": DEFAULT_CONFIG, "seeds": [0, 1, 2], "steps": 300, "switch": 150,
-            "mix": 0.5, "every": 50, "buffer_prompts": 128, "buffer_steps": 1}  # fmt: skip
+            "mix": 0.5, "every": 50, "buffer_prompts": 128, "buffer_steps": 1,
+            "max_new_tokens": 16}  # fmt: skip
 COSTS = ("seconds", "curve_seconds", "samples", "graded_positions", "teacher_calls")
 
 
@@ -73,6 +74,8 @@ def on_policy_overrides(args: argparse.Namespace, seed: int, mix: float, **more)
         "seed": seed,
         "buffer_prompts": args.buffer_prompts,
         "buffer_steps": args.buffer_steps,
+        "max_new_tokens": args.max_new_tokens,
+        "generation_batch_size": args.buffer_prompts,  # one batch: the fastest on the CPU
         **more,
     }
     return f"student.on_policy={json.dumps(settings)}"
@@ -222,7 +225,8 @@ def markdown(result: dict) -> str:
         "(`student.on_policy` mix 1, `warm_start` from the first run's student; each run has "
         f"its own warmup and cosine schedule). *mixed*: mix {s['mix']} for all the steps "
         f"(spread evenly: {s['mix']:.0%} of the steps on-policy). On-policy steps sample "
-        f"{s['buffer_prompts']} prompts, one answer each, every {s['buffer_steps']} steps; "
+        f"{s['buffer_prompts']} prompts, one answer each of at most {s['max_new_tokens']} "
+        f"tokens, every {s['buffer_steps']} steps; "
         "the loss, fusion and top-k are the config's. The teachers' readings of the training "
         f"prompts were captured once{captured} (`polydistill capture`) and read from that "
         "store by every run (`student.store`); the live teachers grade the samples.",
@@ -292,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=50, help="steps between curve points")
     parser.add_argument("--buffer-prompts", type=int, default=128)
     parser.add_argument("--buffer-steps", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="of a student sample")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="an override of every run (e.g. world.cache_dir=...)",
