@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -39,12 +40,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from benchmarks import results_md
 from polydistill.report.tables import SPECIALIST_SHARE, best_teachers
 
 SECTION = "## On-policy against off-policy distillation (benchmarks/on_policy.py)"
 DEFAULT_CONFIG = Path("examples/specialists.yaml")
 ARMS = ("off-policy", "off → on", "mixed")
+# Controls of the switched arm, from the same first run: its second run off-policy (the restart
+# of the schedule alone), or on-policy graded by each tag's specialist instead of the evidence.
+CONTROLS = ("off → off", "off → on, routed")
+# A switched arm's second run: (on-policy mix, graded by route).
+SWITCHED = {"off → on": (1.0, False), "off → off": (0.0, False), "off → on, routed": (1.0, True)}
 NOT_REACHED = None
 DEFAULTS = {"config": DEFAULT_CONFIG, "seeds": [0, 1, 2], "steps": 300, "switch": 150,
             "mix": 0.5, "every": 50, "buffer_prompts": 128, "buffer_steps": 1,
@@ -118,30 +126,43 @@ def arm_result(
     }
 
 
+def routes(config: Path) -> dict[str, str]:
+    """Each tag's specialist by the config: the teacher whose `domains` name it."""
+    teachers = yaml.safe_load(config.read_text())["teachers"]
+    return {domain: t["name"] for t in teachers for domain in t.get("domains", [])}
+
+
 def run_seed(
     cli: Path, args: argparse.Namespace, scratch: Path, seed: int, shared: list[str]
 ) -> list[dict]:
-    """The three arms of one seed, one after another (`shared`: overrides of every run)."""
+    """The `--arms` of one seed, one run after another (`shared`: overrides of every run). The
+    switched arms share their first, off-policy run (the same settings and seed)."""
     common = [*shared, f"student.train.seed={seed}", f"student.heldout_every={args.every}"]
     steps = [f"student.train.steps={args.steps}"]
-    runs = []
-    off = run_child(cli, args.config, scratch / f"off-{seed}", common + steps)
-    runs.append(arm_result("off-policy", seed, [off], [0], 0))
-    first = run_child(
-        cli, args.config, scratch / f"first-{seed}",
-        [*common, f"student.train.steps={args.switch}"],
-    )  # fmt: skip
-    warm = on_policy_overrides(args, seed, 1.0, warm_start=str(scratch / f"first-{seed}/student"))
-    rest = [f"student.train.steps={args.steps - args.switch}", warm]
-    then = run_child(cli, args.config, scratch / f"then-{seed}", common + rest)
-    runs.append(
-        arm_result("off → on", seed, [first, then], [0, args.switch], args.steps - args.switch)
-    )
-    mixed = [*steps, on_policy_overrides(args, seed, args.mix)]
-    both = run_child(cli, args.config, scratch / f"mixed-{seed}", common + mixed)
-    runs.append(arm_result("mixed", seed, [both], [0], math.floor(args.steps * args.mix)))
-    for run in runs:
-        print(f"seed {seed} {run['arm']}: {run['accuracy']} in {run['seconds']} s", flush=True)
+    runs, first = [], None
+    for index, arm in enumerate(args.arms):
+        if arm == "off-policy":
+            off = run_child(cli, args.config, scratch / f"off-{seed}", common + steps)
+            runs.append(arm_result(arm, seed, [off], [0], 0))
+        elif arm == "mixed":
+            mixed = [*steps, on_policy_overrides(args, seed, args.mix)]
+            both = run_child(cli, args.config, scratch / f"mixed-{seed}", common + mixed)
+            runs.append(arm_result(arm, seed, [both], [0], math.floor(args.steps * args.mix)))
+        else:
+            if first is None:
+                short = [*common, f"student.train.steps={args.switch}"]
+                first = run_child(cli, args.config, scratch / f"first-{seed}", short)
+            mix, routed = SWITCHED[arm]
+            start = str(scratch / f"first-{seed}" / "student")
+            rest = [f"student.train.steps={args.steps - args.switch}"]
+            rest.append(on_policy_overrides(args, seed, mix, warm_start=start))
+            if routed:
+                fusion = {"strategy": "route", "routes": routes(args.config)}
+                rest.append(f"student.fusion={json.dumps(fusion)}")
+            then = run_child(cli, args.config, scratch / f"then-{seed}-{index}", common + rest)
+            done = (args.steps - args.switch) if mix else 0
+            runs.append(arm_result(arm, seed, [first, then], [0, args.switch], done))
+        print(f"seed {seed} {arm}: {runs[-1]['accuracy']} in {runs[-1]['seconds']} s", flush=True)
     return runs
 
 
@@ -179,8 +200,10 @@ def _cell(values: list[float]) -> str:
     return f"{mean:.3f} ({min(values):.3f}–{max(values):.3f})"
 
 
-def _by_arm(result: dict) -> dict[str, list[dict]]:
-    return {arm: [r for r in result["runs"] if r["arm"] == arm] for arm in ARMS}
+def _by_arm(result: dict, arms: tuple[str, ...] = ARMS + CONTROLS) -> dict[str, list[dict]]:
+    """The runs of each of `arms` that the result has, in that order."""
+    grouped = {arm: [r for r in result["runs"] if r["arm"] == arm] for arm in arms}
+    return {arm: runs for arm, runs in grouped.items() if runs}
 
 
 def _steps_cell(runs: list[dict], tag: str, target: float) -> str:
@@ -190,7 +213,7 @@ def _steps_cell(runs: list[dict], tag: str, target: float) -> str:
 
 def verdict(result: dict) -> list[str]:
     """Per tag, which arm ends highest and whether the seeds separate it from the next."""
-    arms, lines = _by_arm(result), []
+    arms, lines = _by_arm(result, ARMS), []
     for tag in result["tags"]:
         finals = {arm: [r["accuracy"][tag] for r in runs] for arm, runs in arms.items()}
         order = sorted(finals, key=lambda a: statistics.fmean(finals[a]), reverse=True)
@@ -203,6 +226,39 @@ def verdict(result: dict) -> list[str]:
             else "within the spread of the seeds"
         )
         lines.append(f"- {tag}: *{best}* ends highest, {gap:+.3f} over *{second}* ({how}).")
+    return lines
+
+
+def controls_text(result: dict) -> list[str]:
+    """What the control arms are, and the commands that added them."""
+    added = " ".join(f"`{a['command']}` ({a['environment']['date_utc']} UTC)." for a in
+                     result.get("added", []))  # fmt: skip
+    return [
+        "Controls, from the same first run as *off → on*: *off → off* goes on off-policy after "
+        "the same restart (`student.on_policy` mix 0 with the warm start: a new warmup and "
+        "cosine schedule), which separates the restart from the student's own samples; "
+        "*off → on, routed* has the samples graded by each tag's specialist alone "
+        "(`student.fusion.strategy: route`, the config's domains) instead of the evidence "
+        f"routing, which separates who grades. Added by {added}"
+    ]
+
+
+def curve_table(result: dict, arms: dict[str, list[dict]]) -> list[str]:
+    """Held-out accuracy per arm at every curve step, mean over seeds, tags joined by ` / `."""
+    tags = result["tags"]
+    steps = [p["step"] for p in next(iter(arms.values()))[0]["curve"]]
+    lines = [
+        f"The curves: held-out accuracy ({' / '.join(tags)}) at each step, mean over seeds:",
+        "",
+        "| arm | " + " | ".join(map(str, steps)) + " |",
+        "|---|" + "---:|" * len(steps),
+    ]
+    for arm, group in arms.items():
+        cells = []
+        for i, _ in enumerate(steps):
+            means = [statistics.fmean(r["curve"][i]["accuracy"][t] for r in group) for t in tags]
+            cells.append(" / ".join(f"{m:.2f}" for m in means))
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -265,6 +321,9 @@ def markdown(result: dict) -> str:
             f"{mean['curve_seconds'] / 60:.1f} min | {mean['samples']:,.0f} | "
             f"{mean['graded_positions']:,.0f} | {mean['teacher_calls']:,.0f} |"
         )
+    if any(arm in arms for arm in CONTROLS):
+        lines += ["", *controls_text(result)]
+    lines += ["", *curve_table(result, arms)]
     lines += [
         "",
         "Which wins where (final held-out accuracy, from the table):",
@@ -305,6 +364,13 @@ def main(argv: list[str] | None = None) -> None:
         "--store", type=Path, help="a store `polydistill capture` wrote of this config and --set"
     )
     parser.add_argument(
+        "--arms", nargs="+", choices=ARMS + CONTROLS, default=list(ARMS), metavar="ARM",
+        help=f"of {', '.join(map(repr, ARMS + CONTROLS))}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--add-to", type=Path, help="add these arms' runs to this result of the same settings"
+    )
+    parser.add_argument(
         "--json", type=Path, help="write here instead of benchmarks/results/on_policy.json"
     )
     args = parser.parse_args(argv)
@@ -316,28 +382,41 @@ def main(argv: list[str] | None = None) -> None:
     if not cli.is_file():
         raise SystemExit(f"error: {cli} not found: install the project (make install)")
     settings = {k: getattr(args, k) for k in DEFAULTS if k not in ("config", "seeds")}
-    result = {
-        "command": command_line(args),
-        "environment": results_md.environment(),
-        "config": str(args.config),
-        "seeds": args.seeds,
-        "settings": settings,
-    }
+    this = {"command": command_line(args), "environment": results_md.environment()}
+    result = {**this, "config": str(args.config), "seeds": args.seeds, "settings": settings}
+    if args.add_to:
+        result = earlier_result(args.add_to, result)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     scratch = Path(tempfile.mkdtemp(prefix="on-policy-bench-"))
     started = time.perf_counter()
     try:
         store = args.store or scratch / "store"
-        result["capture_seconds"] = None if args.store else capture(cli, args, store)
+        taken = None if args.store else capture(cli, args, store)
         shared = [*args.set, f"student.store={store.resolve()}"]
-        result["runs"] = [r for s in args.seeds for r in run_seed(cli, args, scratch, s, shared)]
+        runs = [r for s in args.seeds for r in run_seed(cli, args, scratch, s, shared)]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    result["tags"] = list(result["runs"][0]["accuracy"])
+    seconds = round(time.perf_counter() - started, 1)
+    if args.add_to:
+        result["runs"] += runs
+        result["seconds"] += seconds
+        this["environment"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
+        result["added"] = [*result.get("added", []), {**this, "arms": args.arms}]
+    else:
+        result.update(runs=runs, seconds=seconds, capture_seconds=taken)
+        result["tags"] = list(runs[0]["accuracy"])
     path = results_md.save("on_policy", result, args.json)
     print(markdown(result))
     print(f"wrote {path}")
+
+
+def earlier_result(path: Path, asked: dict) -> dict:
+    """The result at `path`, if it was measured with the `asked` config, seeds and settings."""
+    result = json.loads(path.read_text())
+    for key in ("config", "seeds", "settings"):
+        if result[key] != asked[key]:
+            raise SystemExit(f"error: {path} has {key} {result[key]}, these runs {asked[key]}")
+    return result
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -348,6 +427,8 @@ def command_line(args: argparse.Namespace) -> str:
         if value != default:
             shown = " ".join(map(str, value)) if isinstance(value, list) else value
             parts.append(f"--{key.replace('_', '-')} {shown}")
+    if args.arms != list(ARMS):
+        parts.append(f"--arms {shlex.join(args.arms)}")
     parts += [f"--set {item}" for item in args.set]
     if args.store:
         parts.append(f"--store {args.store}")

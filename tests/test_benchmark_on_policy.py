@@ -67,9 +67,24 @@ def test_three_arms_at_equal_steps_with_their_curves_and_costs(config, tiny_worl
         assert run["graded_positions"] >= run["samples"]
     text = bench.markdown(result)
     assert text.startswith(bench.SECTION)
-    assert text.count("\n| off-policy |") == text.count("\n| mixed |") == 2
+    assert text.count("\n| off-policy |") == text.count("\n| mixed |") == 3  # 3 tables
     assert "python -m benchmarks.on_policy --config " in text
     assert text.count("\n- ") == 3  # which arm ends highest on each tag
+
+    controls = [*command, "--arms", *bench.CONTROLS, "--add-to", str(out)]
+    done = subprocess.run(controls, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    added = json.loads(out.read_text())
+    assert added["runs"][:3] == result["runs"]
+    restarted, routed = added["runs"][3:]
+    assert (restarted["arm"], routed["arm"]) == bench.CONTROLS
+    assert restarted["on_policy_steps"] == restarted["samples"] == 0  # mix 0: no sample drawn
+    assert routed["on_policy_steps"] == 2 and routed["samples"] == 8
+    assert [p["step"] for p in restarted["curve"]] == [2, 4]
+    assert added["added"][0]["arms"] == list(bench.CONTROLS)
+    text = bench.markdown(added)
+    assert text.count("\n| off → off |") == 3 and "Controls, from the same first run" in text
+    assert text.count("\n- ") == 3  # the verdict compares the three arms alone
 
 
 def test_steps_to_the_target_read_from_the_curve(bench):

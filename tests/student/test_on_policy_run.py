@@ -21,9 +21,9 @@ from polydistill.config.on_policy import OnPolicyConfig
 from polydistill.errors import UserError
 from polydistill.student import workers
 from polydistill.student.on_policy import grading_teachers, mixed_batches
-from polydistill.teachers.local import LocalTeacher
 from polydistill.student.plans import ModelPlan, model_plans, model_work_dir, trains_on_policy
 from polydistill.student.prompts import Prompts
+from polydistill.teachers.local import LocalTeacher
 from polydistill.world.inputs import world_inputs
 
 TINY = Path(__file__).parents[1] / "tiny.yaml"
