@@ -214,6 +214,8 @@ def _steps_cell(runs: list[dict], tag: str, target: float) -> str:
 def verdict(result: dict) -> list[str]:
     """Per tag, which arm ends highest and whether the seeds separate it from the next."""
     arms, lines = _by_arm(result, ARMS), []
+    if len(arms) < 2:
+        return lines
     for tag in result["tags"]:
         finals = {arm: [r["accuracy"][tag] for r in runs] for arm, runs in arms.items()}
         order = sorted(finals, key=lambda a: statistics.fmean(finals[a]), reverse=True)
@@ -371,9 +373,14 @@ def main(argv: list[str] | None = None) -> None:
         "--add-to", type=Path, help="add these arms' runs to this result of the same settings"
     )
     parser.add_argument(
+        "--merge", type=Path, help="run nothing: add this result's runs to --add-to's"
+    )
+    parser.add_argument(
         "--json", type=Path, help="write here instead of benchmarks/results/on_policy.json"
     )
     args = parser.parse_args(argv)
+    if args.merge and not args.add_to:
+        parser.error("--merge needs --add-to")
     if not 0 < args.switch < args.steps or not 0 < args.mix <= 1:
         parser.error("need 0 < --switch < --steps and 0 < --mix ≤ 1")
     if args.steps % args.every or args.switch % args.every:
@@ -382,10 +389,18 @@ def main(argv: list[str] | None = None) -> None:
     if not cli.is_file():
         raise SystemExit(f"error: {cli} not found: install the project (make install)")
     settings = {k: getattr(args, k) for k in DEFAULTS if k not in ("config", "seeds")}
-    this = {"command": command_line(args), "environment": results_md.environment()}
-    result = {**this, "config": str(args.config), "seeds": args.seeds, "settings": settings}
-    if args.add_to:
-        result = earlier_result(args.add_to, result)
+    result = {
+        "command": command_line(args),
+        "environment": results_md.environment(),
+        "config": str(args.config),
+        "seeds": args.seeds,
+        "settings": settings,
+    }
+    if args.merge:  # no run: the runs of that result into --add-to's
+        merged = combine(json.loads(args.add_to.read_text()), json.loads(args.merge.read_text()))
+        return finish(merged, args.json)
+    if args.add_to:  # before the runs, not after
+        check_same(json.loads(args.add_to.read_text()), result)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     scratch = Path(tempfile.mkdtemp(prefix="on-policy-bench-"))
     started = time.perf_counter()
@@ -397,26 +412,42 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     seconds = round(time.perf_counter() - started, 1)
+    result.update(runs=runs, seconds=seconds, capture_seconds=taken)
+    result["tags"] = list(runs[0]["accuracy"])
     if args.add_to:
-        result["runs"] += runs
-        result["seconds"] += seconds
-        this["environment"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
-        result["added"] = [*result.get("added", []), {**this, "arms": args.arms}]
-    else:
-        result.update(runs=runs, seconds=seconds, capture_seconds=taken)
-        result["tags"] = list(runs[0]["accuracy"])
-    path = results_md.save("on_policy", result, args.json)
+        result["environment"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
+        result = combine(json.loads(args.add_to.read_text()), result)
+    finish(result, args.json)
+
+
+def finish(result: dict, path: Path | None) -> None:
+    """Save the result (benchmarks/results/on_policy.json unless `path`) and show its section."""
+    written = results_md.save("on_policy", result, path)
     print(markdown(result))
-    print(f"wrote {path}")
+    print(f"wrote {written}")
 
 
-def earlier_result(path: Path, asked: dict) -> dict:
-    """The result at `path`, if it was measured with the `asked` config, seeds and settings."""
-    result = json.loads(path.read_text())
+def check_same(result: dict, other: dict) -> None:
+    """SystemExit unless both results were measured with the same config, seeds and settings."""
     for key in ("config", "seeds", "settings"):
-        if result[key] != asked[key]:
-            raise SystemExit(f"error: {path} has {key} {result[key]}, these runs {asked[key]}")
-    return result
+        if result[key] != other[key]:
+            raise SystemExit(f"error: the results differ in {key}: {result[key]}, {other[key]}")
+
+
+def combine(result: dict, extra: dict) -> dict:
+    """`result` with the runs of `extra` (of other arms, same config, seeds and settings) added,
+    and `extra`'s command and machine under `added`."""
+    check_same(result, extra)
+    arms = list(dict.fromkeys(r["arm"] for r in extra["runs"]))
+    if set(arms) & {r["arm"] for r in result["runs"]}:
+        raise SystemExit(f"error: the result has runs of {arms} already")
+    added = {"command": extra["command"], "environment": extra["environment"], "arms": arms}
+    return {
+        **result,
+        "runs": result["runs"] + extra["runs"],
+        "seconds": result["seconds"] + extra["seconds"],
+        "added": [*result.get("added", []), added],
+    }
 
 
 def command_line(args: argparse.Namespace) -> str:

@@ -108,3 +108,21 @@ def test_verdict_says_whether_the_seeds_separate_the_arms(bench):
     values["mixed"] = (0.5, 0.6)
     result = {"tags": ["a"], "runs": [run(arm, v) for arm, vs in values.items() for v in vs]}
     assert "every seed of it above every seed of the next" in bench.verdict(result)[0]
+
+
+def test_combine_adds_other_arms_of_the_same_settings_only(bench):
+    def result(arms, steps=240):
+        return {
+            "config": "c.yaml", "seeds": [0], "settings": {"steps": steps}, "seconds": 10.0,
+            "command": "python -m benchmarks.on_policy", "environment": {"date_utc": "now"},
+            "runs": [{"arm": arm, "seed": 0} for arm in arms],
+        }  # fmt: skip
+
+    main, controls = result(bench.ARMS), result(bench.CONTROLS)
+    both = bench.combine(main, controls)
+    assert [r["arm"] for r in both["runs"]] == [*bench.ARMS, *bench.CONTROLS]
+    assert both["seconds"] == 20.0 and both["added"][0]["arms"] == list(bench.CONTROLS)
+    with pytest.raises(SystemExit, match="differ in settings"):
+        bench.combine(main, result(bench.CONTROLS, steps=300))
+    with pytest.raises(SystemExit, match="has runs of"):
+        bench.combine(both, controls)
