@@ -245,6 +245,39 @@ def controls_text(result: dict) -> list[str]:
     ]
 
 
+def _above(high: list[float], low: list[float]) -> bool:
+    """Every seed of `high` above every seed of `low`."""
+    return min(high) > max(low)
+
+
+def _compare(a: list[float], b: list[float], names: tuple[str, str]) -> str:
+    if _above(a, b):
+        return f"{names[0]} ends above {names[1]} on every seed"
+    if _above(b, a):
+        return f"{names[1]} ends above {names[0]} on every seed"
+    return f"{names[0]} and {names[1]} overlap across the seeds"
+
+
+def controls_verdict(result: dict) -> list[str]:
+    """Per tag, *off → on* against each control that the result has: the restart alone
+    (*off → off*) and grading by the specialist (*off → on, routed*)."""
+    arms = _by_arm(result)
+    if "off → on" not in arms:
+        return []
+    lines = []
+    for tag in result["tags"]:
+        finals = {arm: [r["accuracy"][tag] for r in runs] for arm, runs in arms.items()}
+        said = [
+            _compare(finals["off → on"], finals[control], ("*off → on*", f"*{control}*"))
+            for control in CONTROLS
+            if control in finals
+        ]
+        if said:
+            means = " · ".join(f"{a} {statistics.fmean(finals[a]):.3f}" for a in finals)
+            lines.append(f"- {tag} ({means}): {'; '.join(said)}.")
+    return lines
+
+
 def curve_table(result: dict, arms: dict[str, list[dict]]) -> list[str]:
     """Held-out accuracy per arm at every curve step, mean over seeds, tags joined by ` / `."""
     tags = result["tags"]
@@ -324,7 +357,7 @@ def markdown(result: dict) -> str:
             f"{mean['graded_positions']:,.0f} | {mean['teacher_calls']:,.0f} |"
         )
     if any(arm in arms for arm in CONTROLS):
-        lines += ["", *controls_text(result)]
+        lines += ["", *controls_text(result), "", *controls_verdict(result)]
     lines += ["", *curve_table(result, arms)]
     lines += [
         "",

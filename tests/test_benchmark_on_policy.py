@@ -84,7 +84,7 @@ def test_three_arms_at_equal_steps_with_their_curves_and_costs(config, tiny_worl
     assert added["added"][0]["arms"] == list(bench.CONTROLS)
     text = bench.markdown(added)
     assert text.count("\n| off → off |") == 3 and "Controls, from the same first run" in text
-    assert text.count("\n- ") == 3  # the verdict compares the three arms alone
+    assert text.count("\n- ") == 3 + 3  # the verdict on the three arms, then the controls'
 
 
 def test_steps_to_the_target_read_from_the_curve(bench):
@@ -126,3 +126,15 @@ def test_combine_adds_other_arms_of_the_same_settings_only(bench):
         bench.combine(main, result(bench.CONTROLS, steps=300))
     with pytest.raises(SystemExit, match="has runs of"):
         bench.combine(both, controls)
+
+
+def test_the_controls_say_what_the_switch_owes_to_the_restart_and_the_grading(bench):
+    values = {"off → on": (0.1, 0.2), "off → off": (0.7, 0.8), "off → on, routed": (0.15, 0.3)}
+    runs = [{"arm": arm, "accuracy": {"a": v}} for arm, vs in values.items() for v in vs]
+    (line,) = bench.controls_verdict({"tags": ["a"], "runs": runs})
+    assert line == (
+        "- a (off → on 0.150 · off → off 0.750 · off → on, routed 0.225): *off → off* ends "
+        "above *off → on* on every seed; *off → on* and *off → on, routed* overlap across the "
+        "seeds."
+    )
+    assert bench.controls_verdict({"tags": ["a"], "runs": runs[2:]}) == []
