@@ -227,8 +227,25 @@ def verdict(result: dict) -> list[str]:
             if separated
             else "within the spread of the seeds"
         )
-        lines.append(f"- {tag}: *{best}* ends highest, {gap:+.3f} over *{second}* ({how}).")
+        if gap == 0:
+            tied = f"{statistics.fmean(finals[best]):.3f}"
+            lines.append(f"- {tag}: *{best}* and *{second}* tie at {tied} ({how}).")
+        else:
+            lines.append(f"- {tag}: *{best}* ends highest, {gap:+.3f} over *{second}* ({how}).")
     return lines
+
+
+def none_reached(result: dict) -> list[str]:
+    """A line when no run reaches its target on any tag (the steps table is all dashes)."""
+    goals = targets(result)
+    if any(
+        reached(r["curve"], tag, goals[tag][1]) is not NOT_REACHED
+        for r in result["runs"]
+        for tag in result["tags"]
+    ):
+        return []
+    steps = result["settings"]["steps"]
+    return [f"- No run reaches {SPECIALIST_SHARE:.0%} of a specialist in {steps} steps."]
 
 
 def controls_text(result: dict) -> list[str]:
@@ -243,6 +260,10 @@ def controls_text(result: dict) -> list[str]:
         "(`student.fusion.strategy: route`, the config's domains) instead of the evidence "
         f"routing, which separates who grades. Added by {added}"
     ]
+
+
+def _every(steps: int) -> str:
+    return "at every on-policy step" if steps == 1 else f"every {steps} steps"
 
 
 def _above(high: list[float], low: list[float]) -> bool:
@@ -317,7 +338,7 @@ def markdown(result: dict) -> str:
         f"its own warmup and cosine schedule). *mixed*: mix {s['mix']} for all the steps "
         f"(spread evenly: {s['mix']:.0%} of the steps on-policy). On-policy steps sample "
         f"{s['buffer_prompts']} prompts, one answer each of at most {s['max_new_tokens']} "
-        f"tokens, every {s['buffer_steps']} steps; "
+        f"tokens, {_every(s['buffer_steps'])}; "
         "the loss, fusion and top-k are the config's. The teachers' readings of the training "
         f"prompts were captured once{captured} (`polydistill capture`) and read from that "
         "store by every run (`student.store`); the live teachers grade the samples.",
@@ -364,6 +385,7 @@ def markdown(result: dict) -> str:
         "Which wins where (final held-out accuracy, from the table):",
         "",
         *verdict(result),
+        *none_reached(result),
     ]
     truncated = {
         arm: sum(r["truncated"] for r in group) / max(1, sum(r["samples"] for r in group))

@@ -69,7 +69,8 @@ def test_three_arms_at_equal_steps_with_their_curves_and_costs(config, tiny_worl
     assert text.startswith(bench.SECTION)
     assert text.count("\n| off-policy |") == text.count("\n| mixed |") == 3  # 3 tables
     assert "python -m benchmarks.on_policy --config " in text
-    assert text.count("\n- ") == 3  # which arm ends highest on each tag
+    verdicts = text.count("\n- ") - text.count("\n- No run reaches")
+    assert verdicts == 3  # which arm ends highest on each tag
 
     controls = [*command, "--arms", *bench.CONTROLS, "--add-to", str(out)]
     done = subprocess.run(controls, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -84,7 +85,8 @@ def test_three_arms_at_equal_steps_with_their_curves_and_costs(config, tiny_worl
     assert added["added"][0]["arms"] == list(bench.CONTROLS)
     text = bench.markdown(added)
     assert text.count("\n| off → off |") == 3 and "Controls, from the same first run" in text
-    assert text.count("\n- ") == 3 + 3  # the verdict on the three arms, then the controls'
+    verdicts = text.count("\n- ") - text.count("\n- No run reaches")
+    assert verdicts == 3 + 3  # the verdict on the three arms, then the controls'
 
 
 def test_steps_to_the_target_read_from_the_curve(bench):
@@ -138,3 +140,18 @@ def test_the_controls_say_what_the_switch_owes_to_the_restart_and_the_grading(be
         "seeds."
     )
     assert bench.controls_verdict({"tags": ["a"], "runs": runs[2:]}) == []
+
+
+def test_a_line_when_no_run_reaches_its_target(bench):
+    def run(accuracy):
+        teachers = {"teacher:t": {"a": 1.0}}
+        return {
+            "arm": "off-policy",
+            "teachers": teachers,
+            "curve": [{"step": 4, "accuracy": {"a": accuracy}}],
+        }
+
+    result = {"tags": ["a"], "settings": {"steps": 4}, "runs": [run(0.5)]}
+    assert bench.none_reached(result) == ["- No run reaches 95% of a specialist in 4 steps."]
+    result["runs"].append(run(0.95))
+    assert bench.none_reached(result) == []
