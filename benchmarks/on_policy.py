@@ -250,8 +250,12 @@ def none_reached(result: dict) -> list[str]:
 
 def controls_text(result: dict) -> list[str]:
     """What the control arms are, and the commands that added them."""
-    added = " ".join(f"`{a['command']}` ({a['environment']['date_utc']} UTC)." for a in
-                     result.get("added", []))  # fmt: skip
+    added = " ".join(
+        f"`{a['command']}` ({a['environment']['date_utc']} UTC, load average "
+        f"{a['environment']['load_start']} at start, {a['environment'].get('load_end')} at "
+        "end; it shared the cores with the command above where their times overlap)."
+        for a in result.get("added", [])
+    )
     return [
         "Controls, from the same first run as *off → on*: *off → off* goes on off-policy after "
         "the same restart (`student.on_policy` mix 0 with the warm start: a new warmup and "
@@ -331,8 +335,9 @@ def markdown(result: dict) -> str:
     lines += [
         "",
         f"Each arm trains the student of `{result['config']}` for {s['steps']} optimiser steps "
-        f"of the config's batch, student seeds {seeds} ({minutes} min in all, one run at a "
-        f"time). *off-policy*: the config as it is. *off → on*: {s['switch']} steps "
+        f"of the config's batch, student seeds {seeds} ({minutes} min of runs in all; each "
+        "command runs its runs one after another). *off-policy*: the config as it is. "
+        f"*off → on*: {s['switch']} steps "
         f"off-policy, then {s['steps'] - s['switch']} on the student's own samples "
         "(`student.on_policy` mix 1, `warm_start` from the first run's student; each run has "
         f"its own warmup and cosine schedule). *mixed*: mix {s['mix']} for all the steps "
