@@ -28,6 +28,7 @@ RESULTS_DIR = HERE / "results"
 MODULES = (
     "demo",
     "worth",
+    "on_policy",
     "align",
     "loss",
     "store",

@@ -280,6 +280,21 @@ def test_store_teachers_refuse_what_was_not_captured(captured, prompts):
     assert qwen.score(prompts[:1], [answer], top_k=8, temperature=1.0)[0].top_ids.shape[1] == 8
 
 
+def test_a_greedy_store_serves_every_seed(tmp_path, teachers, prompts):
+    """With one answer per prompt (greedy) the seed draws nothing: a store captured at one seed
+    answers a run of any seed, as the live teacher does; with sampled answers it is checked."""
+    greedy = {**SETTINGS, "samples": 1}
+    out = tmp_path / "greedy"
+    assert capture_store(teachers[2:], prompts[:5], out, **greedy, block_size=BLOCK,
+                         show_progress=False)  # fmt: skip
+    store = open_store(out)
+    (qwen,) = store_teachers(store, {"qwen": store.manifest["teachers"]["qwen"]["fingerprint"]})
+    live = teachers[2].complete(prompts[:5], samples=1, max_new_tokens=6, seed=11)
+    for seed in (3, 11):
+        assert qwen.complete(prompts[:5], samples=1, max_new_tokens=6, seed=seed) == live
+    assert live != [[""] * 5]  # the teacher answers something: the comparison can fail
+
+
 @pytest.mark.slow
 def test_capture_command_with_shards_then_merge_then_a_run_from_the_store(
     tmp_path, tiny_cache, tiny_world, monkeypatch, capsys

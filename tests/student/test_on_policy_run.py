@@ -20,9 +20,10 @@ from polydistill.config import load_config
 from polydistill.config.on_policy import OnPolicyConfig
 from polydistill.errors import UserError
 from polydistill.student import workers
-from polydistill.student.on_policy import mixed_batches
+from polydistill.student.on_policy import grading_teachers, mixed_batches
 from polydistill.student.plans import ModelPlan, model_plans, model_work_dir, trains_on_policy
 from polydistill.student.prompts import Prompts
+from polydistill.teachers.local import LocalTeacher
 from polydistill.world.inputs import world_inputs
 
 TINY = Path(__file__).parents[1] / "tiny.yaml"
@@ -165,11 +166,6 @@ def test_warm_start_loads_the_given_weights_into_the_student(cfg, tmp_path):
     ("overrides", "message"),
     [
         (
-            ["student.store={folder}"],
-            "student.on_policy: a store (student.store) holds the teachers' readings of their "
-            "own answers, not of the student's samples",
-        ),
-        (
             ["student.fusion.strategy=mince"],
             "student.on_policy: fusion strategy mince ranks teachers by reference answers",
         ),
@@ -182,6 +178,20 @@ def test_bad_on_policy_config_is_one_line(settings, tmp_path, overrides, message
     with pytest.raises(UserError) as error:
         load_config(TINY, settings + overrides)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_beside_a_store_the_live_teachers_grade_the_samples(settings, tmp_path):
+    """A store holds the teachers' readings of their own answers: the off-policy steps read
+    them, while the student's samples go to the live checkpoints the store was checked against."""
+    stored = load_config(TINY, [*settings, f"student.store={tmp_path}"])
+    paths = world_inputs(stored).teachers
+    graders = grading_teachers(stored, ModelPlan("student", "evidence"), paths)
+    assert [type(t) for t in graders] == [LocalTeacher, LocalTeacher]
+    assert [t.name for t in graders] == ["gemma", "qwen"]
+    without = grading_teachers(
+        stored, ModelPlan("baseline:without:gemma", "evidence", without="gemma"), paths
+    )
+    assert [t.name for t in without] == ["qwen"]
 
 
 def test_the_config_carries_the_on_policy_settings(cfg):

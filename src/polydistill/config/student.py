@@ -127,6 +127,10 @@ class StudentConfig(Strict):
     `mince` / `avgce` choose their answers with it), and the best become the model;
     `metrics.json` gives each model's `selection`. Not with `store`, which holds the training
     prompts only."""
+    heldout_every: NonNegative = 0
+    """Every N steps (0: never), each model's held-out accuracy per tag, measured as the final
+    evaluation measures it, on the weights being trained: a learning curve under the model's
+    `curve` in metrics.json. It chooses nothing and leaves the training as it is."""
     store: LaxPath | None = None
     """A store written by `polydistill capture` of this config: the teachers' answers and
     readings come from it and no teacher is loaded (each teacher's weights, tokenizer and chat
@@ -140,7 +144,8 @@ class StudentConfig(Strict):
     `tokenizer` and `model` are errors."""
     on_policy: OnPolicyConfig | None = None
     """On-policy / mixed distillation: the student (and its leave-one-out copies) also learns
-    from its own samples, graded by its teachers; unset, off-policy only. Not with `store` or
+    from its own samples, graded by its teachers; unset, off-policy only. With `store`, the
+    off-policy readings come from the store and the live teachers grade the samples. Not with
     the `mince` / `avgce` strategies."""
 
     @model_validator(mode="after")
@@ -207,16 +212,10 @@ def _check_curriculum(student: StudentConfig) -> None:
 
 
 def _check_on_policy(student: StudentConfig) -> None:
-    """On-policy grading asks live teachers about samples no store can hold, and fuses them
-    without reference answers."""
+    """On-policy grading fuses the student's samples without reference answers. (It asks the
+    live teachers, also beside a store, which holds their readings of their own answers.)"""
     if student.on_policy is None:
         return
-    if student.store is not None:
-        raise error_at(
-            ("on_policy",),
-            "a store (student.store) holds the teachers' readings of their own answers, not of "
-            "the student's samples; grading them needs the teachers: drop student.store",
-        )
     if student.fusion.strategy in ("mince", "avgce"):
         raise error_at(
             ("on_policy",),

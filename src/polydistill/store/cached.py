@@ -166,7 +166,9 @@ class StoreTeacher:
         on_batch: Progress | None = None,
     ) -> list[list[str]]:
         check_prompts(self.store, prompts)
-        asked = {"samples": samples, "max_new_tokens": max_new_tokens, "seed": seed}
+        asked = {"samples": samples, "max_new_tokens": max_new_tokens}
+        if samples > 1:  # the first answer is greedy: the seed draws only the sampled ones
+            asked["seed"] = seed
         for what, value in asked.items():
             check_setting(self.store, what, value)
         answers: list[list[str | None]] = [[None] * len(prompts) for _ in range(samples)]

@@ -25,8 +25,8 @@ beside it, in each model's work folder, every rank writes its shards of the DCP 
 (`train.sharded_checkpoint`; resumable at another process count).
 
 Not under torchrun (a one-line error on every rank before anything starts): `ema_decay`,
-`validate_every` and `on_policy` (the distributed loop has none of them), a run without a
-student, and a process count that does not divide every micro-batch.
+`validate_every`, `heldout_every` and `on_policy` (the distributed loop has none of them), a
+run without a student, and a process count that does not divide every micro-batch.
 """
 
 import os
@@ -72,6 +72,7 @@ def check_torchrun_run(cfg: RunConfig, world: int) -> None:
     refused = {
         "student.train.ema_decay": s.train.ema_decay is not None,
         "student.validate_every": s.validate_every > 0,
+        "student.heldout_every": s.heldout_every > 0,
         "student.on_policy": s.on_policy is not None,
     }
     for key, set_ in refused.items():

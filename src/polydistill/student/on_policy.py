@@ -48,8 +48,11 @@ def grading(cfg: RunConfig) -> Grading:
 
 def grading_teachers(cfg: RunConfig, plan: ModelPlan, paths: Mapping[str, Path]) -> list[Teacher]:
     """The plan's teachers as live checkpoints (`paths` by name), without the one it leaves out;
-    their weights load at the first refresh."""
-    return [t for t in student_teachers(cfg, paths) if t.name != plan.without]
+    their weights load at the first refresh. Live with a `student.store` too: the store holds
+    the teachers' readings of their own answers (whose fingerprints it checked against these
+    checkpoints), never of the student's samples."""
+    live = cfg.model_copy(update={"student": cfg.student.model_copy(update={"store": None})})
+    return [t for t in student_teachers(live, paths) if t.name != plan.without]
 
 
 def _first_on_policy_step(block: int, buffer_steps: int, mix: float) -> int:

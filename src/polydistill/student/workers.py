@@ -32,13 +32,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from polydistill.config import RunConfig
 from polydistill.data import PromptRecord
-from polydistill.evaluate import evaluate_model, exact_match
+from polydistill.evaluate import as_records, evaluate_model, exact_match
 from polydistill.evaluate.graders import run_graders
 from polydistill.evaluate.lm_harness import lm_eval_scores
 from polydistill.inputs import StudentSource
 from polydistill.processes import stop_workers
 from polydistill.progress import console, progress_bars
 from polydistill.student.batches import plan_batches
+from polydistill.student.curve import CURVE_LOG, curve_hook, read_curve
 from polydistill.student.export import export_student
 from polydistill.student.on_policy import grading_teachers, mixed_batches, refresh_totals
 from polydistill.student.plans import ModelPlan, student_fingerprint, trains_on_policy
@@ -47,7 +48,7 @@ from polydistill.student.rows import DiskRows
 from polydistill.teachers.protocol import release_weights
 from polydistill.train import BatchFn, LossFn, train
 from polydistill.train.checkpoint import list_checkpoints, read_state
-from polydistill.train.loop import CHECKPOINTS_DIR
+from polydistill.train.loop import CHECKPOINTS_DIR, StepHook
 from polydistill.train.reproducible import fixed_threads
 from polydistill.train.selection import read_selection
 
@@ -142,12 +143,15 @@ def _train_and_score(cfg: RunConfig, stage: Stage, job: PlanJob, on_step) -> dic
             return sum(agreement.values()) / len(agreement)
 
     model, teachers = None, []
-    if trains_on_policy(cfg, job.plan):
+    if trains_on_policy(cfg, job.plan) or cfg.student.heldout_every:
         model = stage.source.model(cfg.student.train.seed)
+    if trains_on_policy(cfg, job.plan):
         teachers = grading_teachers(cfg, job.plan, stage.teachers)
         batches = mixed_batches(
             cfg, model, tokenizer, stage.prompts, teachers, batches, Path(job.work)
         )
+    if cfg.student.heldout_every:
+        on_step = heldout_curve(cfg, stage, job, model, tokenizer, on_step)
     try:
         model = train_model(
             cfg, stage.source, job.plan, batches, loss_fn, job.work, on_step, select_by, model
@@ -160,7 +164,24 @@ def _train_and_score(cfg: RunConfig, stage: Stage, job: PlanJob, on_step) -> dic
         result["selection"] = chosen_checkpoint(job.work)
     if teachers:
         result["on_policy"] = refresh_totals(Path(job.work))
+    if cfg.student.heldout_every:
+        result["curve"] = read_curve(Path(job.work) / CURVE_LOG)
     return result
+
+
+def heldout_curve(cfg, stage, job, model, tokenizer, then) -> StepHook:
+    """The `on_step` hook that scores `model` on the held-out prompts every
+    `student.heldout_every` steps (`student.curve`), then calls `then`."""
+    settings, records = cfg.eval, as_records(stage.heldout)
+    graders = run_graders(settings.graders)
+
+    def score() -> dict[str, float]:
+        return exact_match(
+            model, tokenizer, records, settings.max_new_tokens, settings.batch_size,
+            f"{job.plan.name} (curve)", graders=graders,
+        )  # fmt: skip
+
+    return curve_hook(score, cfg.student.heldout_every, Path(job.work) / CURVE_LOG, then)
 
 
 def export_and_score(
