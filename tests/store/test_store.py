@@ -17,6 +17,7 @@ from polydistill.chat import PlainText
 from polydistill.data.records import Turn
 from polydistill.errors import UserError
 from polydistill.store import shards as shards_module
+from polydistill.store.blocks import block_readings
 from polydistill.store.cached import open_store, store_teachers
 from polydistill.store.capture import SHARDS_DIR, capture_store, merge_store
 from polydistill.store.codec import LEVELS, decode_topk, encode_topk, level_error_bound
@@ -287,12 +288,27 @@ def test_a_greedy_store_serves_every_seed(tmp_path, teachers, prompts):
     out = tmp_path / "greedy"
     assert capture_store(teachers[2:], prompts[:5], out, **greedy, block_size=BLOCK,
                          show_progress=False)  # fmt: skip
+    assert capture_store(teachers[2:], prompts[:5], tmp_path / "sampled", **SETTINGS,
+                         block_size=BLOCK, show_progress=False)  # fmt: skip
     store = open_store(out)
     (qwen,) = store_teachers(store, {"qwen": store.manifest["teachers"]["qwen"]["fingerprint"]})
     live = teachers[2].complete(prompts[:5], samples=1, max_new_tokens=6, seed=11)
     for seed in (3, 11):
         assert qwen.complete(prompts[:5], samples=1, max_new_tokens=6, seed=seed) == live
+        # the run's block-at-a-time reading of the store serves every seed too
+        (read,) = [r for _, r in block_readings([qwen], prompts[:5], **{**greedy, "seed": seed})]
+        assert [c.text for c in read.candidates] == live[0]
     assert live != [[""] * 5]  # the teacher answers something: the comparison can fail
+    sampled = open_store(tmp_path / "sampled")  # a store of sampled answers checks the seed
+    sampled_teachers = store_teachers(
+        sampled, {"qwen": sampled.manifest["teachers"]["qwen"]["fingerprint"]}
+    )
+    for read in (
+        lambda: sampled_teachers[0].complete(prompts[:5], samples=2, max_new_tokens=6, seed=4),
+        lambda: list(block_readings(sampled_teachers, prompts[:5], **{**SETTINGS, "seed": 4})),
+    ):
+        with pytest.raises(UserError, match="asked for seed 4, but the store was captured with 3"):
+            read()
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from polydistill.store.cached import (
     INDEX_COLUMNS,
     Store,
     StoreTeacher,
+    check_generation,
     check_prompts,
     check_setting,
 )
@@ -60,11 +61,13 @@ def first_candidates(store: Store) -> tuple[np.ndarray, np.ndarray]:
     return first[inverse.reshape(-1)], np.asarray(starts)
 
 
-def _check_settings(store: Store, prompts: Sequence[Prompt], top_k: int, **asked) -> None:
+def _check_settings(
+    store: Store, prompts: Sequence[Prompt], top_k: int, temperature: float, **generation
+) -> None:
     """What `StoreTeacher.complete` and `.score` check, once for the whole pass."""
     check_prompts(store, prompts)
-    for what, value in asked.items():
-        check_setting(store, what, value)
+    check_generation(store, **generation)
+    check_setting(store, "temperature", temperature)
     if top_k > store.manifest["top_k"]:
         raise UserError(
             f"store {store.root}: asked for top_k {top_k}, but the store holds the top "

@@ -134,6 +134,16 @@ def check_setting(store: Store, what: str, asked: object) -> None:
         )
 
 
+def check_generation(store: Store, *, samples: int, max_new_tokens: int, seed: int) -> None:
+    """The store's answers are the ones these generation settings give. The first answer is
+    greedy, so the seed matters only when the store holds sampled ones: a greedy store serves
+    every seed."""
+    check_setting(store, "samples", samples)
+    check_setting(store, "max_new_tokens", max_new_tokens)
+    if samples > 1:
+        check_setting(store, "seed", seed)
+
+
 def check_prompts(store: Store, prompts: Sequence[Prompt]) -> None:
     held = store.manifest["prompts"]
     asked = {"count": len(prompts), "sha256": prompts_hash(prompts)}
@@ -166,11 +176,7 @@ class StoreTeacher:
         on_batch: Progress | None = None,
     ) -> list[list[str]]:
         check_prompts(self.store, prompts)
-        asked = {"samples": samples, "max_new_tokens": max_new_tokens}
-        if samples > 1:  # the first answer is greedy: the seed draws only the sampled ones
-            asked["seed"] = seed
-        for what, value in asked.items():
-            check_setting(self.store, what, value)
+        check_generation(self.store, samples=samples, max_new_tokens=max_new_tokens, seed=seed)
         answers: list[list[str | None]] = [[None] * len(prompts) for _ in range(samples)]
         for candidate in self.store.candidates:
             for author, sample in candidate.authors:
