@@ -17,12 +17,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks import results_md
+from benchmarks.child_runs import polydistill_cli
 
 SECTION = "## Demo run (benchmarks/demo.py)"
 DEFAULT_CONFIG = Path("examples/specialists.yaml")
@@ -31,9 +31,7 @@ DEFAULT_CONFIG = Path("examples/specialists.yaml")
 def run_demo(config: Path, scratch: Path, reuse_world: bool) -> dict:
     """The run's wall seconds, exit status and metrics.json (None if it failed)."""
     out = scratch / "run"
-    cli = Path(sys.executable).with_name("polydistill")  # the venv's console script
-    if not cli.is_file():
-        raise SystemExit(f"error: {cli} not found: install the project (make install)")
+    cli = polydistill_cli()
     command = [str(cli), "run", str(config), "--out", str(out)]
     if not reuse_world:
         command.append(f"world.cache_dir={scratch / 'worlds'}")

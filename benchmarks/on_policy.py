@@ -35,7 +35,6 @@ import shlex
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks import results_md
+from benchmarks.child_runs import polydistill_cli, timed_run
 from polydistill.report.tables import SPECIALIST_SHARE, best_teachers
 
 SECTION = "## On-policy against off-policy distillation (benchmarks/on_policy.py)"
@@ -62,14 +62,7 @@ COSTS = ("seconds", "curve_seconds", "samples", "graded_positions", "teacher_cal
 
 def run_child(cli: Path, config: Path, out: Path, overrides: list[str]) -> dict:
     """One `polydistill run`: its wall seconds, metrics and on-policy refreshes."""
-    command = [str(cli), "run", str(config), "--out", str(out), *overrides]
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    seconds = round(time.perf_counter() - started, 1)
-    if done.returncode:
-        raise SystemExit(f"error: {' '.join(command)} failed (exit {done.returncode}):\n"
-                         f"{done.stderr[-3000:]}")  # fmt: skip
-    metrics = json.loads((out / "metrics.json").read_text())
+    seconds, metrics = timed_run(cli, config, out, overrides)
     refresh_log = out / "train_logs" / "student.on_policy.jsonl"
     lines = refresh_log.read_text().splitlines() if refresh_log.is_file() else []
     return {"seconds": seconds, "metrics": metrics, "refreshes": [json.loads(x) for x in lines]}
@@ -445,9 +438,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("need 0 < --switch < --steps and 0 < --mix ≤ 1")
     if args.steps % args.every or args.switch % args.every:
         parser.error("--every must divide --steps and --switch (the curves end on them)")
-    cli = Path(sys.executable).with_name("polydistill")  # the venv's console script
-    if not cli.is_file():
-        raise SystemExit(f"error: {cli} not found: install the project (make install)")
+    cli = polydistill_cli()
     settings = {k: getattr(args, k) for k in DEFAULTS if k not in ("config", "seeds")}
     result = {
         "command": command_line(args),

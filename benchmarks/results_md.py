@@ -27,6 +27,7 @@ RESULTS_DIR = HERE / "results"
 # The order of the sections in RESULTS.md; each name is a module of `benchmarks/`.
 MODULES = (
     "demo",
+    "demo_budget",
     "worth",
     "on_policy",
     "align",

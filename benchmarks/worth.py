@@ -18,13 +18,11 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks import results_md
+from benchmarks.child_runs import polydistill_cli, timed_run
 
 SECTION = "## What each teacher is worth (benchmarks/worth.py)"
 DEFAULT_CONFIG = Path("examples/specialists.yaml")
@@ -33,16 +31,8 @@ WITHOUT = "baseline:without:"
 
 def run_seed(cli: Path, config: Path, out: Path, seed: int) -> dict:
     """One run with the leave-one-out baselines: wall seconds, accuracy per model, shares."""
-    command = [str(cli), "run", str(config), "--out", str(out)]
-    command += ["benchmark.baselines=[leave_one_out]", f"student.train.seed={seed}"]
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    seconds = round(time.perf_counter() - started, 1)
-    if done.returncode:
-        raise SystemExit(
-            f"error: seed {seed} failed (exit {done.returncode}):\n{done.stderr[-2000:]}"
-        )
-    metrics = json.loads((out / "metrics.json").read_text())
+    overrides = ["benchmark.baselines=[leave_one_out]", f"student.train.seed={seed}"]
+    seconds, metrics = timed_run(cli, config, out, overrides)
     lineage = json.loads((out / "student" / "lineage.json").read_text())
     return {
         "seed": seed,
@@ -118,9 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         "--json", type=Path, help="write here instead of benchmarks/results/worth.json"
     )
     args = parser.parse_args(argv)
-    cli = Path(sys.executable).with_name("polydistill")  # the venv's console script
-    if not cli.is_file():
-        raise SystemExit(f"error: {cli} not found: install the project (make install)")
+    cli = polydistill_cli()
     command = "python -m benchmarks.worth" + f" --config {args.config}" * (
         args.config != DEFAULT_CONFIG
     )

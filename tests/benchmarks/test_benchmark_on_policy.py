@@ -6,23 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from repo_paths import ROOT, TINY
-
-STUDENT = {
-    "teachers": ["gemma", "gptoss", "qwen"],
-    "model": {"hidden_size": 32, "layers": 1, "heads": 1, "kv_heads": 1, "head_dim": 32,
-              "intermediate_size": 64},
-    "train": {"steps": 50, "batch_size": 4, "lr": 3.0e-3, "warmup_steps": 1},
-    "prompts_per_tag": 6,
-    "top_k": 8,
-}  # fmt: skip
+from repo_paths import ROOT
+from tiny_student import tiny_student_config
 
 
 @pytest.fixture(scope="module")
 def bench():
-    if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the repository, not installed
-        sys.path.insert(0, str(ROOT))
     from benchmarks import on_policy
 
     return on_policy
@@ -30,12 +19,7 @@ def bench():
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory, tiny_cache) -> Path:
-    raw = yaml.safe_load(TINY.read_text())
-    raw["world"]["cache_dir"] = str(tiny_cache)
-    raw["student"] = STUDENT
-    path = tmp_path_factory.mktemp("on-policy") / "on-policy.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return tiny_student_config(tiny_cache, tmp_path_factory.mktemp("on-policy") / "on-policy.yaml")
 
 
 @pytest.mark.slow

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
+import tiny_student
+from repo_paths import TINY
 
 import polydistill.pipeline as pipeline
 from polydistill.config import load_config
@@ -16,15 +18,8 @@ from polydistill.errors import UserError
 from polydistill.student.curve import curve_hook, read_curve
 from polydistill.world.inputs import world_inputs
 
-TINY = Path(__file__).parents[1] / "tiny.yaml"
-STUDENT = {
-    "teachers": ["gemma", "qwen"],
-    "model": {"hidden_size": 32, "layers": 1, "heads": 1, "kv_heads": 1, "head_dim": 32,
-              "intermediate_size": 64},
-    "train": {"steps": 4, "batch_size": 4, "lr": 3.0e-3, "warmup_steps": 1},
-    "prompts_per_tag": 6,
-    "top_k": 8,
-}  # fmt: skip
+STUDENT = {**tiny_student.STUDENT, "teachers": ["gemma", "qwen"]}
+STUDENT["train"] = {**STUDENT["train"], "steps": 4}
 
 
 def settings(tiny_cache: Path, every: int) -> list[str]:
@@ -49,6 +44,10 @@ def test_the_curve_changes_no_weight_and_ends_on_the_final_score(tiny_cache, tin
     assert [p["step"] for p in curved["curve"]] == [2, 4]
     assert curved["curve"][-1]["accuracy"] == curved["accuracy"] == plain["accuracy"]
     assert all(p["seconds"] >= 0 for p in curved["curve"])
+    times = [p["time"] for p in curved["curve"]]
+    assert times == sorted(times) and times[-1] - times[0] >= sum(
+        p["seconds"] for p in curved["curve"][1:]
+    )
 
 
 def test_curve_points_every_n_steps_and_a_resume_counts_once(tmp_path):

@@ -28,7 +28,8 @@ def curve_hook(
     then: StepHook | None = None,
 ) -> StepHook:
     """An `on_step` hook: every `every` steps, `score()` (accuracy per tag) appended to `log`
-    with the step and the seconds it took; then `then` (whose answer it returns)."""
+    with the step, the seconds it took and the wall clock after it; then `then` (whose answer it
+    returns)."""
     if every < 1:
         raise ValueError(f"every must be ≥ 1, got {every}")
 
@@ -37,7 +38,9 @@ def curve_hook(
             started = time.perf_counter()
             accuracy = score()
             seconds = round(time.perf_counter() - started, 3)
-            point = {"step": step, "accuracy": accuracy, "seconds": seconds}
+            # `time` (the wall clock when scored) lets a reader tell training time from scoring
+            # time between two points: (time - previous time - seconds) / steps between them
+            point = {"step": step, "accuracy": accuracy, "seconds": seconds, "time": time.time()}
             with log.open("a", encoding="utf-8") as file:
                 file.write(json.dumps(point) + "\n")
         return bool(then and then(step, record))
