@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from repo_paths import ROOT
@@ -12,9 +13,10 @@ from tiny_student import tiny_student_config
 
 @pytest.fixture(scope="module")
 def bench():
-    from benchmarks import on_policy
+    """The benchmark's names: its runs' (`on_policy`) and its section's (`on_policy_report`)."""
+    from benchmarks import on_policy, on_policy_report
 
-    return on_policy
+    return SimpleNamespace(**vars(on_policy_report), combine=on_policy.combine)
 
 
 @pytest.fixture(scope="module")
