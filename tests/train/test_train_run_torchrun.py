@@ -116,6 +116,36 @@ def test_rank_zero_alone_writes_the_output(runs):
     assert [p.name for p in two.parent.iterdir()] == ["run"]
 
 
+def test_the_cluster_path_capture_over_ranks_then_train_from_the_store(runs, tmp_path):
+    """What a cluster run does (README, "Scaling out with torchrun"): the readings spread over
+    the processes by `torchrun ... capture`, then `torchrun ... run` trains from that store the
+    student one process trains from it. (Not the live run's: the store keeps the readings to
+    its codec's bound, and Adam's first steps on a loss this small turn such differences into
+    weight differences of the size of the training's move.)"""
+    _, _, cache, _ = runs
+    store = tmp_path / "store"
+    settings = [f"world.cache_dir={cache}", *STUDENT]
+    captured = polydistill(2, "capture", TINY, "--out", store, "--block-size", "8", *settings)
+    assert captured.returncode == 0, captured.stderr[-4000:]
+    assert len(json.loads((store / "manifest.json").read_text())["shards"]) >= 2  # both ranks'
+    outs = {nproc: tmp_path / f"run{nproc}" for nproc in (0, 2)}
+    for nproc, out in outs.items():
+        done = polydistill(nproc, "run", TINY, "--out", out, *settings, f"student.store={store}")
+        assert done.returncode == 0, done.stderr[-6000:]
+        assert (SHARED in done.stdout + done.stderr) == (nproc == 2)
+    one = load_file(outs[0] / "student" / "model.safetensors")
+    two = load_file(outs[2] / "student" / "model.safetensors")
+    # the store's targets leave this loss smaller than the live ones (~6e-4 at the end), where
+    # Adam scales the gradient-sum order differences up: measured at most 1.1e-6
+    atol = 10 * WEIGHTS_ATOL
+    for name, tensor in one.items():
+        torch.testing.assert_close(two[name], tensor, rtol=0, atol=atol, msg=name)
+    cfg = load_config(TINY, settings)  # guard: training moved the weights far beyond atol
+    start = world_inputs(cfg).student.model(cfg.student.train.seed).state_dict()
+    assert max(float((one[n] - start[n]).abs().max()) for n in one) > 100 * atol
+    assert [r["loss_tokens"] for r in log(outs[2])] == [r["loss_tokens"] for r in log(outs[0])]
+
+
 def test_a_process_count_that_does_not_split_the_batch_is_one_line(runs, tmp_path):
     _, _, cache, _ = runs
     out = tmp_path / "odd"
