@@ -4,6 +4,7 @@ The sparse path (top-k readings + the observed token, projected, fused, k + 1 sl
 is checked against dense float64 references built from the teachers' full distributions.
 """
 
+import copy
 import functools
 
 import numpy as np
@@ -19,6 +20,7 @@ from polydistill.losses.reference import reference_distill_loss
 from polydistill.onpolicy.sampling import sample_answers
 from polydistill.onpolicy.targets import Grading, graded_rows, keep_sampled, with_observed
 from polydistill.targets import SparseTargets
+from polydistill.teachers.local import LocalTeacher
 from polydistill.teachers.protocol import TeacherRows
 
 K = 4
@@ -255,3 +257,34 @@ def test_evidence_weighs_teachers_by_bits_per_byte_on_prompt_and_sample():
     )
     first = slice(0, data.offsets[1])
     assert torch.allclose(data.targets.logprobs[first], fixed.targets.logprobs[first], atol=1e-6)
+
+
+def test_a_student_graded_by_itself_has_nothing_to_learn():
+    """A teacher that is the student (same weights, same tokenizer) grades every sampled
+    position with the student's own distribution: the on-policy loss is zero, for both
+    directions of the KL. An off-by-one between the graded rows and the positions that predict
+    each sampled token, or a slot given to the wrong token, would make it large (a differently
+    seeded model of the same tokenizer, as the guard shows)."""
+    tok = tokenizer("world-student")
+    student = tiny_model("student", 0, sharpness=3.0).double()
+    asked = prompts(6)
+    drawn = _drawn(student, tok, asked)
+    hidden = []
+    with torch.no_grad():
+        for sample in drawn.rows:
+            ids = torch.tensor([sample.prompt_ids + sample.answer_ids])
+            out = student(input_ids=ids, output_hidden_states=True)
+            span = slice(len(sample.prompt_ids) - 1, ids.shape[1] - 1)
+            hidden.append(out.hidden_states[-1][0, span])
+    hidden, head = torch.cat(hidden), student.get_output_embeddings().weight
+
+    def loss(grader, kind: str) -> float:
+        data, _ = graded_rows(drawn, [grader], tok, asked, Grading("uniform"), top_k=K)
+        with torch.no_grad():
+            return float(distill_loss(hidden, head, data.targets, kind, reduction="sum"))
+
+    mirror = LocalTeacher("self", copy.deepcopy(student), tok, 16)
+    other = LocalTeacher("other", tiny_model("student", 1, sharpness=3.0).double(), tok, 16)
+    for kind in ("reverse_kl", "forward_kl"):
+        assert abs(loss(mirror, kind)) < 1e-6
+        assert loss(other, kind) > 0.1
