@@ -100,13 +100,20 @@ def context_limits(
     takes, its context less the `eval.max_new_tokens` its answer needs. Counting renders every
     record, so a prompt a model cannot read (a conversation for a completion model, a turn its
     template refuses) fails here, naming the record, before any model is loaded; a checkpoint
-    that states no context is only checked so."""
+    that states no context, and a served teacher (whose server alone knows its context), are
+    only checked so."""
     room = cfg.eval.max_new_tokens
     limits: dict[str, ContextLimit] = {}
     for teacher in (t for t in cfg.teachers if t.name not in excluded):
+        who = f"teacher {teacher.name!r}"
+        if teacher.served is not None:  # rendered with its local tokenizer, no server asked:
+            # the server refuses a prompt longer than its context, which only it knows
+            tokenizer = load_tokenizer(teacher.served.tokenizer, who, teacher.template)
+            limits[teacher.name] = ContextLimit(_token_counter(tokenizer, who), sys.maxsize)
+            continue
         if teacher.name not in inputs.teachers:
-            continue  # a served teacher: its server refuses what it cannot take
-        path, who = inputs.teachers[teacher.name], f"teacher {teacher.name!r}"
+            continue
+        path = inputs.teachers[teacher.name]
         positions = _positions(path)
         limit = sys.maxsize if positions is None else positions - room
         tokenizer = load_tokenizer(path, who, teacher.template)

@@ -127,6 +127,26 @@ def test_a_conversation_for_a_completion_teacher_is_one_line(
     data = {"train": str(train), "test": str(test), "fractions": {"validation": 0.0}}
     teachers = [{"name": "gemma", "family": "gemma", "template": "completion"}]
     teachers.append({"name": "qwen", "family": "qwen"})
+    gemma_refuses_line_2(cli, tmp_path, tiny_world, tiny_cache, teachers, data, test)
+
+
+def test_a_served_teacher_reads_every_row_before_any_server_is_asked(
+    cli, tmp_path, tiny_world, tiny_cache, chats
+):
+    """A served teacher's rows are rendered with its local tokenizer in the run's pre-check:
+    the conversation its (completion) template cannot take is the same one line, naming the
+    row, and no server is contacted (none listens at its URL)."""
+    train, test = chats
+    data = {"train": str(train), "test": str(test), "fractions": {"validation": 0.0}}
+    served = {"tokenizer": str(tiny_world.teachers["gemma"]), "urls": ["http://127.0.0.1:9"]}
+    teachers = [{"name": "gemma", "family": "gemma", "template": "completion", "path": None,
+                 "served": served}, {"name": "qwen", "family": "qwen"}]  # fmt: skip
+    gemma_refuses_line_2(cli, tmp_path, tiny_world, tiny_cache, teachers, data, test)
+
+
+def gemma_refuses_line_2(cli, tmp_path, tiny_world, tiny_cache, teachers, data, test) -> None:
+    """The run stops before writing anything, on the one line naming teacher gemma and the
+    conversation on line 2 of the test file."""
     config = prompt_run(tiny_world, tiny_cache, teachers, data, tmp_path / "run.yaml")
     out = tmp_path / "run"
     result = cli("run", str(config), "--out", str(out))
