@@ -33,16 +33,27 @@ def staged_folder(target: Path, replace: bool) -> Iterator[Path]:
     try:
         yield staging
         _fsync_tree(staging)
-        if target.exists():
+        if replace and target.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".trash-{target.name}-", dir=target.parent))
             os.rename(target, retired / target.name)
             os.rename(staging, target)
             shutil.rmtree(retired)
         else:
-            os.rename(staging, target)
+            _rename_unless_there(staging, target)
         _fsync(target.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _rename_unless_there(staging: Path, target: Path) -> None:
+    """Rename `staging` to `target`, which another process may have written meanwhile (two
+    capture workers saving the same tokenizer): then FileExistsError, and theirs is kept."""
+    try:
+        os.rename(staging, target)
+    except OSError as error:
+        if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise FileExistsError(f"{target} exists; refusing to overwrite it") from None
+        raise
 
 
 def write_json(path: Path, data: dict) -> None:
