@@ -276,10 +276,7 @@ def markdown(result: dict) -> str:
     tails = [r for r in records if r["impl"] == "tail"]
     tail_tokens = sorted({r["tokens"] for r in tails})
     lines = [
-        SECTION,
-        "",
-        results_md.environment_lines(result),
-        results_md.load_sentence(result),
+        *results_md.heading(SECTION, result),
         "",
         f"ms per text (best of {samples} samples, {3 * samples} for calls under 20 ms; medians "
         "in the JSON), from the two tokenizations to the chunks (and targets); `tokenize` is the "

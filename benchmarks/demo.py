@@ -51,7 +51,7 @@ def markdown(result: dict) -> str:
     """The section for one run (`result` as `main` saves it)."""
     minutes, seconds = divmod(round(result["seconds"]), 60)
     world = "reusing a cached world" if result["reuse_world"] else "world built from scratch"
-    lines = [SECTION, "", results_md.environment_lines(result), results_md.load_sentence(result)]
+    lines = results_md.heading(SECTION, result)
     if result["metrics"] is None:
         lines += [
             "",

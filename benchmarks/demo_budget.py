@@ -140,7 +140,7 @@ def arm_lines(arm: dict, tags: list[str]) -> list[str]:
 
 def markdown(result: dict) -> str:
     tags = result["tags"]
-    lines = [SECTION, "", results_md.environment_lines(result), results_md.load_sentence(result)]
+    lines = results_md.heading(SECTION, result)
     lines += [
         "",
         f"The student of `{result['config']}`, trained for {result['steps']} steps in each arm "

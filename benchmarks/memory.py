@@ -198,10 +198,7 @@ def markdown(result: dict) -> str:
     runs, growth = result["runs"], result["growth"]
     base = result["baseline"]["peak_bytes"]
     lines = [
-        SECTION,
-        "",
-        results_md.environment_lines(result),
-        results_md.load_sentence(result),
+        *results_md.heading(SECTION, result),
         "",
         "Peak resident memory (`ru_maxrss` of the child process, MiB) of `polydistill capture` "
         "of N prompts into a store with two tiny teachers, and of `polydistill run` training a "

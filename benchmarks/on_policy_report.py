@@ -171,7 +171,7 @@ def markdown(result: dict) -> str:
     s = result["settings"]
     taken = result["capture_seconds"]
     captured = "" if taken is None else f" ({taken / 60:.1f} min, not in the arms' wall times)"
-    lines = [SECTION, "", results_md.environment_lines(result), results_md.load_sentence(result)]
+    lines = results_md.heading(SECTION, result)
     lines += [
         "",
         f"Each arm trains the student of `{result['config']}` for {s['steps']} optimiser steps "

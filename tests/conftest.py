@@ -66,3 +66,15 @@ def cli(monkeypatch, capsys):
         return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
     return invoke
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module's tests (`pytest.mark.usefixtures("one_thread")`):
+    matrices this small run fastest so, above all on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,23 +21,14 @@ from pathlib import Path
 import openai
 import pytest
 from live_gateway import wait_healthy
+from tiny_student import OVERRIDES
 from transformers import AutoTokenizer
 
 pytestmark = pytest.mark.slow
 TINY = Path(__file__).parent / "tiny.yaml"
 README = Path(__file__).parents[1] / "README.md"
 # A student of all three teachers of the tiny world, a few seconds of training.
-STUDENT = [
-    "threads=1",
-    "student.teachers=[gemma, gptoss, qwen]",
-    "student.prompts_per_tag=8",
-    "student.top_k=8",
-    "student.model={hidden_size: 64, layers: 1, heads: 1, kv_heads: 1, head_dim: 64, "
-    "intermediate_size: 64}",
-    "student.train={steps: 4, batch_size: 8, warmup_steps: 1}",
-    "student.checkpoint_every=2",
-    "eval.heldout_limit=2",
-]
+STUDENT = OVERRIDES
 PRICE = (500_000, 1_500_000)  # --price-input 0.50 --price-output 1.50, micro-dollars per million
 
 

@@ -10,8 +10,7 @@ from repo_paths import ROOT
 
 @pytest.fixture(scope="module")
 def loss():
-    if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the repository, not installed
-        sys.path.insert(0, str(ROOT))
+    # the repository root is on the import path: tests/benchmarks/conftest.py
     from benchmarks import loss
 
     return loss

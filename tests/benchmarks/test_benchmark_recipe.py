@@ -36,8 +36,7 @@ def config(tmp_path_factory, tiny_cache) -> Path:
 
 @pytest.fixture(scope="module")
 def recipe():
-    if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the repository, not installed
-        sys.path.insert(0, str(ROOT))
+    # the repository root is on the import path: tests/benchmarks/conftest.py
     from benchmarks import student_recipe
 
     return student_recipe

@@ -14,8 +14,7 @@ COMMITTED = sorted(RESULTS_DIR.glob("*.json"))
 
 @pytest.fixture(scope="module")
 def results_md():
-    if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the repository, not installed
-        sys.path.insert(0, str(ROOT))
+    # the repository root is on the import path: tests/benchmarks/conftest.py
     from benchmarks import results_md
 
     return results_md

@@ -78,6 +78,20 @@ def _rows_of(targets: SparseTargets, rows: slice) -> SparseTargets:
     )
 
 
+def _answer_states(student, drawn) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's last hidden states and logits at the positions predicting each sample's
+    answer tokens, all samples' rows concatenated (the rows the graded targets line up with)."""
+    hidden, logits = [], []
+    with torch.no_grad():
+        for sample in drawn.rows:
+            ids = torch.tensor([sample.prompt_ids + sample.answer_ids])
+            out = student(input_ids=ids, output_hidden_states=True)
+            span = slice(len(sample.prompt_ids) - 1, ids.shape[1] - 1)
+            hidden.append(out.hidden_states[-1][0, span])
+            logits.append(out.logits[0, span])
+    return torch.cat(hidden), torch.cat(logits)
+
+
 @functools.cache
 def _graded_by_one_teacher(style: str):
     tok = tokenizer("world-student")
@@ -130,17 +144,10 @@ def test_sparse_divergence_matches_the_dense_reference(kind):
 def test_the_training_loss_on_graded_rows_is_the_reference_loss():
     """The chunked, lm_head-fused loss on the k + 1 rows equals the dense reference's."""
     _, student, _, _, drawn, data, _ = _graded_by_one_teacher("qwen")
-    hidden, logits = [], []
-    with torch.no_grad():
-        for sample in drawn.rows:
-            ids = torch.tensor([sample.prompt_ids + sample.answer_ids])
-            out = student(input_ids=ids, output_hidden_states=True)
-            span = slice(len(sample.prompt_ids) - 1, ids.shape[1] - 1)
-            hidden.append(out.hidden_states[-1][0, span])
-            logits.append(out.logits[0, span])
+    hidden, logits = _answer_states(student, drawn)
     head = student.get_output_embeddings().weight
-    chunked = distill_loss(torch.cat(hidden), head, data.targets, "reverse_kl", reduction="sum")
-    dense = reference_distill_loss(torch.cat(logits), data.targets, "reverse_kl", reduction="sum")
+    chunked = distill_loss(hidden, head, data.targets, "reverse_kl", reduction="sum")
+    dense = reference_distill_loss(logits, data.targets, "reverse_kl", reduction="sum")
     chunked, dense = float(chunked.detach()), float(dense)
     assert abs(chunked - dense) < 1e-9 * max(1.0, abs(dense))
     assert dense > 0.1
@@ -269,14 +276,8 @@ def test_a_student_graded_by_itself_has_nothing_to_learn():
     student = tiny_model("student", 0, sharpness=3.0).double()
     asked = prompts(6)
     drawn = _drawn(student, tok, asked)
-    hidden = []
-    with torch.no_grad():
-        for sample in drawn.rows:
-            ids = torch.tensor([sample.prompt_ids + sample.answer_ids])
-            out = student(input_ids=ids, output_hidden_states=True)
-            span = slice(len(sample.prompt_ids) - 1, ids.shape[1] - 1)
-            hidden.append(out.hidden_states[-1][0, span])
-    hidden, head = torch.cat(hidden), student.get_output_embeddings().weight
+    hidden, _ = _answer_states(student, drawn)
+    head = student.get_output_embeddings().weight
 
     def loss(grader, kind: str) -> float:
         data, _ = graded_rows(drawn, [grader], tok, asked, Grading("uniform"), top_k=K)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from repo_paths import TINY
 
 from polydistill.chat import PlainText
@@ -26,17 +25,11 @@ from polydistill.store.shards import shard_files
 from polydistill.teachers.local import local_fingerprint, local_teacher
 from polydistill.teachers.readings import gather_readings
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one thread is fastest
+
 SETTINGS = {"top_k": 16, "temperature": 1.0, "samples": 2, "max_new_tokens": 6, "seed": 3}
 BLOCK = 8
 NAMES = ("gemma", "gptoss", "qwen")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def random_rows(rng, positions: int, k: int, vocab: int, spread: float):

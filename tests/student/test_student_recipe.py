@@ -45,6 +45,8 @@ from polydistill.world.domains import Example
 from polydistill.world.inputs import WorldPrompts, world_inputs, world_student
 from polydistill.world.prompts import example_record
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one thread is fastest
+
 TINY = Path(__file__).parents[1] / "tiny.yaml"
 
 
@@ -77,15 +79,6 @@ STUDENT = {
     "top_k": 8,
     "checkpoint_every": 2,
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Matrices this small run fastest on one thread, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

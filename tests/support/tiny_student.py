@@ -1,5 +1,6 @@
-"""A one-layer student of every world teacher, on six prompts per tag, for tests that train
-one on the tiny world (tests/tiny.yaml), and that config written whole.
+"""A one-layer student of every world teacher, for tests that train one on the tiny world
+(tests/tiny.yaml): as a config section (`STUDENT`, six prompts per tag; `tiny_student_config`
+writes the whole config) and as overrides of the command line (`OVERRIDES`).
 
     config = tiny_student_config(tiny_cache, tmp_path / "bench.yaml")
 """
@@ -17,6 +18,22 @@ STUDENT = {
     "prompts_per_tag": 6,
     "top_k": 8,
 }  # fmt: skip
+
+
+OVERRIDES = [
+    "threads=1",
+    "student.teachers=[gemma, gptoss, qwen]",
+    "student.prompts_per_tag=8",
+    "student.top_k=8",
+    "student.model={hidden_size: 64, layers: 1, heads: 1, kv_heads: 1, head_dim: 64, "
+    "intermediate_size: 64}",
+    "student.train={steps: 4, batch_size: 8, warmup_steps: 1}",
+    "student.checkpoint_every=2",
+    "eval.heldout_limit=2",
+]
+"""As command-line overrides of tests/tiny.yaml: a one-layer student of all three teachers, 4
+steps of 8 rows (a checkpoint at steps 2 and 4), scored on 2 held-out prompts per tag: a few
+seconds of training, for the tests that run the `polydistill` command."""
 
 
 def tiny_student_config(world_cache: Path, path: Path) -> Path:

@@ -24,19 +24,12 @@ from polydistill.train.checkpoint import list_checkpoints
 from polydistill.train.selection import read_selection
 from polydistill.world.tokenizers import train_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one thread is fastest
+
 WORDS = ["ab", "cab", "dcab", "bdcae", "eabdcb", "ccabded", "abcdedcba"]
 PROMPTS = [f"reverse {w}" for w in WORDS] + [f"add {a} {b}" for a in (3, 14, 159) for b in (2, 71)]
 ANSWERS = [w[::-1] for w in WORDS] + [str(a + b) for a in (3, 14, 159) for b in (2, 71)]
 LOOP = {"steps": 6, "lr": 3e-3, "warmup_steps": 2, "accumulation_steps": 2, "weight_decay": 0.01}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Matrices this small run fastest on one thread, above all on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

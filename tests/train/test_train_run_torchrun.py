@@ -18,6 +18,7 @@ import pytest
 import torch
 from repo_paths import ROOT, TINY
 from safetensors.torch import load_file
+from tiny_student import OVERRIDES
 
 from polydistill.config import load_config
 from polydistill.errors import UserError
@@ -31,17 +32,7 @@ SRC = ROOT / "src"
 TIMEOUT_S = 300  # a busy 2-core machine; each run takes about 10 s alone
 # A student of all three teachers, 4 steps of 8 rows (each rank takes 4), a DCP checkpoint at
 # step 2 and 4.
-STUDENT = [
-    "threads=1",
-    "student.teachers=[gemma, gptoss, qwen]",
-    "student.prompts_per_tag=8",
-    "student.top_k=8",
-    "student.model={hidden_size: 64, layers: 1, heads: 1, kv_heads: 1, head_dim: 64, "
-    "intermediate_size: 64}",
-    "student.train={steps: 4, batch_size: 8, warmup_steps: 1}",
-    "student.checkpoint_every=2",
-    "eval.heldout_limit=2",
-]
+STUDENT = OVERRIDES
 # float32 weights of magnitude ~0.1, moved ~1e-2 by training: the two runs differ by the order
 # of the gradient sums (measured: at most 2.2e-7), so 1e-6 is tight, and far below the move.
 WEIGHTS_ATOL = 1e-6
