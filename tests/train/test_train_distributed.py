@@ -8,18 +8,22 @@ FSDP2, uninterrupted or killed and resumed at another process count.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from distributed_worker import LOOP, ROWS, batch_at, tiny_model
 from repo_paths import ROOT, TESTS
 from safetensors.torch import load_file
 
+from polydistill.config.distributed import DistributedConfig
 from polydistill.errors import UserError
 from polydistill.train import sft_loss, train
+from polydistill.train.distributed import process_group
 
 WORKER = TESTS / "support" / "distributed_worker.py"
 SRC = ROOT / "src"
@@ -202,3 +206,23 @@ def test_ranks_that_see_different_checkpoints_stop_before_resuming(tmp_path):
         "newest on rank 0 step-00000002, on rank 1 none; put the run folder on a file system "
         "every node shares"
     ]
+
+
+def test_a_refusal_inside_the_process_group_leaves_it(monkeypatch):
+    """A UserError raised inside `process_group` tears the group down before it propagates: left
+    to the interpreter's exit, gloo's joinable threads abort the process (SIGABRT) instead of
+    letting it exit with the refusal's code 2 (seen in 2 of 12 torchrun runs of differing
+    configs before). A one-process gloo group is enough to see whether it was left."""
+    with socket.socket() as probe:  # a free port for this group's store
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    variables = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    for name, value in {**variables, "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    with (
+        pytest.raises(UserError, match="refused"),
+        process_group(DistributedConfig(backend="gloo")),
+    ):
+        assert dist.is_initialized()
+        raise UserError("refused")
+    assert not dist.is_initialized()

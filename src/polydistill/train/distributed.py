@@ -94,7 +94,8 @@ def _backend_and_device(config: DistributedConfig, local_rank: int) -> tuple[str
 
 @contextmanager
 def process_group(config: DistributedConfig) -> Iterator[Ranks]:
-    """Join the process group torchrun set up; leave it on a clean exit (restore SIGTERM always).
+    """Join the process group torchrun set up; leave it on a clean exit or a UserError (restore
+    SIGTERM always).
 
     SIGTERM (what torchrun sends the survivors when a rank fails) becomes SystemExit, so a
     half-written checkpoint's staging folder is removed on the way out rather than left.
@@ -111,9 +112,16 @@ def process_group(config: DistributedConfig) -> Iterator[Ranks]:
             timeout=timedelta(seconds=config.timeout_s),
             device_id=device if backend == "nccl" else None,
         )
-        yield Ranks(rank, world, device)
-        # Only after a clean run: after a failed collective, tearing the group down can wait on
-        # the dead peer; the process's exit releases it anyway.
+        try:
+            yield Ranks(rank, world, device)
+        except UserError:
+            # A refusal (on every rank, or on this one alone) leaves no collective pending here.
+            # Left to the interpreter's exit, gloo's threads are still joinable and the process
+            # aborts (SIGABRT) instead of exiting with the refusal's code.
+            dist.destroy_process_group()
+            raise
+        # Not after a failed collective: tearing the group down can wait on the dead peer; the
+        # process's exit releases it anyway.
         dist.destroy_process_group()
     finally:
         signal.signal(signal.SIGTERM, previous)
