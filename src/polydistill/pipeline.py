@@ -32,7 +32,7 @@ import yaml
 from rich.progress import Progress
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from polydistill.config import EvalConfig, RunConfig, StudentInit, WorldData
+from polydistill.config import EvalConfig, RunConfig, StudentInit, TeacherConfig, WorldData
 from polydistill.data import ContextLimit, DataSummary, PromptRecord
 from polydistill.errors import UserError
 from polydistill.evaluate import evaluate_model
@@ -49,6 +49,7 @@ from polydistill.student.prompts import prompt_sets
 from polydistill.student.recipe import distil_and_evaluate
 from polydistill.teachers import load_checkpoint, load_tokenizer
 from polydistill.teachers.checkpoint import DTYPES, is_gguf
+from polydistill.teachers.from_config import served_from_config
 
 
 def check_output(out: Path, force: bool) -> None:
@@ -99,17 +100,15 @@ def context_limits(
     """Per model (each teacher, the student): its prompt length and the most prompt tokens it
     takes, its context less the `eval.max_new_tokens` its answer needs. Counting renders every
     record, so a prompt a model cannot read (a conversation for a completion model, a turn its
-    template refuses) fails here, naming the record, before any model is loaded; a checkpoint
-    that states no context, and a served teacher (whose server alone knows its context), are
-    only checked so."""
+    template refuses) fails here, naming the record, before any model is loaded. A served
+    teacher's context is the least its servers state (`/v1/models`); a checkpoint, or servers,
+    stating none are only checked so."""
     room = cfg.eval.max_new_tokens
     limits: dict[str, ContextLimit] = {}
     for teacher in (t for t in cfg.teachers if t.name not in excluded):
         who = f"teacher {teacher.name!r}"
-        if teacher.served is not None:  # rendered with its local tokenizer, no server asked:
-            # the server refuses a prompt longer than its context, which only it knows
-            tokenizer = load_tokenizer(teacher.served.tokenizer, who, teacher.template)
-            limits[teacher.name] = ContextLimit(_token_counter(tokenizer, who), sys.maxsize)
+        if teacher.served is not None:  # its servers asked now, before any model loads
+            limits[teacher.name] = _served_limit(teacher, room)
             continue
         if teacher.name not in inputs.teachers:
             continue
@@ -124,6 +123,19 @@ def context_limits(
             _token_counter(tokenizer, "student"), inputs.student.max_positions() - room
         )
     return limits
+
+
+def _served_limit(teacher: TeacherConfig, room: int) -> ContextLimit:
+    """A served teacher's limit: its servers checked (model, tokenizer) and asked their context;
+    its prompts are counted with its local tokenizer. A server stating no context is left to
+    refuse a prompt longer than its context itself."""
+    served = served_from_config(teacher)
+    try:
+        context = served.context_length()
+    finally:
+        served.close()
+    limit = sys.maxsize if context is None else context - room
+    return ContextLimit(_token_counter(served.tokenizer, served.who), limit)
 
 
 def evaluate_with_progress(

@@ -12,10 +12,12 @@ import json
 from pathlib import Path
 
 import pytest
+from fake_vllm import fake_vllm
 from prompt_runs import prompt_run
 
 from polydistill.data.records import Turn
 from polydistill.store.manifest import prompts_hash
+from polydistill.teachers.local import local_teacher
 
 pytestmark = pytest.mark.slow
 SYSTEM = "Answer with the result only."
@@ -130,18 +132,21 @@ def test_a_conversation_for_a_completion_teacher_is_one_line(
     gemma_refuses_line_2(cli, tmp_path, tiny_world, tiny_cache, teachers, data, test)
 
 
-def test_a_served_teacher_reads_every_row_before_any_server_is_asked(
+def test_a_served_teacher_reads_every_row_with_its_local_tokenizer(
     cli, tmp_path, tiny_world, tiny_cache, chats
 ):
     """A served teacher's rows are rendered with its local tokenizer in the run's pre-check:
     the conversation its (completion) template cannot take is the same one line, naming the
-    row, and no server is contacted (none listens at its URL)."""
+    row, and no completion is asked of its server."""
     train, test = chats
     data = {"train": str(train), "test": str(test), "fractions": {"validation": 0.0}}
-    served = {"tokenizer": str(tiny_world.teachers["gemma"]), "urls": ["http://127.0.0.1:9"]}
-    teachers = [{"name": "gemma", "family": "gemma", "template": "completion", "path": None,
-                 "served": served}, {"name": "qwen", "family": "qwen"}]  # fmt: skip
-    gemma_refuses_line_2(cli, tmp_path, tiny_world, tiny_cache, teachers, data, test)
+    gemma = local_teacher("gemma", tiny_world.teachers["gemma"], batch_size=8)
+    with fake_vllm(gemma.model, gemma.tokenizer, model_id="gemma") as server:
+        served = {"tokenizer": str(tiny_world.teachers["gemma"]), "urls": [server.base_url]}
+        teachers = [{"name": "gemma", "family": "gemma", "template": "completion", "path": None,
+                     "served": served}, {"name": "qwen", "family": "qwen"}]  # fmt: skip
+        gemma_refuses_line_2(cli, tmp_path, tiny_world, tiny_cache, teachers, data, test)
+    assert server.completion_calls == 0
 
 
 def gemma_refuses_line_2(cli, tmp_path, tiny_world, tiny_cache, teachers, data, test) -> None:

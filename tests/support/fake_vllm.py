@@ -32,6 +32,7 @@ class FakeServer:
     failures: list[int] = field(default_factory=list)
     completion_calls: int = 0
     delay_s: float = 0.0  # each completion answers this much later: a slow server
+    max_model_len: int | None = None  # the context `/v1/models` states, as vLLM does; None: none
 
 
 def _prompt_logprobs(model, ids: list[int], k: int) -> list[dict[str, Any] | None]:
@@ -77,7 +78,10 @@ def _app(server: FakeServer, model, tokenizer, api_key: str | None, model_id: st
 
     @app.get("/v1/models")
     def models() -> dict:
-        return {"data": [{"id": model_id, "root": "/models/fake", "object": "model"}]}
+        entry = {"id": model_id, "root": "/models/fake", "object": "model"}
+        if server.max_model_len is not None:
+            entry["max_model_len"] = server.max_model_len
+        return {"data": [entry]}
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> dict:

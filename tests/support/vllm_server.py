@@ -66,7 +66,7 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
 
 
-def _context_length(model_dir: Path) -> int:
+def served_context_length(model_dir: Path) -> int:
     """At most 512 tokens, and no more than the model's positions (world teachers: 256)."""
     config = json.loads((model_dir / "config.json").read_text())
     return min(512, int(config.get("max_position_embeddings") or 512))
@@ -90,7 +90,7 @@ def _start(model_dir: Path, log: Path) -> VllmServer:
     command = [
         str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
-        "--max-model-len", str(_context_length(model_dir)),
+        "--max-model-len", str(served_context_length(model_dir)),
         "--max-logprobs", "-1", "--dtype", "float32",
         # Eager: torch.compile's warm-up adds about 80 s on two cores and changes no number.
         "--enforce-eager",

@@ -39,11 +39,25 @@ def servers(fakes):
     for fake in fakes:
         fake.failures.clear()
         fake.delay_s = 0.0
+        fake.max_model_len = None
     return fakes
 
 
 def teacher_on(urls, tiny_world, **settings):
     return served_teacher("qwen", tiny_world.teachers["qwen"], base_url=urls, **settings)
+
+
+def test_the_context_is_the_least_the_servers_state(servers, tiny_world):
+    a, b = servers
+    teacher = teacher_on([a.base_url, b.base_url], tiny_world, **FAST)
+    try:
+        assert teacher.context_length() is None  # neither states one
+        a.max_model_len = 96
+        assert teacher.context_length() == 96  # one states it: the other is not assumed larger
+        b.max_model_len = 64
+        assert teacher.context_length() == 64
+    finally:
+        teacher.close()
 
 
 def test_two_servers_read_as_one_and_as_the_local_teacher(servers, tiny_world, qwen_local):

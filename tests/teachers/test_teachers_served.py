@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from fake_vllm import fake_vllm
 from served_checks import ANSWERS, PROMPTS, assert_same_rows, eos_silenced
-from vllm_server import free_port, vllm_server
+from vllm_server import free_port, served_context_length, vllm_server
 
 from polydistill.chat import PlainText
 from polydistill.data.records import Turn
@@ -87,6 +87,12 @@ def test_vllm_fingerprint_names_the_served_model(gemma_served, gemma_local, gemm
     assert fingerprint["model"] == str(gemma_checkpoint)
     for key in ("tokenizer", "chat_template"):
         assert fingerprint[key] == gemma_local.fingerprint()[key]
+
+
+@pytest.mark.slow
+def test_vllm_states_the_context_it_was_started_with(gemma_served, gemma_checkpoint):
+    """What the run's pre-check asks (`/v1/models` `max_model_len`) is vLLM's `--max-model-len`."""
+    assert gemma_served.context_length() == served_context_length(gemma_checkpoint)
 
 
 @pytest.mark.slow

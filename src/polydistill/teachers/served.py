@@ -103,6 +103,15 @@ class ServedTeacher:
             **tokenizer_fingerprint(self.tokenizer),
         }
 
+    def context_length(self) -> int | None:
+        """The most tokens (prompt and answer) every server takes: the least `max_model_len` of
+        the servers' `/v1/models` entries (vLLM states it); None when no server states one."""
+        stated = [
+            served_model(client, self.model).get("max_model_len") for client in self.pool.clients
+        ]
+        lengths = [int(length) for length in stated if length is not None]
+        return min(lengths) if lengths else None
+
     def probe_tokenizers(self) -> None:
         """Refuse any server whose tokenizer encodes the probe differently from ours."""
         tok = self.tokenizer
