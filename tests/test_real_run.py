@@ -57,7 +57,15 @@ def real_run(tmp_path_factory):
     with (root / "prompts.jsonl").open("w") as f:
         for prompt, reference, tag in PROMPTS:
             f.write(json.dumps({"prompt": prompt, "reference": reference, "tag": tag}) + "\n")
-    overrides = [  # examples/my-run.yaml with these tiny checkpoints in place of its paths
+    out = root / "out"
+    done = polydistill("run", "--out", out, *overrides(root))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def overrides(root: Path) -> list[str]:
+    """examples/my-run.yaml with the tiny checkpoints under `root` in place of its paths."""
+    return [
         f"data.train={root / 'prompts.jsonl'}",
         "data.fractions={test: 0.25}",
         f"teachers[0].path={root / 'qwen'}",
@@ -70,13 +78,14 @@ def real_run(tmp_path_factory):
         "student.checkpoint_every=2",
         "eval={batch_size: 8, max_new_tokens: 6}",
         "threads=2",
+        f"world.cache_dir={root / 'worlds'}",  # where a world would be built: never
     ]
-    out = root / "out"
-    command = [sys.executable, "-m", "polydistill", "run", str(EXAMPLE), "--out", str(out)]
-    command += overrides
-    done = subprocess.run(command, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+
+
+def polydistill(command: str, *arguments) -> subprocess.CompletedProcess:
+    """`polydistill COMMAND examples/my-run.yaml ARGUMENTS...` in a child process."""
+    line = [sys.executable, "-m", "polydistill", command, str(EXAMPLE), *map(str, arguments)]
+    return subprocess.run(line, capture_output=True, text=True)
 
 
 def test_the_run_reads_the_users_prompts_and_never_builds_a_world(real_run):
@@ -86,8 +95,39 @@ def test_the_run_reads_the_users_prompts_and_never_builds_a_world(real_run):
     assert metrics["data"]["data/rows"] == len(PROMPTS)
     about = json.loads((real_run / "inputs.json").read_text())
     assert "world" not in about and about["student"].startswith("init-")
+    assert not (real_run.parent / "worlds").exists()
     lineage = json.loads((real_run / "student" / "lineage.json").read_text())
     assert {t["name"] for t in lineage["teachers"]} == {"qwen", "gptoss"}
+
+
+def test_a_capture_of_the_users_run_builds_no_world_and_its_store_trains_the_student(
+    real_run, tmp_path
+):
+    """`polydistill capture` of the same config reads the user's prompts with the user's
+    checkpoints (no world built: `world.cache_dir` stays absent), and the run from that store
+    trains the student on what the live run trained it on."""
+    store, out = tmp_path / "store", tmp_path / "run"
+    captured = polydistill("capture", "--out", store, *overrides(real_run.parent))
+    assert captured.returncode == 0, captured.stderr[-3000:]
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert set(manifest["teachers"]) == {"qwen", "gptoss"}
+    done = polydistill("run", "--out", out, *overrides(real_run.parent), f"student.store={store}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (real_run.parent / "worlds").exists()
+    # The same batches of the same answers: equal token counts, losses within the codec's rounding
+    # (Adam's first steps move a weight by about lr whatever its gradient's size, so a rounded
+    # target can move a weight by ~lr: the weights are no closer than that).
+    live, stored = (train_log(folder) for folder in (real_run, out))
+    assert [r["loss_tokens"] for r in live] == [r["loss_tokens"] for r in stored]
+    for here, there in zip(live, stored, strict=True):
+        assert abs(here["loss"] - there["loss"]) <= 1e-3 * abs(here["loss"]), (here, there)
+    lineages = [json.loads((f / "student" / "lineage.json").read_text()) for f in (real_run, out)]
+    assert lineages[0]["data"] == lineages[1]["data"]  # the same prompts, by hash
+
+
+def train_log(run: Path) -> list[dict]:
+    lines = (run / "train_logs" / "student.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
 
 
 def test_the_student_is_a_standard_checkpoint_that_vllm_serves(real_run, tmp_path):

@@ -68,17 +68,17 @@ def run(
     the world for its teachers, student architecture and, with `data: {source: world}`,
     prompts)."""
     cfg = _configure(config, overrides)
-    from polydistill.pipeline import check_run, file_inputs
+    from polydistill.pipeline import check_run
     from polydistill.pipeline import run as run_pipeline
     from polydistill.student.distributed import run_ranks, train_beside_rank_zero
-    from polydistill.world.inputs import uses_world, world_inputs
+    from polydistill.world.inputs import run_inputs
 
     with run_ranks(cfg, out) as ranks:  # under torchrun; None in one process
         if ranks is not None and not ranks.main:
             train_beside_rank_zero(ranks)  # rank 0 alone reads the world and writes OUT
             return
         check_run(cfg, out, force)  # output, policy and checkpoints before the world is built
-        run_pipeline(cfg, out, world_inputs(cfg) if uses_world(cfg) else file_inputs(cfg), force)
+        run_pipeline(cfg, out, run_inputs(cfg), force)
 
 
 @app.command()

@@ -37,7 +37,7 @@ def capture_from_config(
     from polydistill.store.capture import capture_store
     from polydistill.student.prompts import prompt_sets
     from polydistill.student.readings import student_teachers
-    from polydistill.world.inputs import world_inputs
+    from polydistill.world.inputs import run_inputs
 
     student = cfg.student
     if student is None:
@@ -47,7 +47,7 @@ def capture_from_config(
         )
     gate = run_gate(cfg)  # before any teacher is loaded or called
     cfg, policy = gate.config, gate.policy and gate.policy.digest
-    inputs = world_inputs(cfg)
+    inputs = run_inputs(cfg)  # the world only where the config names it
     # no context limits: the run that reads this store drops the prompts too long for its models
     prompts = prompt_sets(cfg, inputs.prompts.records({}, DataSummary())).train
     return capture_store(
@@ -74,7 +74,7 @@ def capture_over_ranks(cfg: "RunConfig", out: Path, block_size: int) -> bool:
     from polydistill.config import DistributedConfig
     from polydistill.train.distributed import agree_on_settings, process_group
     from polydistill.train.distributed_loop import collective_failures
-    from polydistill.world.inputs import world_inputs
+    from polydistill.world.inputs import run_inputs
 
     if cfg.student is None:
         return capture_from_config(cfg, out, (0, 1), block_size)  # its one-line error
@@ -83,9 +83,9 @@ def capture_over_ranks(cfg: "RunConfig", out: Path, block_size: int) -> bool:
         with collective_failures(ranks, "starting the capture"):
             agree_on_settings(ranks, settings)
             failure = [None]
-            if ranks.main:  # the world once, before the others read it from the cache
+            if ranks.main:  # any world once, before the others read it from the cache
                 try:
-                    world_inputs(cfg)
+                    run_inputs(cfg)
                 except UserError as error:
                     failure = [str(error)]
             dist.broadcast_object_list(failure, src=0)

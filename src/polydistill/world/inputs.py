@@ -1,6 +1,6 @@
 """The specialists world as a run's inputs: teacher checkpoints, the student's source, prompts.
 
-    inputs = world_inputs(cfg)          # builds (or reuses) the world first
+    inputs = run_inputs(cfg)            # the world built (or reused) only where it is needed
     pipeline.run(cfg, out, inputs)
 
 The world sits above the pipeline: `cli` resolves it into plain inputs (paths and records) and
@@ -9,8 +9,9 @@ checkpoints; a teacher with a `path` stays its own checkpoint. The student is, b
 fresh `student.family` architecture of `student.model` sizes on the world's `student.tokenizer`
 style (`WorldStudent`), or `student.init`'s checkpoint. With `data: {source: world}` the prompts
 are the world's examples (tag = domain, held-out = test split, `world.prompts`); otherwise the
-user's files (`data:`). A run that needs nothing of the world (`uses_world`: checkpoint or served
-teachers, prompt files, `student.init`) never builds it: `cli` gives it `pipeline.file_inputs`.
+user's files (`data:`). A run or capture that needs nothing of the world (`uses_world`:
+checkpoint or served teachers, prompt files, `student.init`) never builds it: `run_inputs` gives
+it `pipeline.file_inputs`.
 """
 
 from collections.abc import Iterator, Mapping
@@ -22,7 +23,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from polydistill.config import Family, ModelSize, RunConfig, WorldData
 from polydistill.data import ContextLimit, DataSummary, PromptRecord
 from polydistill.inputs import FilePrompts, PromptSource, RunInputs
-from polydistill.pipeline import init_about
+from polydistill.pipeline import file_inputs, init_about
 from polydistill.student.init import CheckpointStudent
 from polydistill.world.architectures import build_model
 from polydistill.world.build import World, build_world
@@ -87,6 +88,12 @@ def uses_world(cfg: RunConfig) -> bool:
         or cfg.student is None
         or cfg.student.init is None
     )
+
+
+def run_inputs(cfg: RunConfig) -> RunInputs:
+    """The inputs of a run (or of a capture of its readings): from the world where the config
+    needs it (`uses_world`), else from the user's files and checkpoints alone."""
+    return world_inputs(cfg) if uses_world(cfg) else file_inputs(cfg)
 
 
 def world_inputs(cfg: RunConfig) -> RunInputs:
