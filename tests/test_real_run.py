@@ -28,6 +28,7 @@ EXAMPLE = Path(__file__).parents[1] / "examples" / "my-run.yaml"
 
 # head_dim 64: what vLLM's CPU attention takes
 SIZES = {"hidden_size": 64, "head_dim": 64, "num_hidden_layers": 2, "max_position_embeddings": 256}
+COUNTRIES = ["France", "Italy", "Spain", "Japan"]
 PROMPTS = [
     ("What is 2 plus 3?", "5", "math"),
     ("What is 4 plus 4?", "8", "math"),
@@ -41,6 +42,9 @@ PROMPTS = [
     ("Name the capital of Japan.", "Tokyo", "geo"),
     ("Name the capital of Peru.", "Lima", "geo"),
     ("Name the capital of Chad.", "N'Djamena", "geo"),
+    # Longer than the 256-token models' context: dropped by the live run and by the capture. Of
+    # the train split (where its hash puts it), so a capture that kept it would not match the run.
+    ("Name the capitals of " + ", ".join(COUNTRIES * 41) + ".", "Paris", "geo"),
 ]
 
 
@@ -93,6 +97,7 @@ def test_the_run_reads_the_users_prompts_and_never_builds_a_world(real_run):
     assert set(metrics["models"]) == {"teacher:qwen", "teacher:gptoss", "student"}
     assert set(metrics["models"]["student"]["accuracy"]) <= {"math", "geo"}
     assert metrics["data"]["data/rows"] == len(PROMPTS)
+    assert metrics["data"]["data/too_long"] == 1
     about = json.loads((real_run / "inputs.json").read_text())
     assert "world" not in about and about["student"].startswith("init-")
     assert not (real_run.parent / "worlds").exists()

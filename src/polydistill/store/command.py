@@ -34,6 +34,7 @@ def capture_from_config(
     """Capture the config's teachers on the student's prompts; True when the store is complete."""
     from polydistill.data import DataSummary
     from polydistill.lineage.policy import run_gate
+    from polydistill.pipeline import context_limits
     from polydistill.store.capture import capture_store
     from polydistill.student.prompts import prompt_sets
     from polydistill.student.readings import student_teachers
@@ -48,8 +49,10 @@ def capture_from_config(
     gate = run_gate(cfg)  # before any teacher is loaded or called
     cfg, policy = gate.config, gate.policy and gate.policy.digest
     inputs = run_inputs(cfg)  # the world only where the config names it
-    # no context limits: the run that reads this store drops the prompts too long for its models
-    prompts = prompt_sets(cfg, inputs.prompts.records({}, DataSummary())).train
+    # The run's own context limits: the store holds exactly the prompts that the run reading it
+    # trains on (it checks their hash), none too long for a teacher or the student.
+    limits = context_limits(cfg, inputs, frozenset(gate.excluded))
+    prompts = prompt_sets(cfg, inputs.prompts.records(limits, DataSummary())).train
     return capture_store(
         student_teachers(cfg, inputs.teachers, policy),
         prompts.texts,
